@@ -965,7 +965,6 @@ class BusEnvelope(google.protobuf.message.Message):
     PAYLOAD_FIELD_NUMBER: builtins.int
     KEY_ID_FIELD_NUMBER: builtins.int
     SIGNATURE_FIELD_NUMBER: builtins.int
-    BATCH_ID_FIELD_NUMBER: builtins.int
     message_id: builtins.str
     """unique, time-ordered"""
     message_type: global___MessageType.ValueType
@@ -977,8 +976,7 @@ class BusEnvelope(google.protobuf.message.Message):
     payload: builtins.bytes
     key_id: builtins.str
     signature: builtins.bytes
-    batch_id: builtins.str
-    """set when one signature covers a batch of envelopes"""
+    """empty inside an EnvelopeBatch: the batch's signature covers it"""
     def __init__(
         self,
         *,
@@ -991,8 +989,37 @@ class BusEnvelope(google.protobuf.message.Message):
         payload: builtins.bytes = ...,
         key_id: builtins.str = ...,
         signature: builtins.bytes = ...,
-        batch_id: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["batch_id", b"batch_id", "issued_at_ns", b"issued_at_ns", "key_id", b"key_id", "message_id", b"message_id", "message_type", b"message_type", "payload", b"payload", "priority", b"priority", "signature", b"signature", "source", b"source", "stream", b"stream"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["issued_at_ns", b"issued_at_ns", "key_id", b"key_id", "message_id", b"message_id", "message_type", b"message_type", "payload", b"payload", "priority", b"priority", "signature", b"signature", "source", b"source", "stream", b"stream"]) -> None: ...
 
 global___BusEnvelope = BusEnvelope
+
+@typing.final
+class EnvelopeBatch(google.protobuf.message.Message):
+    """Several envelopes under one signature, carried in one stream entry, so a producer
+    of many small messages (telemetry) is not capped by per-message signing and the
+    consumer verifies the batch once.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: builtins.int
+    ENVELOPES_FIELD_NUMBER: builtins.int
+    KEY_ID_FIELD_NUMBER: builtins.int
+    SIGNATURE_FIELD_NUMBER: builtins.int
+    batch_id: builtins.str
+    key_id: builtins.str
+    signature: builtins.bytes
+    @property
+    def envelopes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___BusEnvelope]: ...
+    def __init__(
+        self,
+        *,
+        batch_id: builtins.str = ...,
+        envelopes: collections.abc.Iterable[global___BusEnvelope] | None = ...,
+        key_id: builtins.str = ...,
+        signature: builtins.bytes = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["batch_id", b"batch_id", "envelopes", b"envelopes", "key_id", b"key_id", "signature", b"signature"]) -> None: ...
+
+global___EnvelopeBatch = EnvelopeBatch

@@ -1,0 +1,254 @@
+"""The producer side of Oona: signed envelopes onto capped streams, routed per message.
+
+Writes go through one server-side script per stream and batch that appends only while
+the stream is under its cap, so a full stream is noticed atomically: the producer
+then trims what every group has acked, waits a bounded time, and finally raises
+StreamFull (or, on a sheddable stream, counts the entries it sheds). Nothing is
+dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from leyline_pb import leyline_pb2 as pb
+from oona.connection import IoGuard, open_redis, resolve_url
+from oona.envelope import BATCH_FIELD, SINGLE_FIELD, make_envelope, seal, seal_batch
+from oona.errors import StreamFull
+from oona.keys import Signer
+from oona.metrics import BusMetrics
+from oona.retention import GroupPosition, format_id, parse_id, safe_min_id
+from oona.settings import OonaSettings
+from oona.streams import dead_letter_key, lane_for, stream_key
+
+# KEYS[1] stream; ARGV[1] cap; ARGV[2] field name; ARGV[3..] entry values.
+# Appends as many values as fit under the cap; returns {length, id1, id2, ...}.
+_CAPPED_ADD = """
+local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
+local out = {0}
+local n = #ARGV - 2
+if room < n then n = math.max(room, 0) end
+for i = 1, n do
+  out[i + 1] = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[i + 2])
+end
+out[1] = redis.call('XLEN', KEYS[1])
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish: its stream (None: routed by priority) and content."""
+
+    message_type: pb.MessageType.ValueType
+    payload: bytes
+    priority: pb.MessagePriority.ValueType = pb.MESSAGE_PRIORITY_NORMAL
+    stream: str | None = None
+    message_id: str | None = None
+
+
+class Bus:
+    """An async client of the bus for one component (`source`), signing with `signer`."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: OonaSettings,
+        signer: Signer,
+        *,
+        source: str,
+        metrics: BusMetrics | None = None,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.signer = signer
+        self.source = source
+        self.metrics = metrics or BusMetrics()
+        self.io = IoGuard(settings, self.metrics)
+        self._capped_add = redis.register_script(_CAPPED_ADD)
+
+    @classmethod
+    def connect(
+        cls,
+        settings: OonaSettings,
+        signer: Signer,
+        *,
+        source: str,
+        metrics: BusMetrics | None = None,
+    ) -> Bus:
+        """Connect to the configured server, or to the embedded one started on demand."""
+        return cls(
+            open_redis(resolve_url(settings), settings), settings, signer,
+            source=source, metrics=metrics,
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    def key(self, stream: str) -> str:
+        return stream_key(self.settings.key_prefix, stream)
+
+    def dead_letter_key(self, stream: str) -> str:
+        return dead_letter_key(self.settings.key_prefix, stream)
+
+    # ------------------------------------------------------------ publishing
+
+    async def publish(
+        self,
+        message_type: pb.MessageType.ValueType,
+        payload: bytes,
+        *,
+        priority: pb.MessagePriority.ValueType = pb.MESSAGE_PRIORITY_NORMAL,
+        stream: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Publish one signed envelope; returns its message id.
+
+        With `stream` None the message takes the lane its own priority selects.
+        """
+        out = Outgoing(message_type, payload, priority, stream, message_id)
+        ids = await self.publish_many([out], batch_signed=False)
+        return ids[0]
+
+    async def publish_many(
+        self, messages: Sequence[Outgoing], *, batch_signed: bool = True, batch_size: int = 64
+    ) -> list[str]:
+        """Publish many messages in one round trip per stream; returns their message ids.
+
+        `batch_signed` puts up to `batch_size` envelopes of a stream under one signature
+        in one entry (the consumer verifies it once); otherwise each envelope is its
+        own signed entry.
+        """
+        by_stream: dict[str, list[pb.BusEnvelope]] = defaultdict(list)
+        ids: list[str] = []
+        for msg in messages:
+            stream = str(msg.stream or lane_for(msg.priority))
+            env = make_envelope(
+                stream=stream,
+                message_type=msg.message_type,
+                payload=msg.payload,
+                source=self.source,
+                priority=msg.priority,
+                message_id=msg.message_id,
+            )
+            by_stream[stream].append(env)
+            ids.append(env.message_id)
+        started = time.perf_counter()
+        for stream, envelopes in by_stream.items():
+            if batch_signed:
+                step = batch_size
+                chunks = [envelopes[i : i + step] for i in range(0, len(envelopes), step)]
+                values = [seal_batch(chunk, self.signer) for chunk in chunks]
+                counts = [len(chunk) for chunk in chunks]
+                await self._append(stream, BATCH_FIELD, values, counts)
+            else:
+                values = [seal(env, self.signer) for env in envelopes]
+                await self._append(stream, SINGLE_FIELD, values, [1] * len(values))
+        elapsed = time.perf_counter() - started
+        self.metrics.observe("publish_latency_s", elapsed / max(len(by_stream), 1))
+        return ids
+
+    async def _append(
+        self, stream: str, field: bytes, values: list[bytes], messages_per_value: list[int]
+    ) -> None:
+        key = self.key(stream)
+        cap = self.settings.cap_for(stream)
+        deadline = time.monotonic() + self.settings.pushback_wait_ms / 1000.0
+        delay = 0.005
+        pending_values, pending_counts = values, messages_per_value
+        while True:
+            reply = await self.io.run(
+                lambda v=pending_values: self._capped_add(keys=[key], args=[cap, field, *v])
+            )
+            written = len(reply) - 1
+            self.metrics.inc("published", sum(pending_counts[:written]), stream=stream)
+            pending_values = pending_values[written:]
+            pending_counts = pending_counts[written:]
+            if not pending_values:
+                return
+            if stream in self.settings.sheddable_streams:
+                self.metrics.inc("shed", sum(pending_counts), stream=stream)
+                return
+            self.metrics.inc("pushback", stream=stream)
+            if await self.trim(stream) > 0:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StreamFull(stream, int(reply[0]), cap, sum(pending_counts))
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.1)
+
+    # ------------------------------------------------------------- retention
+
+    async def group_positions(self, stream: str) -> list[GroupPosition]:
+        key = self.key(stream)
+
+        async def read() -> list[GroupPosition]:
+            try:
+                groups = await self.redis.xinfo_groups(key)
+            except aioredis.ResponseError:
+                return []
+            positions = []
+            for group in groups:
+                name = group["name"]
+                lowest = None
+                if int(group["pending"]) > 0:
+                    summary = await self.redis.xpending(key, name)
+                    lowest = parse_id(summary["min"])
+                positions.append(
+                    GroupPosition(
+                        name=name.decode() if isinstance(name, bytes) else str(name),
+                        last_delivered=parse_id(group["last-delivered-id"]),
+                        lowest_pending=lowest,
+                    )
+                )
+            return positions
+
+        return await self.io.run(read)
+
+    async def trim(self, stream: str) -> int:
+        """Trim entries every group has acked (and past retention); returns how many."""
+        positions = await self.group_positions(stream)
+        bound = safe_min_id(
+            positions,
+            now_ms=int(time.time() * 1000),
+            retain_acked_ms=self.settings.retain_acked_ms,
+        )
+        if bound is None:
+            return 0
+        key = self.key(stream)
+        removed = await self.io.run(
+            lambda: self.redis.xtrim(key, minid=format_id(bound), approximate=False)
+        )
+        self.metrics.inc("trimmed", int(removed), stream=stream)
+        return int(removed)
+
+    async def group_lag(self, stream: str) -> dict[str, int]:
+        """Entries not yet delivered plus entries delivered but unacked, per group."""
+
+        async def read() -> dict[str, int]:
+            try:
+                groups = await self.redis.xinfo_groups(self.key(stream))
+            except aioredis.ResponseError:
+                return {}
+            lag: dict[str, int] = {}
+            for group in groups:
+                name = group["name"]
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                undelivered = group.get("lag")
+                if undelivered is None:  # the server cannot tell after deletions: count
+                    after = "(" + group["last-delivered-id"].decode()
+                    undelivered = len(await self.redis.xrange(self.key(stream), after, "+"))
+                lag[name] = int(undelivered) + int(group["pending"])
+            return lag
+
+        lag = await self.io.run(read)
+        for group, value in lag.items():
+            self.metrics.set_gauge("group_lag", value, stream=stream, group=group)
+        return lag

@@ -1,0 +1,91 @@
+"""Connecting to the server, and running IO through a breaker with reconnect backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from oona.breaker import BreakerSettings, CircuitBreaker
+from oona.errors import BusUnavailable
+from oona.metrics import BusMetrics
+from oona.server import shared_server
+from oona.settings import OonaSettings
+
+T = TypeVar("T")
+IO_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+def resolve_url(settings: OonaSettings) -> str:
+    """The configured server URL, or the embedded server's (started on first use)."""
+    if settings.redis_url:
+        return settings.redis_url
+    return shared_server(settings.data_dir / "redis", appendonly=settings.appendonly).url
+
+
+def open_redis(url: str, settings: OonaSettings) -> aioredis.Redis:
+    """An asyncio client that does not retry on its own: Oona owns retries and backoff."""
+    return aioredis.Redis.from_url(
+        url,
+        protocol=2,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=settings.io_timeout_ms / 1000.0,
+        socket_connect_timeout=settings.io_timeout_ms / 1000.0,
+    )
+
+
+class IoGuard:
+    """Runs server calls with bounded reconnect backoff behind an IO-only breaker.
+
+    Only connection-level failures count: a handler's exception or a server error
+    reply (a bug, not an outage) never opens the breaker.
+    """
+
+    def __init__(self, settings: OonaSettings, metrics: BusMetrics, name: str = "bus_io") -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.breaker = CircuitBreaker(
+            name,
+            BreakerSettings(
+                failure_threshold=settings.io_breaker_failure_threshold,
+                cooldown_ms=settings.io_breaker_cooldown_ms,
+                half_open_max_calls=settings.io_breaker_half_open_calls,
+            ),
+            on_transition=self._record_transition,
+        )
+
+    def _record_transition(self, name: str, old: object, new: object) -> None:
+        self.metrics.inc("breaker_transitions", breaker=name, to=str(new))
+
+    async def run(self, op: Callable[[], Awaitable[T]], *, budget_ms: float | None = None) -> T:
+        """Run `op`, retrying connection failures with backoff until `budget_ms` runs out."""
+        budget = self.settings.io_timeout_ms if budget_ms is None else budget_ms
+        deadline = time.monotonic() + budget / 1000.0
+        delay = self.settings.reconnect_backoff_base_ms / 1000.0
+        last_error: BaseException | None = None
+        while True:
+            if self.breaker.allow():
+                try:
+                    result = await op()
+                except IO_ERRORS as exc:
+                    last_error = exc
+                    self.breaker.record_failure()
+                    self.metrics.inc("io_failures")
+                else:
+                    self.breaker.record_success()
+                    return result
+            if time.monotonic() + delay > deadline:
+                state = self.breaker.state
+                raise BusUnavailable(
+                    f"server unreachable for {budget:.0f} ms (breaker {state}): {last_error}"
+                ) from last_error
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, self.settings.reconnect_backoff_max_ms / 1000.0)

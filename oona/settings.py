@@ -1,0 +1,65 @@
+"""Oona's configuration: one frozen dataclass, every budget named with its unit."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ENV_REDIS_URL = "TAMIYO_REDIS_URL"
+ENV_DATA_DIR = "TAMIYO_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class OonaSettings:
+    """Bus settings shared by producers and consumers.
+
+    `redis_url` empty means: start the embedded server (see oona.server).
+    """
+
+    redis_url: str = ""
+    data_dir: Path = Path(".tamiyo")
+    key_prefix: str = "tamiyo"
+    appendonly: bool = False
+
+    # consuming
+    read_batch_size: int = 256
+    read_block_ms: int = 50
+    max_deliveries: int = 5
+    retry_backoff_base_ms: float = 100.0
+    retry_backoff_max_ms: float = 10_000.0
+    claim_idle_ms: int = 30_000
+    claim_interval_ms: int = 1_000
+    emergency_burst_limit: int = 8
+    idempotency_ttl_s: int = 24 * 3600
+
+    # publishing and retention
+    stream_max_entries: int = 1_000_000
+    stream_caps: dict[str, int] = field(default_factory=dict)
+    sheddable_streams: frozenset[str] = frozenset({"telemetry"})
+    pushback_wait_ms: float = 2_000.0
+    retain_acked_ms: int = 0
+
+    # connection recovery
+    reconnect_backoff_base_ms: float = 50.0
+    reconnect_backoff_max_ms: float = 2_000.0
+    io_timeout_ms: float = 5_000.0
+    io_breaker_failure_threshold: int = 5
+    io_breaker_cooldown_ms: float = 1_000.0
+    io_breaker_half_open_calls: int = 1
+
+    def cap_for(self, stream: str) -> int:
+        """The hard entry cap of a logical stream."""
+        return self.stream_caps.get(stream, self.stream_max_entries)
+
+    def with_overrides(self, **changes: object) -> OonaSettings:
+        """A copy with some fields changed (tests and CLI flags)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls) -> OonaSettings:
+        """Settings with the server URL and data directory taken from the environment."""
+        return cls(
+            redis_url=os.environ.get(ENV_REDIS_URL, ""),
+            data_dir=Path(os.environ.get(ENV_DATA_DIR, ".tamiyo")),
+        )

@@ -1,0 +1,36 @@
+"""A consumer process that takes a batch of entries and then hangs in its handler, so
+a test can SIGKILL it with those entries pending. Signals readiness by printing the
+number of entries it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from leyline_pb import leyline_pb2 as pb
+from oona.bus import Bus
+from oona.connection import open_redis
+from oona.consumer import Consumer, Delivery, Subscription
+from oona.keys import Keyring, Signer
+from oona.settings import OonaSettings
+
+
+async def main(url: str, prefix: str, stream: str, public_key_hex: str) -> None:
+    settings = OonaSettings(redis_url=url, key_prefix=prefix, read_batch_size=1_000)
+    keyring = Keyring.of(Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)))
+    bus = Bus(open_redis(url, settings), settings, Signer.generate(), source="victim")
+    hang = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        held = await bus.redis.xpending(bus.key(stream), "g")
+        print(held["pending"], flush=True)
+        await hang.wait()
+
+    sub = Subscription("g", "victim", (stream,), frozenset(pb.MessageType.values()))
+    await Consumer(bus, sub, handler, keyring).poll_once()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:5]))
