@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -163,8 +164,9 @@ class Bus:
         delay = 0.005
         pending_values, pending_counts = values, messages_per_value
         while True:
-            reply = await self.io.run(
-                lambda v=pending_values: self._capped_add(keys=[key], args=[cap, field, *v])
+            args: list[bytes | int] = [cap, field, *pending_values]
+            reply: list[Any] = await self.io.run(
+                lambda args=args: self._capped_add(keys=[key], args=args)  # type: ignore[misc]
             )
             written = len(reply) - 1
             self.metrics.inc("published", sum(pending_counts[:written]), stream=stream)
@@ -244,7 +246,8 @@ class Bus:
                 undelivered = group.get("lag")
                 if undelivered is None:  # the server cannot tell after deletions: count
                     after = "(" + group["last-delivered-id"].decode()
-                    undelivered = len(await self.redis.xrange(self.key(stream), after, "+"))
+                    later: Any = await self.redis.xrange(self.key(stream), after, "+")
+                    undelivered = len(later)
                 lag[name] = int(undelivered) + int(group["pending"])
             return lag
 

@@ -17,21 +17,21 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
-from oona.dedup import DeliveryStatus, EnvelopeLedger
-from oona.envelope import EnvelopeRules, open_entry
+from oona.dedup import DeliveryStatus, EnvelopeLedger, Progress, UnitState
+from oona.envelope import EnvelopeRules, OpenedEntry, open_entry
 from oona.errors import BusUnavailable, RejectedMessage
 from oona.keys import Keyring
+from oona.replies import RawEntry, entries, stream_batches, text
 from oona.retention import parse_id
 
 log = logging.getLogger(__name__)
-
-RawEntry = tuple[bytes, dict[bytes, bytes]]
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ class Consumer:
     async def _own_pending(self, stream: str) -> list[tuple[str, int]]:
         async def read() -> list[tuple[str, int]]:
             try:
-                rows = await self.redis.xpending_range(
+                rows: Any = await self.redis.xpending_range(
                     self.bus.key(stream), self.sub.group, "-", "+", 10_000,
                     consumername=self.sub.consumer,
                 )  # fmt: skip
@@ -184,7 +184,7 @@ class Consumer:
                 if "NOGROUP" in str(exc):
                     return []
                 raise
-            return [(_text(r["message_id"]), int(r["times_delivered"])) for r in rows]
+            return [(text(r["message_id"]), int(r["times_delivered"])) for r in rows]
 
         return await self.bus.io.run(read)
 
@@ -196,20 +196,24 @@ class Consumer:
             batch = [r for r in due if r.stream == stream]
             if not batch:
                 continue
+            key = self.bus.key(stream)
             ids = [r.entry_id for r in batch]
-            entries = await self.bus.io.run(
-                lambda ids=ids, stream=stream: self.redis.xclaim(
-                    self.bus.key(stream), self.sub.group, self.sub.consumer, 0, ids
+
+            async def claim(key: str = key, ids: Sequence[str] = ids) -> list[RawEntry]:
+                reply: Any = await self.redis.xclaim(
+                    key, self.sub.group, self.sub.consumer, 0, list[Any](ids)
                 )
-            )
-            claimed = {_text(entry_id) for entry_id, _ in entries}
+                return entries(reply)
+
+            claimed_entries = await self.bus.io.run(claim)
+            claimed = {entry_id for entry_id, _ in claimed_entries}
             for r in batch:
                 self._retries.pop((stream, r.entry_id), None)
                 if r.entry_id not in claimed:
                     self.metrics.inc("vanished", stream=stream)
             counts = {r.entry_id: r.deliveries + 1 for r in batch}
-            self.metrics.inc("retried", len(entries), stream=stream)
-            handled += await self._process(stream, entries, counts)
+            self.metrics.inc("retried", len(claimed_entries), stream=stream)
+            handled += await self._process(stream, claimed_entries, counts)
         return handled
 
     async def _claim_abandoned(self) -> int:
@@ -217,47 +221,57 @@ class Consumer:
         for stream in self.sub.streams:
             key = self.bus.key(stream)
             start = self._claim_cursor.get(stream, "0-0")
-            reply = await self.bus.io.run(
-                lambda key=key, start=start: self.redis.xautoclaim(
+
+            async def autoclaim(key: str = key, start: str = start) -> Any:
+                return await self.redis.xautoclaim(
                     key, self.sub.group, self.sub.consumer,
                     min_idle_time=self.settings.claim_idle_ms,
                     start_id=start, count=self.settings.read_batch_size,
-                )
-            )  # fmt: skip
-            next_start, entries = _text(reply[0]), reply[1]
+                )  # fmt: skip
+
+            reply = await self.bus.io.run(autoclaim)
+            self._claim_cursor[stream] = text(reply[0])
             deleted = reply[2] if len(reply) > 2 else []
-            self._claim_cursor[stream] = next_start
             if deleted:
                 self.metrics.inc("claimed_deleted", len(deleted), stream=stream)
-            if not entries:
+            claimed = entries(reply[1])
+            if not claimed:
                 continue
-            self.metrics.inc("claimed", len(entries), stream=stream)
-            counts = await self._delivery_counts(stream, [_text(e[0]) for e in entries])
-            handled += await self._process(stream, entries, counts)
+            self.metrics.inc("claimed", len(claimed), stream=stream)
+            counts = await self._delivery_counts(stream, [entry_id for entry_id, _ in claimed])
+            handled += await self._process(stream, claimed, counts)
         return handled
 
     async def _delivery_counts(self, stream: str, ids: Sequence[str]) -> dict[str, int]:
         lo = min(ids, key=parse_id)
         hi = max(ids, key=parse_id)
-        rows = await self.bus.io.run(
-            lambda: self.redis.xpending_range(
+
+        async def read() -> Any:
+            return await self.redis.xpending_range(
                 self.bus.key(stream), self.sub.group, lo, hi, len(ids) * 4 + 16,
                 consumername=self.sub.consumer,
-            )
-        )  # fmt: skip
-        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+            )  # fmt: skip
+
+        rows = await self.bus.io.run(read)
+        return {text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def _read_new(self, *, block: bool) -> int:
         """Read streams in priority order: a lower stream is read only when the higher
         ones are empty, or once every `emergency_burst_limit` busy rounds."""
         streams = list(self.sub.streams)
+        block_ms = self.settings.read_block_ms if block else None
+        if len(streams) == 1:  # no priorities to honour: one (blocking) read
+            handled = 0
+            for s, batch in await self._xreadgroup({streams[0]: ">"}, block_ms=block_ms):
+                handled += await self._process(s, batch, {})
+            return handled
         for index, stream in enumerate(streams):
             lower_remaining = index < len(streams) - 1
-            entries = await self._xreadgroup({stream: ">"}, block_ms=None)
-            if not entries:
+            found = await self._xreadgroup({stream: ">"}, block_ms=None)
+            if not found:
                 continue
             handled = 0
-            for s, batch in entries:
+            for s, batch in found:
                 handled += await self._process(s, batch, {})
             if lower_remaining:
                 self._urgent_rounds += 1
@@ -270,12 +284,10 @@ class Consumer:
         self._urgent_rounds = 0
         if not block:
             return 0
-        entries = await self._xreadgroup(
-            dict.fromkeys(streams, ">"), block_ms=self.settings.read_block_ms
-        )
+        found = await self._xreadgroup(dict.fromkeys(streams, ">"), block_ms=block_ms)
         order = {s: i for i, s in enumerate(streams)}
         handled = 0
-        for s, batch in sorted(entries, key=lambda e: order[e[0]]):
+        for s, batch in sorted(found, key=lambda e: order[e[0]]):
             handled += await self._process(s, batch, {})
         return handled
 
@@ -287,7 +299,7 @@ class Consumer:
 
         async def read() -> list[tuple[str, list[RawEntry]]]:
             try:
-                reply = await self.redis.xreadgroup(
+                reply: Any = await self.redis.xreadgroup(
                     self.sub.group, self.sub.consumer, keys,  # type: ignore[arg-type]
                     count=self.settings.read_batch_size, block=block_ms,
                 )  # fmt: skip
@@ -298,85 +310,97 @@ class Consumer:
                 for stream in streams:
                     await self.ensure_group(stream)
                 return []
-            return [(by_key[_text(key)], batch) for key, batch in reply or []]
+            return [(by_key[key], batch) for key, batch in stream_batches(reply)]
 
         return await self.bus.io.run(read)
 
     # ------------------------------------------------------------ processing
 
-    async def _process(
-        self, stream: str, entries: Sequence[RawEntry], counts: dict[str, int]
-    ) -> int:
+    async def _process(self, stream: str, batch: Sequence[RawEntry], counts: dict[str, int]) -> int:
         """Verify, de-duplicate and hand entries to the handler; then ack, schedule a
         retry, or dead-letter each one."""
-        if not entries:
+        if not batch:
             return 0
-        now_ms = time.time() * 1000.0
-        verified: list[tuple[str, list[pb.BusEnvelope], int]] = []
-        for raw_id, fields in entries:
-            entry_id = _text(raw_id)
-            deliveries = counts.get(entry_id, 1)
-            self.metrics.inc("delivered", stream=stream)
-            if fields is None:
+        now_ms = int(time.time() * 1000)
+        self.metrics.inc("delivered", len(batch), stream=stream)
+        opened = await self._open_all(stream, batch, counts)
+        states = await self.bus.io.run(
+            lambda: self.ledger.check(
+                [(entry.unit_id, entry_id) for entry_id, _, entry, _ in opened], now_ms=now_ms
+            )
+        )
+        progress: list[Progress] = []
+        to_ack: list[str] = []
+        for (entry_id, fields, entry, deliveries), state in zip(opened, states, strict=True):
+            if state.status is DeliveryStatus.REPLAY:
+                self.metrics.inc("rejected", stream=stream, reason="replay")
+                replay = _Failure("replay", f"{entry.unit_id} was carried by another entry")
+                await self._dead_letter(stream, entry_id, fields, replay, deliveries)
                 continue
+            if state.status is DeliveryStatus.APPLIED:
+                self.metrics.inc("duplicates", stream=stream)
+                to_ack.append(entry_id)
+                continue
+            applied, failure = await self._apply(stream, entry_id, entry, deliveries, state)
+            complete = failure is None
+            if applied > state.applied or complete:
+                progress.append(Progress(entry.unit_id, applied, complete))
+            if complete:
+                to_ack.append(entry_id)
+            elif deliveries >= self.settings.max_deliveries:
+                assert failure is not None
+                await self._dead_letter(
+                    stream, entry_id, fields, failure, deliveries, entry.unit_id
+                )
+            else:
+                self._schedule_retry(stream, entry_id, deliveries)
+        await self.bus.io.run(
+            lambda: self.ledger.record_and_ack(self.bus.key(stream), progress, to_ack)
+        )
+        self.metrics.inc("acked", len(to_ack), stream=stream)
+        return len(batch)
+
+    async def _open_all(
+        self, stream: str, batch: Sequence[RawEntry], counts: dict[str, int]
+    ) -> list[tuple[str, dict[bytes, bytes], OpenedEntry, int]]:
+        """Verify each entry; dead-letter those over the delivery bound or rejected."""
+        opened = []
+        for entry_id, fields in batch:
+            deliveries = counts.get(entry_id, 1)
             if deliveries > self.settings.max_deliveries:
                 failure = _Failure("max_deliveries", "delivery bound exceeded before handling")
                 await self._dead_letter(stream, entry_id, fields, failure, deliveries)
                 continue
             try:
-                envelopes = open_entry(
-                    fields, self.rules[stream], parse_id(entry_id)[0], self.keyring
-                )
+                entry = open_entry(fields, self.rules[stream], parse_id(entry_id)[0], self.keyring)
             except RejectedMessage as rejection:
                 self.metrics.inc("rejected", stream=stream, reason=rejection.reason)
-                await self._dead_letter(
-                    stream, entry_id, fields, _Failure(rejection.reason, rejection.detail),
-                    deliveries,
-                )  # fmt: skip
+                failure = _Failure(rejection.reason, rejection.detail)
+                await self._dead_letter(stream, entry_id, fields, failure, deliveries)
                 continue
-            verified.append((entry_id, envelopes, deliveries))
+            opened.append((entry_id, fields, entry, deliveries))
+        return opened
 
-        statuses = await self.ledger.check(
-            [(env.message_id, entry_id) for entry_id, envs, _ in verified for env in envs],
-            now_ms=int(now_ms),
-        )
-        done_ids: list[str] = []
-        to_ack: list[str] = []
-        fields_by_id = {_text(raw_id): fields for raw_id, fields in entries}
-        for entry_id, envelopes, deliveries in verified:
-            failure: _Failure | None = None
-            message_ids = [env.message_id for env in envelopes]
-            for env in envelopes:
-                status = statuses[(env.message_id, entry_id)]
-                if status is DeliveryStatus.APPLIED:
-                    self.metrics.inc("duplicates", stream=stream)
-                    continue
-                if status is DeliveryStatus.REPLAY:
-                    self.metrics.inc("rejected", stream=stream, reason="replay")
-                    failure = _Failure("replay", f"message id {env.message_id} seen before")
-                    break
-                try:
-                    await self.handler(Delivery(stream, entry_id, env, deliveries))
-                except Exception as exc:
-                    failure = _Failure("handler_failed", f"{type(exc).__name__}: {exc}")
-                    log.warning("handler failed on %s %s: %s", stream, entry_id, failure.detail)
-                    break
-                done_ids.append(env.message_id)
-                latency_s = max(now_ms / 1000.0 - env.issued_at_ns / 1e9, 0.0)
-                self.metrics.observe("delivery_latency_s", latency_s, stream=stream)
-            if failure is None:
-                to_ack.append(entry_id)
-            elif failure.reason == "replay" or deliveries >= self.settings.max_deliveries:
-                await self._dead_letter(
-                    stream, entry_id, fields_by_id[entry_id], failure, deliveries, message_ids
-                )
-            else:
-                self._schedule_retry(stream, entry_id, deliveries)
-        await self.bus.io.run(
-            lambda: self.ledger.apply_and_ack(self.bus.key(stream), done_ids, to_ack)
-        )
-        self.metrics.inc("acked", len(to_ack), stream=stream)
-        return len(entries)
+    async def _apply(
+        self, stream: str, entry_id: str, entry: OpenedEntry, deliveries: int, state: UnitState
+    ) -> tuple[int, _Failure | None]:
+        """Run the handler on the envelopes not yet applied; returns how many are applied
+        in total and the failure that stopped it, if any."""
+        applied = state.applied
+        now_ns = time.time_ns()
+        for env in entry.envelopes[state.applied :]:
+            try:
+                await self.handler(Delivery(stream, entry_id, env, deliveries))
+            except Exception as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+                log.warning("handler failed on %s %s: %s", stream, entry_id, detail)
+                self.metrics.inc("handled", applied - state.applied, stream=stream)
+                return applied, _Failure("handler_failed", detail)
+            applied += 1
+            latency_s = max(now_ns - env.issued_at_ns, 0) / 1e9
+            self.metrics.observe("delivery_latency_s", latency_s, stream=stream)
+        self.metrics.inc("handled", applied - state.applied, stream=stream)
+        return applied, None
 
     def _schedule_retry(self, stream: str, entry_id: str, deliveries: int) -> None:
         base = self.settings.retry_backoff_base_ms * (2 ** (deliveries - 1))
@@ -392,12 +416,12 @@ class Consumer:
         fields: dict[bytes, bytes],
         failure: _Failure,
         deliveries: int,
-        message_ids: Sequence[str] = (),
+        unit_id: str | None = None,
     ) -> None:
         """Move an entry to its dead-letter stream with provenance and ack it, in one
         transaction, so it is neither lost nor left pending."""
         now_ms = int(time.time() * 1000)
-        first_ms = await self.bus.io.run(lambda: self.ledger.first_delivery_ms(message_ids))
+        first_ms = await self.bus.io.run(lambda: self.ledger.first_delivery_ms(unit_id))
         record: dict[str | bytes, str | bytes | int] = {
             "source_stream": stream,
             "entry_id": entry_id,
@@ -423,7 +447,3 @@ class Consumer:
         await self.bus.io.run(move)
         self._retries.pop((stream, entry_id), None)
         self.metrics.inc("dead_lettered", stream=stream, reason=failure.reason)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -127,12 +127,22 @@ def _check_header(env: pb.BusEnvelope, rules: EnvelopeRules, entry_time_ms: int)
         raise RejectedMessage("future", f"issued {-skew_ms:.0f} ms after it was enqueued")
 
 
+@dataclass(frozen=True)
+class OpenedEntry:
+    """A verified entry. `unit_id` names what was signed as one unit: the message id of
+    a single envelope, the batch id of a batch. Envelopes cannot be moved between
+    batches without the private key, so replay and progress are tracked per unit."""
+
+    unit_id: str
+    envelopes: list[pb.BusEnvelope]
+
+
 def open_entry(
     fields: dict[bytes, bytes],
     rules: EnvelopeRules,
     entry_time_ms: int,
     keyring: Keyring,
-) -> list[pb.BusEnvelope]:
+) -> OpenedEntry:
     """Verify a raw stream entry and return its envelopes (payloads not yet parsed)."""
     raw_single = fields.get(SINGLE_FIELD)
     raw_batch = fields.get(BATCH_FIELD)
@@ -146,6 +156,7 @@ def open_entry(
             env = pb.BusEnvelope.FromString(raw)
             keyring.verify(env.key_id, _DOMAIN_SINGLE + signing_bytes(env), env.signature)
             envelopes = [env]
+            unit_id = env.message_id
         else:
             batch = pb.EnvelopeBatch.FromString(raw)
             envelopes = list(batch.envelopes)
@@ -155,8 +166,9 @@ def open_entry(
                 raise RejectedMessage("invalid_signature", "envelope key id differs from batch")
             signed = batch_signing_bytes(batch.batch_id, batch.key_id, envelopes)
             keyring.verify(batch.key_id, signed, batch.signature)
+            unit_id = "batch:" + batch.batch_id
     except DecodeError as exc:
         raise RejectedMessage("malformed", str(exc)) from None
     for env in envelopes:
         _check_header(env, rules, entry_time_ms)
-    return envelopes
+    return OpenedEntry(unit_id, envelopes)

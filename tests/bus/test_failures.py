@@ -81,7 +81,7 @@ async def test_killed_consumers_entries_are_claimed_and_processed_exactly_once(
     )
     public_hex = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
     victim = subprocess.Popen(
-        [sys.executable, "-m", "tests.procs.blocking_consumer", bus.settings.redis_url,
+        [sys.executable, "-m", "tamiyo_bus.hung_consumer", bus.settings.redis_url,
          bus.settings.key_prefix, Stream.NORMAL, public_hex],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -208,3 +208,26 @@ async def test_deleted_group_is_recreated_and_applied_entries_are_not_reapplied(
     assert recorder.payloads == [b"a", b"b"]
     assert bus.metrics.count("groups_recreated") >= 1
     assert bus.metrics.count("duplicates") == 1  # "a" came again from id 0, applied once
+
+
+async def test_batch_entry_resumes_after_the_envelopes_already_applied(
+    bus: Bus, keyring: Keyring
+) -> None:
+    await bus.publish_many(
+        [Outgoing(TELEMETRY, str(i).encode(), stream=Stream.NORMAL) for i in range(5)]
+    )
+    failed_once: list[bytes] = []
+
+    def fail_third_once(delivery: Delivery) -> bool:
+        if delivery.envelope.payload == b"2" and not failed_once:
+            failed_once.append(delivery.envelope.payload)
+            return True
+        return False
+
+    recorder = Recorder(fail=fail_third_once)
+    consumer = Consumer(bus, subscription(Stream.NORMAL), recorder, keyring)
+    await poll_until(consumer, lambda: len(recorder.deliveries) == 5)
+
+    assert recorder.payloads == [b"0", b"1", b"2", b"3", b"4"]  # 0 and 1 applied once
+    assert [d.delivery_count for d in recorder.deliveries] == [1, 1, 2, 2, 2]
+    assert (await bus.redis.xpending(bus.key(Stream.NORMAL), "g"))["pending"] == 0

@@ -1,6 +1,8 @@
-"""A consumer process that takes a batch of entries and then hangs in its handler, so
-a test can SIGKILL it with those entries pending. Signals readiness by printing the
-number of entries it holds."""
+"""A consumer process that takes a batch of entries and then hangs in its handler.
+
+Used by the bus self-check and the tests to show that entries held by a consumer that
+is SIGKILLed mid-batch are claimed and processed by another. It prints how many
+entries the group holds pending once it is holding them."""
 
 from __future__ import annotations
 
