@@ -7,11 +7,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from tamiyo_bus import selfcheck
+from tamiyo_bus import exporter, selfcheck
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-SUBCOMMANDS: tuple[Register, ...] = (selfcheck.register,)
+SUBCOMMANDS: tuple[Register, ...] = (selfcheck.register, exporter.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,76 @@
+"""`tamiyo-bus bus-exporter`: the bus's own state as Prometheus metrics.
+
+Read from the server at scrape time, so every scrape is current and the exporter
+holds no state: per stream its length, per group its lag (undelivered + unacked)
+and pending count, and the length of each dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client import start_http_server
+from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from oona.connection import resolve_url
+from oona.settings import OonaSettings
+
+
+class BusCollector(Collector):
+    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+        self.client = client
+        self.stream_prefix = f"{key_prefix}:stream:"
+        self.dead_prefix = f"{key_prefix}:dead:"
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        length = GaugeMetricFamily(
+            "oona_stream_entries", "Entries held in a stream", labels=["stream"]
+        )
+        lag = GaugeMetricFamily(
+            "oona_group_lag_entries",
+            "Entries a consumer group has not yet acked (undelivered + pending)",
+            labels=["stream", "group"],
+        )
+        pending = GaugeMetricFamily(
+            "oona_group_pending_entries", "Entries delivered and not yet acked",
+            labels=["stream", "group"],
+        )  # fmt: skip
+        dead = GaugeMetricFamily(
+            "oona_dead_letter_entries", "Entries in a dead-letter stream", labels=["stream"]
+        )
+        for raw_key in self.client.scan_iter(match=self.stream_prefix + "*", _type="stream"):
+            key = raw_key.decode()
+            stream = key.removeprefix(self.stream_prefix)
+            length.add_metric([stream], float(self.client.xlen(key)))
+            groups: Any = self.client.xinfo_groups(key)
+            for group in groups:
+                name = group["name"].decode()
+                undelivered = group.get("lag") or 0
+                lag.add_metric([stream, name], float(int(undelivered) + int(group["pending"])))
+                pending.add_metric([stream, name], float(group["pending"]))
+        for raw_key in self.client.scan_iter(match=self.dead_prefix + "*", _type="stream"):
+            key = raw_key.decode()
+            dead.add_metric([key.removeprefix(self.dead_prefix)], float(self.client.xlen(key)))
+        yield from (length, lag, pending, dead)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = OonaSettings.from_env()
+    client = redis.Redis.from_url(resolve_url(settings))
+    REGISTRY.register(BusCollector(client, settings.key_prefix))
+    start_http_server(args.port, addr=args.host)
+    print(f"bus exporter on http://{args.host}:{args.port}/metrics", flush=True)
+    threading.Event().wait()  # serve until the process is stopped
+    return 0
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("bus-exporter", help="serve stream and group state to Prometheus")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=9121)
+    parser.set_defaults(run=run)

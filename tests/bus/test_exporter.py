@@ -1,0 +1,40 @@
+"""The bus exporter reports stream length, group lag and dead letters from the server."""
+
+from __future__ import annotations
+
+import redis
+
+from leyline_pb import leyline_pb2 as pb
+from oona.bus import Bus
+from oona.consumer import Consumer
+from oona.keys import Keyring
+from oona.streams import Stream
+from tamiyo_bus.exporter import BusCollector
+
+from .helpers import Recorder, subscription
+
+
+async def test_exporter_reports_lengths_lag_and_dead_letters(bus: Bus, keyring: Keyring) -> None:
+    for _ in range(3):
+        await bus.publish(pb.MESSAGE_TYPE_TELEMETRY, b"x", stream=Stream.NORMAL)
+    bus.settings = bus.settings.with_overrides(max_deliveries=1)
+    consumer = Consumer(bus, subscription(Stream.NORMAL), Recorder(fail=lambda d: True), keyring)
+    await consumer.start()
+    await bus.publish(pb.MESSAGE_TYPE_TELEMETRY, b"y", stream=Stream.NORMAL)
+    await consumer.poll_once(block=False)  # all four fail once: dead-lettered
+    await bus.publish(pb.MESSAGE_TYPE_TELEMETRY, b"z", stream=Stream.NORMAL)
+
+    client = redis.Redis.from_url(bus.settings.redis_url)
+    families = {f.name: f for f in BusCollector(client, bus.settings.key_prefix).collect()}
+    client.close()
+
+    def value(name: str, **labels: str) -> float:
+        for sample in families[name].samples:
+            if sample.labels == labels:
+                return sample.value
+        raise AssertionError(f"no {name} sample for {labels}")
+
+    assert value("oona_stream_entries", stream="normal") == 5
+    assert value("oona_group_lag_entries", stream="normal", group="g") == 1
+    assert value("oona_group_pending_entries", stream="normal", group="g") == 0
+    assert value("oona_dead_letter_entries", stream="normal") == 4
