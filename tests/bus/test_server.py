@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from leyline_pb import leyline_pb2 as pb
+from oona.breaker import BreakerState
 from oona.bus import Bus
 from oona.connection import open_redis
 from oona.consumer import Consumer
@@ -35,11 +36,15 @@ def test_embedded_server_starts_writes_its_log_and_stops(tmp_path: Path) -> None
 async def test_unreachable_server_raises_bus_unavailable_within_the_io_budget(
     tmp_path: Path, signer: Signer
 ) -> None:
-    settings = OonaSettings(redis_url=f"unix://{tmp_path}/absent.sock", io_timeout_ms=200.0)
+    settings = OonaSettings(
+        redis_url=f"unix://{tmp_path}/absent.sock", io_timeout_ms=200.0,
+        reconnect_backoff_base_ms=10.0, io_breaker_failure_threshold=2,
+    )  # fmt: skip
     bus = Bus(open_redis(settings.redis_url, settings), settings, signer, source="t")
     with pytest.raises(BusUnavailable, match="unreachable for 200 ms"):
         await bus.publish(TELEMETRY, b"x", stream=Stream.NORMAL)
-    assert bus.metrics.count("io_failures") >= 1
+    assert bus.metrics.count("io_failures") >= 2
+    assert bus.io.breaker.state is not BreakerState.CLOSED  # IO failures open it
     await bus.close()
 
 
