@@ -1,0 +1,439 @@
+"""PolicyUpdates applied as one transaction, the `policy` stream listener that feeds
+them in, and the helper Simic uses to publish them.
+
+The transaction either installs a new policy or changes nothing. It never writes into
+the running module: it validates the update, builds the new policy in a copy, and
+installs the copy by replacing one reference under the holder's lock. A decision that
+took its snapshot with `PolicyHolder.current()` keeps the module it started with, so
+a swap can never land mid-inference, and the step path never waits on the swap (nor
+the swap on a wedged inference).
+
+Weights are loaded only with `safetensors.torch.load`, which reads tensors and
+executes nothing. The earlier system unpickled PolicyUpdates; any pickle (bare, or
+inside a `torch.save` zip archive) is refused before a loader sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from google.protobuf.message import DecodeError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from leyline_pb import leyline_pb2 as pb
+from oona.bus import Bus
+from oona.consumer import Consumer, Delivery, Subscription
+from oona.errors import RejectedMessage
+from oona.events import (
+    POLICY_ROLLED_BACK,
+    POLICY_UPDATE_APPLIED,
+    POLICY_UPDATE_REJECTED,
+    EventSink,
+    LogEventSink,
+    make_event,
+)
+from oona.freshness import Clock, FreshnessWindow
+from oona.keyfiles import KeySettings
+from oona.keys import Keyring, Signer
+from oona.metrics import BusMetrics
+from oona.retention import parse_id
+from oona.signed import POLICY_UPDATE_DOMAIN, sign_message, verify_message
+from oona.streams import Stream
+
+SAFETENSORS_FORMAT = "safetensors"
+POLICY_GROUP = "tamiyo"
+_PICKLE_PROTOCOL_OPCODE = 0x80
+_ZIP_MAGIC = b"PK\x03\x04"
+_SAFETENSORS_HEADER_LEN_BYTES = 8
+
+
+@dataclass(frozen=True, eq=False)
+class RunningPolicy:
+    """A policy module with the identity updates are checked against.
+
+    The module is treated as read-only once installed: updates build a new one.
+    """
+
+    module: torch.nn.Module
+    policy_id: str
+    version: int
+    architecture_id: str
+    registry_digest: str
+
+
+class RollbackUnavailable(RuntimeError):
+    """There is no previous policy to return to (none yet, or already rolled back)."""
+
+
+class PolicyHolder:
+    """The running policy, the one it replaced, and the lock that orders changes.
+
+    The step path calls `current()` once per decision and uses that snapshot
+    throughout; it never takes `lock`, which only writers (updates, rollbacks) hold.
+    `highest_version` is the newest version ever installed: after a rollback an
+    update must still be newer than the version rolled back from, so a bad version
+    cannot be re-applied by replaying its update.
+    """
+
+    def __init__(self, initial: RunningPolicy) -> None:
+        self.lock = threading.Lock()
+        self._current = initial
+        self._previous: RunningPolicy | None = None
+        self._highest_version = initial.version
+
+    def current(self) -> RunningPolicy:
+        """The policy to use for one whole decision."""
+        return self._current
+
+    @property
+    def previous(self) -> RunningPolicy | None:
+        return self._previous
+
+    @property
+    def highest_version(self) -> int:
+        return self._highest_version
+
+    def install(self, policy: RunningPolicy) -> RunningPolicy:
+        """Make `policy` current and keep the replaced one for rollback; the caller
+        holds `lock`. Returns the replaced policy."""
+        old = self._current
+        self._previous = old
+        self._current = policy
+        self._highest_version = max(self._highest_version, policy.version)
+        return old
+
+    def restore_previous(self) -> tuple[RunningPolicy, RunningPolicy]:
+        """Make the previous policy current again; the caller holds `lock`. Returns
+        (the policy rolled back from, the restored one)."""
+        if self._previous is None:
+            raise RollbackUnavailable("no previous policy is kept")
+        rolled_back, restored = self._current, self._previous
+        self._current, self._previous = restored, None
+        return rolled_back, restored
+
+
+@dataclass(frozen=True)
+class PolicyUpdateSettings:
+    """Limits of the transaction. Freshness is measured against the time the update
+    reached the bus (its stream entry), or against now when applied directly."""
+
+    max_age_ms: float = 60_000.0
+    max_future_ms: float = 5_000.0
+    max_payload_bytes: int = 64 * 1024 * 1024
+
+
+def encode_weights(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    """A state dict as safetensors bytes (each tensor copied to contiguous CPU memory,
+    so tied or strided tensors serialise too)."""
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in state_dict.items()}
+    return save_safetensors(tensors)
+
+
+def build_policy_update(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    policy_id: str,
+    version: int,
+    architecture_id: str,
+    registry_digest: str,
+    signer: Signer,
+    clock_ns: Clock = time.time_ns,
+) -> pb.PolicyUpdate:
+    """A signed PolicyUpdate carrying `state_dict` as safetensors (Simic's side)."""
+    payload = encode_weights(state_dict)
+    update = pb.PolicyUpdate(
+        policy_id=policy_id,
+        policy_version=version,
+        architecture_id=architecture_id,
+        registry_digest=registry_digest,
+        issued_at_ns=clock_ns(),
+        payload_format=SAFETENSORS_FORMAT,
+        payload=payload,
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+    )
+    sign_message(POLICY_UPDATE_DOMAIN, update, signer)
+    return update
+
+
+async def publish_policy_update(bus: Bus, update: pb.PolicyUpdate) -> str:
+    """Publish a signed PolicyUpdate on the policy stream; returns its message id."""
+    return await bus.publish(
+        pb.MESSAGE_TYPE_POLICY_UPDATE, update.SerializeToString(), stream=Stream.POLICY
+    )
+
+
+def _looks_like_pickle(payload: bytes) -> bool:
+    """A pickle (protocol 2 and later start with the PROTO opcode) or a torch.save zip
+    archive, which holds one."""
+    pickled = len(payload) > 1 and payload[0] == _PICKLE_PROTOCOL_OPCODE and 2 <= payload[1] <= 5
+    return pickled or payload.startswith(_ZIP_MAGIC)
+
+
+def _load_tensors(payload: bytes) -> dict[str, torch.Tensor]:
+    if _looks_like_pickle(payload):
+        raise RejectedMessage("pickle_payload", "payload is a pickle; it is never unpickled")
+    header = payload[_SAFETENSORS_HEADER_LEN_BYTES : _SAFETENSORS_HEADER_LEN_BYTES + 1]
+    if header != b"{":
+        raise RejectedMessage("malformed_payload", "payload is not a safetensors file")
+    try:
+        return load_safetensors(payload)
+    except Exception as exc:  # the Rust parser raises its own error types
+        raise RejectedMessage("malformed_payload", f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_tensors(
+    loaded: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> None:
+    missing = sorted(set(expected) - set(loaded))
+    unexpected = sorted(set(loaded) - set(expected))
+    if missing or unexpected:
+        raise RejectedMessage(
+            "tensor_names_mismatch", f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for name, want in expected.items():
+        got = loaded[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise RejectedMessage(
+                "tensor_shape_mismatch", f"{name}: {tuple(got.shape)} != {tuple(want.shape)}"
+            )
+        if got.dtype != want.dtype:
+            raise RejectedMessage("tensor_dtype_mismatch", f"{name}: {got.dtype} != {want.dtype}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise RejectedMessage("non_finite_weights", name)
+
+
+class PolicyUpdateTransaction:
+    """Validates PolicyUpdates and installs them into a PolicyHolder, all or nothing.
+
+    Each rejection is counted as ``policy_updates_rejected{reason}``, emitted as a
+    ``policy_update_rejected`` event and raised as RejectedMessage; the running policy
+    is then exactly as it was. Success is counted, emitted as
+    ``policy_update_applied`` with the old and new versions, and returns the policy.
+    """
+
+    def __init__(
+        self,
+        holder: PolicyHolder,
+        keyring: Keyring,
+        settings: PolicyUpdateSettings | None = None,
+        *,
+        metrics: BusMetrics | None = None,
+        events: EventSink | None = None,
+        clock_ns: Clock = time.time_ns,
+    ) -> None:
+        self.holder = holder
+        self.keyring = keyring
+        self.settings = settings or PolicyUpdateSettings()
+        self.metrics = metrics or BusMetrics()
+        self.events: EventSink = events or LogEventSink()
+        self.window = FreshnessWindow(self.settings.max_age_ms, self.settings.max_future_ms)
+        self._clock_ns = clock_ns
+
+    def apply_serialized(self, raw: bytes, *, received_at_ns: int | None = None) -> RunningPolicy:
+        """Parse a serialised PolicyUpdate and `apply` it; unparseable bytes are
+        rejected as ``malformed`` like any other failure."""
+        try:
+            update = pb.PolicyUpdate.FromString(raw)
+        except DecodeError as exc:
+            rejection = RejectedMessage("malformed", str(exc))
+            self._rejected(pb.PolicyUpdate(), self.holder.current(), rejection)
+            raise rejection from None
+        return self.apply(update, received_at_ns=received_at_ns)
+
+    def apply(self, update: pb.PolicyUpdate, *, received_at_ns: int | None = None) -> RunningPolicy:
+        """Install `update` or raise RejectedMessage; `received_at_ns` is when it
+        reached the bus (None: now)."""
+        with self.holder.lock:
+            running = self.holder.current()
+            try:
+                new = self._validate_and_build(update, running, received_at_ns)
+            except RejectedMessage as rejection:
+                self._rejected(update, running, rejection)
+                raise
+            old = self.holder.install(new)
+        self.metrics.inc("policy_updates_applied")
+        self.metrics.set_gauge("policy_version", float(new.version))
+        self.events.emit(
+            make_event(
+                POLICY_UPDATE_APPLIED,
+                pb.TELEMETRY_LEVEL_INFO,
+                policy_id=new.policy_id,
+                old_version=old.version,
+                new_version=new.version,
+                key_id=update.signature.key_id,
+            )
+        )
+        return new
+
+    def rollback(self, reason: str) -> RunningPolicy:
+        """Return to the previous policy (a ROLLBACK command); RollbackUnavailable when
+        none is kept. Returns the restored policy."""
+        with self.holder.lock:
+            rolled_back, restored = self.holder.restore_previous()
+        self.metrics.inc("policy_rollbacks")
+        self.metrics.set_gauge("policy_version", float(restored.version))
+        self.events.emit(
+            make_event(
+                POLICY_ROLLED_BACK,
+                pb.TELEMETRY_LEVEL_WARNING,
+                from_version=rolled_back.version,
+                to_version=restored.version,
+                reason=reason,
+            )
+        )
+        return restored
+
+    def _validate_and_build(
+        self, update: pb.PolicyUpdate, running: RunningPolicy, received_at_ns: int | None
+    ) -> RunningPolicy:
+        verify_message(POLICY_UPDATE_DOMAIN, update, self.keyring)
+        reference_ns = self._clock_ns() if received_at_ns is None else received_at_ns
+        self.window.check(update.issued_at_ns, reference_ns)
+        if update.policy_version <= self.holder.highest_version:
+            raise RejectedMessage(
+                "not_newer",
+                f"version {update.policy_version} <= {self.holder.highest_version} already run",
+            )
+        if update.architecture_id != running.architecture_id:
+            raise RejectedMessage(
+                "architecture_mismatch",
+                f"{update.architecture_id!r} != {running.architecture_id!r}",
+            )
+        if update.registry_digest != running.registry_digest:
+            raise RejectedMessage(
+                "registry_mismatch", f"{update.registry_digest!r} != {running.registry_digest!r}"
+            )
+        if update.payload_format != SAFETENSORS_FORMAT:
+            raise RejectedMessage(
+                "unsupported_format", f"{update.payload_format!r}; only safetensors is loaded"
+            )
+        if len(update.payload) > self.settings.max_payload_bytes:
+            raise RejectedMessage(
+                "oversized", f"{len(update.payload)} > {self.settings.max_payload_bytes} bytes"
+            )
+        if hashlib.sha256(update.payload).hexdigest() != update.payload_sha256:
+            raise RejectedMessage("digest_mismatch", "payload does not match payload_sha256")
+        loaded = _load_tensors(update.payload)
+        _check_tensors(loaded, running.module.state_dict())
+        try:
+            candidate = copy.deepcopy(running.module)
+            candidate.load_state_dict(loaded, strict=True)
+        except Exception as exc:  # any failure here must still leave the policy untouched
+            raise RejectedMessage("load_failed", f"{type(exc).__name__}: {exc}"[:500]) from None
+        return RunningPolicy(
+            module=candidate,
+            policy_id=update.policy_id,
+            version=update.policy_version,
+            architecture_id=running.architecture_id,
+            registry_digest=running.registry_digest,
+        )
+
+    def _rejected(
+        self, update: pb.PolicyUpdate, running: RunningPolicy, rejection: RejectedMessage
+    ) -> None:
+        self.metrics.inc("policy_updates_rejected", reason=rejection.reason)
+        self.events.emit(
+            make_event(
+                POLICY_UPDATE_REJECTED,
+                pb.TELEMETRY_LEVEL_WARNING,
+                reason=rejection.reason,
+                detail=rejection.detail,
+                policy_id=update.policy_id,
+                running_version=running.version,
+                offered_version=update.policy_version,
+            )
+        )
+
+
+class PolicyUpdateListener:
+    """Consumes the `policy` stream (group ``tamiyo``) into a PolicyUpdateTransaction.
+
+    The bus has already verified the envelope; the transaction verifies the update's
+    own signature, so a policy is accepted only from a key Tamiyo trusts. A rejected
+    update is final: it is written to the policy dead-letter stream with its reason
+    and acked, never retried (retrying cannot make it valid).
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        transaction: PolicyUpdateTransaction,
+        keyring: Keyring,
+        *,
+        consumer_name: str = "tamiyo",
+    ) -> None:
+        self.bus = bus
+        self.transaction = transaction
+        settings = transaction.settings
+        subscription = Subscription(
+            group=POLICY_GROUP,
+            consumer=consumer_name,
+            streams=(Stream.POLICY,),
+            accepted_types=frozenset({pb.MESSAGE_TYPE_POLICY_UPDATE}),
+            max_entry_bytes=settings.max_payload_bytes + 64 * 1024,
+            max_age_ms=settings.max_age_ms,
+            max_future_ms=settings.max_future_ms,
+        )
+        self.consumer = Consumer(bus, subscription, self._handle, keyring)
+
+    @classmethod
+    def from_key_settings(
+        cls,
+        bus: Bus,
+        holder: PolicyHolder,
+        keys: KeySettings,
+        settings: PolicyUpdateSettings | None = None,
+        *,
+        events: EventSink | None = None,
+        consumer_name: str = "tamiyo",
+    ) -> PolicyUpdateListener:
+        """The listener as a service starts it: the trusted keys come from `keys`, and
+        a missing or unusable key raises KeyConfigError before anything touches the
+        bus."""
+        keyring = keys.load_keyring()
+        transaction = PolicyUpdateTransaction(
+            holder, keyring, settings, metrics=bus.metrics, events=events
+        )
+        return cls(bus, transaction, keyring, consumer_name=consumer_name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set."""
+        await self.consumer.run(stop)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        received_at_ns = parse_id(delivery.entry_id)[0] * 1_000_000
+        try:
+            await asyncio.to_thread(
+                self.transaction.apply_serialized,
+                delivery.envelope.payload,
+                received_at_ns=received_at_ns,
+            )
+        except RejectedMessage as rejection:
+            await self._dead_letter(delivery, rejection)
+
+    async def _dead_letter(self, delivery: Delivery, rejection: RejectedMessage) -> None:
+        now_ms = int(time.time() * 1000)
+        record: dict[str, str | bytes | int] = {
+            "source_stream": delivery.stream,
+            "entry_id": delivery.entry_id,
+            "group": POLICY_GROUP,
+            "consumer": self.consumer.sub.consumer,
+            "reason": rejection.reason,
+            "detail": rejection.detail[:2000],
+            "attempts": delivery.delivery_count,
+            "published_ms": parse_id(delivery.entry_id)[0],
+            "dead_lettered_ms": now_ms,
+            "message_id": delivery.envelope.message_id,
+            "orig_envelope": delivery.envelope.SerializeToString(),
+        }
+        key = self.bus.dead_letter_key(delivery.stream)
+        await self.bus.io.run(lambda: self.bus.redis.xadd(key, record))  # type: ignore[arg-type]
+        self.bus.metrics.inc("dead_lettered", stream=delivery.stream, reason=rejection.reason)
