@@ -797,8 +797,13 @@ class TelemetryEvent(google.protobuf.message.Message):
     NAME_FIELD_NUMBER: builtins.int
     LEVEL_FIELD_NUMBER: builtins.int
     ATTRIBUTES_FIELD_NUMBER: builtins.int
+    PRIORITY_FIELD_NUMBER: builtins.int
     name: builtins.str
     level: global___TelemetryLevel.ValueType
+    priority: global___MessagePriority.ValueType
+    """How urgently the event must travel (the emergency stream for HIGH and CRITICAL);
+    assigned from the event's kind by tamiyo_bus.risk.priorities, the one mapping.
+    """
     @property
     def attributes(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]: ...
     def __init__(
@@ -807,8 +812,9 @@ class TelemetryEvent(google.protobuf.message.Message):
         name: builtins.str = ...,
         level: global___TelemetryLevel.ValueType = ...,
         attributes: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        priority: global___MessagePriority.ValueType = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["attributes", b"attributes", "level", b"level", "name", b"name"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["attributes", b"attributes", "level", b"level", "name", b"name", "priority", b"priority"]) -> None: ...
 
 global___TelemetryEvent = TelemetryEvent
 
