@@ -8,10 +8,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tamiyo_bus import exporter, selfcheck
+from tamiyo_bus.security import keytool
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-SUBCOMMANDS: tuple[Register, ...] = (selfcheck.register, exporter.register)
+SUBCOMMANDS: tuple[Register, ...] = (selfcheck.register, exporter.register, keytool.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
