@@ -249,6 +249,7 @@ class _MessageTypeEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._En
     MESSAGE_TYPE_TRAJECTORY: _MessageType.ValueType  # 6
     MESSAGE_TYPE_FIELD_REPORT_ACK: _MessageType.ValueType  # 7
     MESSAGE_TYPE_EVENT: _MessageType.ValueType  # 8
+    MESSAGE_TYPE_TELEMETRY_AGGREGATE: _MessageType.ValueType  # 9
 
 class MessageType(_MessageType, metaclass=_MessageTypeEnumTypeWrapper):
     """Every kind of payload that may travel inside a BusEnvelope. The envelope names
@@ -265,7 +266,38 @@ MESSAGE_TYPE_TELEMETRY: MessageType.ValueType  # 5
 MESSAGE_TYPE_TRAJECTORY: MessageType.ValueType  # 6
 MESSAGE_TYPE_FIELD_REPORT_ACK: MessageType.ValueType  # 7
 MESSAGE_TYPE_EVENT: MessageType.ValueType  # 8
+MESSAGE_TYPE_TELEMETRY_AGGREGATE: MessageType.ValueType  # 9
 global___MessageType = MessageType
+
+class _MetricKind:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _MetricKindEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_MetricKind.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    METRIC_KIND_UNKNOWN: _MetricKind.ValueType  # 0
+    METRIC_KIND_GAUGE: _MetricKind.ValueType  # 1
+    """the current value"""
+    METRIC_KIND_COUNTER: _MetricKind.ValueType  # 2
+    """an increment since the previous point of the series"""
+    METRIC_KIND_HISTOGRAM: _MetricKind.ValueType  # 3
+    """one observation (latencies)"""
+
+class MetricKind(_MetricKind, metaclass=_MetricKindEnumTypeWrapper):
+    """--------------------------------------------------------------- telemetry
+
+    How a metric point is read. UNKNOWN lets the telemetry hub infer it: a time unit
+    makes a histogram (latencies), a name ending in `_total` a counter, else a gauge.
+    """
+
+METRIC_KIND_UNKNOWN: MetricKind.ValueType  # 0
+METRIC_KIND_GAUGE: MetricKind.ValueType  # 1
+"""the current value"""
+METRIC_KIND_COUNTER: MetricKind.ValueType  # 2
+"""an increment since the previous point of the series"""
+METRIC_KIND_HISTOGRAM: MetricKind.ValueType  # 3
+"""one observation (latencies)"""
+global___MetricKind = MetricKind
 
 @typing.final
 class SeedState(google.protobuf.message.Message):
@@ -733,8 +765,6 @@ global___PolicyUpdate = PolicyUpdate
 
 @typing.final
 class MetricPoint(google.protobuf.message.Message):
-    """--------------------------------------------------------------- telemetry"""
-
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     @typing.final
@@ -757,9 +787,11 @@ class MetricPoint(google.protobuf.message.Message):
     VALUE_FIELD_NUMBER: builtins.int
     UNIT_FIELD_NUMBER: builtins.int
     LABELS_FIELD_NUMBER: builtins.int
+    KIND_FIELD_NUMBER: builtins.int
     name: builtins.str
     value: builtins.float
     unit: builtins.str
+    kind: global___MetricKind.ValueType
     @property
     def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]: ...
     def __init__(
@@ -769,8 +801,9 @@ class MetricPoint(google.protobuf.message.Message):
         value: builtins.float = ...,
         unit: builtins.str = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        kind: global___MetricKind.ValueType = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["labels", b"labels", "name", b"name", "unit", b"unit", "value", b"value"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["kind", b"kind", "labels", b"labels", "name", b"name", "unit", b"unit", "value", b"value"]) -> None: ...
 
 global___MetricPoint = MetricPoint
 
@@ -895,6 +928,235 @@ class TelemetryPacket(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["events", b"events", "health", b"health", "level", b"level", "metrics", b"metrics", "packet_id", b"packet_id", "priority", b"priority", "source", b"source", "timestamp_ns", b"timestamp_ns"]) -> None: ...
 
 global___TelemetryPacket = TelemetryPacket
+
+@typing.final
+class AggregatedSeries(google.protobuf.message.Message):
+    """What the telemetry hub forwards to Nissa (stream telemetry.aggregated): one time
+    window of normalised, aggregated telemetry, or (priority CRITICAL) one urgent packet
+    on the fast path. Names are `<source>.<name>` in base units; see docs/telemetry.md.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class LabelsEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.str
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: builtins.str = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
+    NAME_FIELD_NUMBER: builtins.int
+    UNIT_FIELD_NUMBER: builtins.int
+    KIND_FIELD_NUMBER: builtins.int
+    LABELS_FIELD_NUMBER: builtins.int
+    COUNT_FIELD_NUMBER: builtins.int
+    SUM_FIELD_NUMBER: builtins.int
+    MIN_FIELD_NUMBER: builtins.int
+    MAX_FIELD_NUMBER: builtins.int
+    LAST_FIELD_NUMBER: builtins.int
+    LAST_TIMESTAMP_NS_FIELD_NUMBER: builtins.int
+    BUCKET_BOUNDS_FIELD_NUMBER: builtins.int
+    BUCKET_COUNTS_FIELD_NUMBER: builtins.int
+    SOURCE_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    unit: builtins.str
+    """base unit: "seconds", "bytes", "ratio", or "" (dimensionless)"""
+    kind: global___MetricKind.ValueType
+    count: builtins.int
+    sum: builtins.float
+    min: builtins.float
+    max: builtins.float
+    last: builtins.float
+    last_timestamp_ns: builtins.int
+    source: builtins.str
+    @property
+    def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+        """run, seed, layer and a few more, normalised"""
+
+    @property
+    def bucket_bounds(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.float]:
+        """histograms: upper bounds; +Inf is implicit"""
+
+    @property
+    def bucket_counts(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
+        """per bucket, not cumulative; len(bounds) + 1"""
+
+    def __init__(
+        self,
+        *,
+        name: builtins.str = ...,
+        unit: builtins.str = ...,
+        kind: global___MetricKind.ValueType = ...,
+        labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        count: builtins.int = ...,
+        sum: builtins.float = ...,
+        min: builtins.float = ...,
+        max: builtins.float = ...,
+        last: builtins.float = ...,
+        last_timestamp_ns: builtins.int = ...,
+        bucket_bounds: collections.abc.Iterable[builtins.float] | None = ...,
+        bucket_counts: collections.abc.Iterable[builtins.int] | None = ...,
+        source: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bucket_bounds", b"bucket_bounds", "bucket_counts", b"bucket_counts", "count", b"count", "kind", b"kind", "labels", b"labels", "last", b"last", "last_timestamp_ns", b"last_timestamp_ns", "max", b"max", "min", b"min", "name", b"name", "source", b"source", "sum", b"sum", "unit", b"unit"]) -> None: ...
+
+global___AggregatedSeries = AggregatedSeries
+
+@typing.final
+class ForwardedEvent(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class LabelsEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.str
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: builtins.str = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
+    PACKET_ID_FIELD_NUMBER: builtins.int
+    SOURCE_FIELD_NUMBER: builtins.int
+    TIMESTAMP_NS_FIELD_NUMBER: builtins.int
+    PRIORITY_FIELD_NUMBER: builtins.int
+    EVENT_FIELD_NUMBER: builtins.int
+    LABELS_FIELD_NUMBER: builtins.int
+    packet_id: builtins.str
+    source: builtins.str
+    timestamp_ns: builtins.int
+    priority: global___MessagePriority.ValueType
+    """the effective priority of the packet that carried it"""
+    @property
+    def event(self) -> global___TelemetryEvent:
+        """name normalised to `<source>.<name>`"""
+
+    @property
+    def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+        """run, seed, layer taken from the attributes"""
+
+    def __init__(
+        self,
+        *,
+        packet_id: builtins.str = ...,
+        source: builtins.str = ...,
+        timestamp_ns: builtins.int = ...,
+        priority: global___MessagePriority.ValueType = ...,
+        event: global___TelemetryEvent | None = ...,
+        labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["event", b"event"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["event", b"event", "labels", b"labels", "packet_id", b"packet_id", "priority", b"priority", "source", b"source", "timestamp_ns", b"timestamp_ns"]) -> None: ...
+
+global___ForwardedEvent = ForwardedEvent
+
+@typing.final
+class SourceStatus(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: builtins.int
+    LAST_SEEN_NS_FIELD_NUMBER: builtins.int
+    PACKETS_FIELD_NUMBER: builtins.int
+    HEALTH_FIELD_NUMBER: builtins.int
+    HEALTH_TIMESTAMP_NS_FIELD_NUMBER: builtins.int
+    source: builtins.str
+    last_seen_ns: builtins.int
+    packets: builtins.int
+    """packets received from the source in this window"""
+    health_timestamp_ns: builtins.int
+    @property
+    def health(self) -> global___HealthReport:
+        """the latest health report, if any"""
+
+    def __init__(
+        self,
+        *,
+        source: builtins.str = ...,
+        last_seen_ns: builtins.int = ...,
+        packets: builtins.int = ...,
+        health: global___HealthReport | None = ...,
+        health_timestamp_ns: builtins.int = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["health", b"health"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["health", b"health", "health_timestamp_ns", b"health_timestamp_ns", "last_seen_ns", b"last_seen_ns", "packets", b"packets", "source", b"source"]) -> None: ...
+
+global___SourceStatus = SourceStatus
+
+@typing.final
+class TelemetryAggregate(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class HubCountersEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.int
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: builtins.int = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
+    AGGREGATE_ID_FIELD_NUMBER: builtins.int
+    HUB_FIELD_NUMBER: builtins.int
+    WINDOW_START_NS_FIELD_NUMBER: builtins.int
+    WINDOW_END_NS_FIELD_NUMBER: builtins.int
+    PRIORITY_FIELD_NUMBER: builtins.int
+    SERIES_FIELD_NUMBER: builtins.int
+    EVENTS_FIELD_NUMBER: builtins.int
+    SOURCES_FIELD_NUMBER: builtins.int
+    HUB_COUNTERS_FIELD_NUMBER: builtins.int
+    aggregate_id: builtins.str
+    hub: builtins.str
+    window_start_ns: builtins.int
+    window_end_ns: builtins.int
+    priority: global___MessagePriority.ValueType
+    @property
+    def series(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___AggregatedSeries]: ...
+    @property
+    def events(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ForwardedEvent]: ...
+    @property
+    def sources(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___SourceStatus]: ...
+    @property
+    def hub_counters(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.int]:
+        """increments in this window (received, shed...)"""
+
+    def __init__(
+        self,
+        *,
+        aggregate_id: builtins.str = ...,
+        hub: builtins.str = ...,
+        window_start_ns: builtins.int = ...,
+        window_end_ns: builtins.int = ...,
+        priority: global___MessagePriority.ValueType = ...,
+        series: collections.abc.Iterable[global___AggregatedSeries] | None = ...,
+        events: collections.abc.Iterable[global___ForwardedEvent] | None = ...,
+        sources: collections.abc.Iterable[global___SourceStatus] | None = ...,
+        hub_counters: collections.abc.Mapping[builtins.str, builtins.int] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["aggregate_id", b"aggregate_id", "events", b"events", "hub", b"hub", "hub_counters", b"hub_counters", "priority", b"priority", "series", b"series", "sources", b"sources", "window_end_ns", b"window_end_ns", "window_start_ns", b"window_start_ns"]) -> None: ...
+
+global___TelemetryAggregate = TelemetryAggregate
 
 @typing.final
 class TrajectoryStep(google.protobuf.message.Message):
