@@ -27,6 +27,7 @@ from oona.bus import Bus
 from oona.dedup import DeliveryStatus, EnvelopeLedger, Progress, UnitState
 from oona.envelope import EnvelopeRules, OpenedEntry, open_entry
 from oona.errors import BusUnavailable, RejectedMessage
+from oona.events import MESSAGE_REJECTED, EventSink, LogEventSink, make_event
 from oona.keys import Keyring
 from oona.replies import RawEntry, entries, stream_batches, text
 from oona.retention import parse_id
@@ -72,15 +73,23 @@ class _Retry:
 class _Failure:
     reason: str
     detail: str
+    final: bool = False  # a rejection: dead-letter at once, never retry
 
 
 class Consumer:
     """Consumes a Subscription with `handler`; verification uses `keyring`."""
 
     def __init__(
-        self, bus: Bus, subscription: Subscription, handler: Handler, keyring: Keyring
+        self,
+        bus: Bus,
+        subscription: Subscription,
+        handler: Handler,
+        keyring: Keyring,
+        *,
+        events: EventSink | None = None,
     ) -> None:
         self.bus = bus
+        self.events: EventSink = events or LogEventSink()
         self.sub = subscription
         self.handler = handler
         self.keyring = keyring
@@ -333,8 +342,8 @@ class Consumer:
         to_ack: list[str] = []
         for (entry_id, fields, entry, deliveries), state in zip(opened, states, strict=True):
             if state.status is DeliveryStatus.REPLAY:
-                self.metrics.inc("rejected", stream=stream, reason="replay")
                 replay = _Failure("replay", f"{entry.unit_id} was carried by another entry")
+                self._reject(stream, entry_id, replay)
                 await self._dead_letter(stream, entry_id, fields, replay, deliveries)
                 continue
             if state.status is DeliveryStatus.APPLIED:
@@ -347,6 +356,11 @@ class Consumer:
                 progress.append(Progress(entry.unit_id, applied, complete))
             if complete:
                 to_ack.append(entry_id)
+            elif failure is not None and failure.final:
+                self._reject(stream, entry_id, failure)
+                await self._dead_letter(
+                    stream, entry_id, fields, failure, deliveries, entry.unit_id
+                )
             elif deliveries >= self.settings.max_deliveries:
                 assert failure is not None
                 await self._dead_letter(
@@ -374,8 +388,8 @@ class Consumer:
             try:
                 entry = open_entry(fields, self.rules[stream], parse_id(entry_id)[0], self.keyring)
             except RejectedMessage as rejection:
-                self.metrics.inc("rejected", stream=stream, reason=rejection.reason)
-                failure = _Failure(rejection.reason, rejection.detail)
+                failure = _Failure(rejection.reason, rejection.detail, final=True)
+                self._reject(stream, entry_id, failure)
                 await self._dead_letter(stream, entry_id, fields, failure, deliveries)
                 continue
             opened.append((entry_id, fields, entry, deliveries))
@@ -391,6 +405,9 @@ class Consumer:
         for env in entry.envelopes[state.applied :]:
             try:
                 await self.handler(Delivery(stream, entry_id, env, deliveries))
+            except RejectedMessage as rejection:
+                self.metrics.inc("handled", applied - state.applied, stream=stream)
+                return applied, _Failure(rejection.reason, rejection.detail, final=True)
             except Exception as exc:
                 detail = f"{type(exc).__name__}: {exc}"
                 log.warning("handler failed on %s %s: %s", stream, entry_id, detail)
@@ -401,6 +418,16 @@ class Consumer:
             self.metrics.observe("delivery_latency_s", latency_s, stream=stream)
         self.metrics.inc("handled", applied - state.applied, stream=stream)
         return applied, None
+
+    def _reject(self, stream: str, entry_id: str, failure: _Failure) -> None:
+        """Count a rejection and emit it as an event (the entry is then dead-lettered)."""
+        self.metrics.inc("rejected", stream=stream, reason=failure.reason)
+        self.events.emit(
+            make_event(
+                MESSAGE_REJECTED, pb.TELEMETRY_LEVEL_WARNING, stream=stream, group=self.sub.group,
+                entry_id=entry_id, reason=failure.reason, detail=failure.detail[:500],
+            )
+        )  # fmt: skip
 
     def _schedule_retry(self, stream: str, entry_id: str, deliveries: int) -> None:
         base = self.settings.retry_backoff_base_ms * (2 ** (deliveries - 1))

@@ -16,7 +16,6 @@ from collections import deque
 from typing import Protocol
 
 from leyline_pb import leyline_pb2 as pb
-from oona.metrics import BusMetrics
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +81,3 @@ class BufferedEventSink:
             events = list(self._events)
             self._events.clear()
         return events
-
-
-class RejectionEventMetrics(BusMetrics):
-    """Bus metrics that also emit a `message_rejected` event for each rejection.
-
-    The consumer counts every rejected entry as ``rejected{stream, reason}``; giving
-    the Bus this metrics object turns each of those counts into an event as well,
-    without the consumer knowing about events.
-    """
-
-    def __init__(self, sink: EventSink) -> None:
-        super().__init__()
-        self.sink = sink
-
-    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        super().inc(name, amount, **labels)
-        if name == "rejected":
-            self.sink.emit(make_event(MESSAGE_REJECTED, pb.TELEMETRY_LEVEL_WARNING, **labels))

@@ -382,7 +382,9 @@ class PolicyUpdateListener:
             max_age_ms=settings.max_age_ms,
             max_future_ms=settings.max_future_ms,
         )
-        self.consumer = Consumer(bus, subscription, self._handle, keyring)
+        self.consumer = Consumer(
+            bus, subscription, self._handle, keyring, events=transaction.events
+        )
 
     @classmethod
     def from_key_settings(
@@ -409,31 +411,11 @@ class PolicyUpdateListener:
         await self.consumer.run(stop)
 
     async def _handle(self, delivery: Delivery) -> None:
+        """Apply one update; a RejectedMessage propagates so the consumer dead-letters
+        the entry with its reason at once (retrying cannot make it valid)."""
         received_at_ns = parse_id(delivery.entry_id)[0] * 1_000_000
-        try:
-            await asyncio.to_thread(
-                self.transaction.apply_serialized,
-                delivery.envelope.payload,
-                received_at_ns=received_at_ns,
-            )
-        except RejectedMessage as rejection:
-            await self._dead_letter(delivery, rejection)
-
-    async def _dead_letter(self, delivery: Delivery, rejection: RejectedMessage) -> None:
-        now_ms = int(time.time() * 1000)
-        record: dict[str, str | bytes | int] = {
-            "source_stream": delivery.stream,
-            "entry_id": delivery.entry_id,
-            "group": POLICY_GROUP,
-            "consumer": self.consumer.sub.consumer,
-            "reason": rejection.reason,
-            "detail": rejection.detail[:2000],
-            "attempts": delivery.delivery_count,
-            "published_ms": parse_id(delivery.entry_id)[0],
-            "dead_lettered_ms": now_ms,
-            "message_id": delivery.envelope.message_id,
-            "orig_envelope": delivery.envelope.SerializeToString(),
-        }
-        key = self.bus.dead_letter_key(delivery.stream)
-        await self.bus.io.run(lambda: self.bus.redis.xadd(key, record))  # type: ignore[arg-type]
-        self.bus.metrics.inc("dead_lettered", stream=delivery.stream, reason=rejection.reason)
+        await asyncio.to_thread(
+            self.transaction.apply_serialized,
+            delivery.envelope.payload,
+            received_at_ns=received_at_ns,
+        )

@@ -10,7 +10,7 @@ from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
 from oona.consumer import Consumer, Subscription
 from oona.envelope import SINGLE_FIELD, make_envelope, seal
-from oona.events import MESSAGE_REJECTED, BufferedEventSink, RejectionEventMetrics
+from oona.events import MESSAGE_REJECTED, BufferedEventSink
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from oona.streams import Stream
@@ -34,7 +34,7 @@ async def test_every_rejection_reason_is_counted_emitted_and_dead_lettered_once(
     settings: OonaSettings, signer: Signer, keyring: Keyring, bus: Bus
 ) -> None:
     sink = BufferedEventSink()
-    observed = Bus(bus.redis, settings, signer, source="test", metrics=RejectionEventMetrics(sink))
+    observed = bus
     now_ns = time.time_ns()
     tampered = pb.BusEnvelope.FromString(seal(_envelope(), signer))
     tampered.payload = b"forged"
@@ -60,7 +60,7 @@ async def test_every_rejection_reason_is_counted_emitted_and_dead_lettered_once(
         max_entry_bytes=MAX_ENTRY_BYTES,
     )  # fmt: skip
     recorder = Recorder()
-    consumer = Consumer(observed, sub, recorder, keyring)
+    consumer = Consumer(observed, sub, recorder, keyring, events=sink)
 
     await consumer.drain()
 
