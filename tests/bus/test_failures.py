@@ -17,6 +17,7 @@ from oona.breaker import BreakerState
 from oona.bus import Bus, Outgoing
 from oona.consumer import Consumer, Delivery
 from oona.envelope import SINGLE_FIELD, make_envelope, seal
+from oona.errors import RejectedMessage
 from oona.keys import Keyring, Signer
 from oona.streams import Stream
 
@@ -231,3 +232,19 @@ async def test_batch_entry_resumes_after_the_envelopes_already_applied(
     assert recorder.payloads == [b"0", b"1", b"2", b"3", b"4"]  # 0 and 1 applied once
     assert [d.delivery_count for d in recorder.deliveries] == [1, 1, 2, 2, 2]
     assert (await bus.redis.xpending(bus.key(Stream.NORMAL), "g"))["pending"] == 0
+
+
+async def test_handler_raising_a_rejection_dead_letters_at_once_without_retry(
+    bus: Bus, keyring: Keyring
+) -> None:
+    async def refuse(delivery: Delivery) -> None:
+        raise RejectedMessage("not_newer", "version 3 <= running 4")
+
+    await bus.publish(TELEMETRY, b"old policy", stream=Stream.NORMAL)
+    consumer = Consumer(bus, subscription(Stream.NORMAL), refuse, keyring)
+    await consumer.drain()
+
+    [(_, record)] = await bus.redis.xrange(bus.dead_letter_key(Stream.NORMAL))
+    assert (record[b"reason"], record[b"attempts"]) == (b"not_newer", b"1")
+    assert consumer.retries_scheduled == 0
+    assert bus.metrics.count("rejected", stream="normal", reason="not_newer") == 1
