@@ -51,6 +51,16 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._trials_in_flight = 0
+        self._listeners: list[Transition] = []
+
+    def subscribe(self, listener: Transition) -> None:
+        """Observe every transition as well, after ``on_transition``.
+
+        Listeners run under the breaker's lock, in the transition's order: they must
+        return quickly and must not call back into this breaker.
+        """
+        with self._lock:
+            self._listeners.append(listener)
 
     @property
     def state(self) -> BreakerState:
@@ -104,5 +114,9 @@ class CircuitBreaker:
 
     def _move(self, new: BreakerState) -> None:
         old, self._state = self._state, new
-        if old is not new and self._on_transition is not None:
+        if old is new:
+            return
+        if self._on_transition is not None:
             self._on_transition(self.name, old, new)
+        for listener in self._listeners:
+            listener(self.name, old, new)

@@ -1,0 +1,122 @@
+"""The named breakers around Tamiyo's dependencies, built from the one generic breaker.
+
+Inference, Urza lookups, bus IO, policy updates and learning steps each get an
+``oona.breaker.CircuitBreaker`` (CLOSED -> OPEN -> HALF_OPEN -> CLOSED, failure
+threshold, cool-down, bounded half-open trials). Every transition is exported three
+ways: a ``risk_breaker_state{breaker}`` gauge (0 closed, 1 half-open, 2 open) and a
+``risk_breaker_transitions{breaker,previous,to}`` counter, an event with its priority
+(``breaker_opened`` of the inference breaker is CRITICAL), and a call to every
+subscriber (conservative mode enters when any breaker opens).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from oona.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from oona.events import EventSink
+from tamiyo_bus.risk.priorities import INFERENCE_BREAKER, EventKind, risk_event
+
+
+class BreakerName(StrEnum):
+    INFERENCE = INFERENCE_BREAKER
+    URZA = "urza"
+    BUS_IO = "bus_io"
+    POLICY_UPDATE = "policy_update"
+    LEARNING = "learning"
+
+
+STATE_VALUE: dict[BreakerState, float] = {
+    BreakerState.CLOSED: 0.0,
+    BreakerState.HALF_OPEN: 1.0,
+    BreakerState.OPEN: 2.0,
+}
+_EVENT: dict[BreakerState, EventKind] = {
+    BreakerState.OPEN: EventKind.BREAKER_OPENED,
+    BreakerState.HALF_OPEN: EventKind.BREAKER_HALF_OPEN,
+    BreakerState.CLOSED: EventKind.BREAKER_CLOSED,
+}
+
+
+class MetricsSink(Protocol):
+    """Where breaker metrics go (``oona.metrics.BusMetrics`` is one)."""
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None: ...
+
+    def set_gauge(self, name: str, value: float, **labels: str) -> None: ...
+
+
+BreakerListener = Callable[[BreakerName, BreakerState, BreakerState], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerBankSettings:
+    """Per breaker: failures in a row that open it, cool-down, half-open trial calls.
+
+    Inference opens after three missed deadlines in a row; policy updates and learning
+    steps are rare and costly, so they cool down for longer.
+    """
+
+    inference: BreakerSettings = field(default_factory=lambda: BreakerSettings(3, 5_000.0, 1))
+    urza: BreakerSettings = field(default_factory=lambda: BreakerSettings(5, 10_000.0, 1))
+    bus_io: BreakerSettings = field(default_factory=lambda: BreakerSettings(5, 1_000.0, 1))
+    policy_update: BreakerSettings = field(default_factory=lambda: BreakerSettings(3, 60_000.0, 1))
+    learning: BreakerSettings = field(default_factory=lambda: BreakerSettings(3, 30_000.0, 1))
+
+
+class RiskBreakers:
+    """The five named breakers, their metrics and events, and transition subscribers."""
+
+    def __init__(
+        self,
+        settings: BreakerBankSettings,
+        sink: EventSink,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: MetricsSink | None = None,
+    ) -> None:
+        self._sink = sink
+        self._metrics = metrics
+        self._listeners: list[BreakerListener] = []
+        self._breakers: dict[BreakerName, CircuitBreaker] = {}
+        for name in BreakerName:
+            self._install(name, CircuitBreaker(name, getattr(settings, name.value), clock=clock))
+
+    def __getitem__(self, name: BreakerName) -> CircuitBreaker:
+        return self._breakers[name]
+
+    def adopt(self, name: BreakerName, breaker: CircuitBreaker) -> None:
+        """Use an existing breaker under ``name`` (the bus connection's IO breaker), so one
+        breaker guards the dependency and the risk engine still sees its transitions."""
+        self._install(name, breaker)
+
+    def subscribe(self, listener: BreakerListener) -> None:
+        """Call ``listener(name, old, new)`` on every transition (under the breaker's lock)."""
+        self._listeners.append(listener)
+
+    def all_closed(self) -> bool:
+        """Whether every breaker is closed (reading the state may move OPEN to HALF_OPEN)."""
+        return all(b.state is BreakerState.CLOSED for b in self._breakers.values())
+
+    def states(self) -> dict[BreakerName, BreakerState]:
+        return {name: b.state for name, b in self._breakers.items()}
+
+    def _install(self, name: BreakerName, breaker: CircuitBreaker) -> None:
+        self._breakers[name] = breaker
+        breaker.subscribe(lambda _, old, new: self._on_transition(name, old, new))
+        if self._metrics is not None:
+            self._metrics.set_gauge("risk_breaker_state", STATE_VALUE[breaker.state], breaker=name)
+
+    def _on_transition(self, name: BreakerName, old: BreakerState, new: BreakerState) -> None:
+        if self._metrics is not None:
+            self._metrics.inc(
+                "risk_breaker_transitions", breaker=name, previous=old.value, to=new.value
+            )
+            self._metrics.set_gauge("risk_breaker_state", STATE_VALUE[new], breaker=name)
+        self._sink.emit(risk_event(_EVENT[new], name.value, previous=old.value, to=new.value))
+        for listener in self._listeners:
+            listener(name, old, new)

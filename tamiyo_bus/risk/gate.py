@@ -1,0 +1,243 @@
+"""RiskGate: the one call the step path makes per decision.
+
+    gate(proposed command, raw signal values, policy expected severity) -> GateResult
+
+In order: score every signal (signals.py), categorise (engine.py), raise the events of
+signals that crossed their alarm level, account the decision in conservative mode
+(conservative.py), restrict the command (gating.py), export metrics. Breakers
+(breakers.py) are consulted for health and put conservative mode on when one opens.
+
+Every event goes to the EventSink as it happens; the events a call produced are also
+returned in its GateResult. Cheap by construction: a few dozen float operations, one
+lock per breaker, and a protobuf copy only when the command is replaced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from leyline_pb import leyline_pb2 as pb
+from oona.breaker import BreakerState
+from oona.events import EventSink
+from tamiyo_bus.risk.adaptive import AdaptiveSettings, AdaptiveThresholds
+from tamiyo_bus.risk.breakers import BreakerBankSettings, BreakerName, MetricsSink, RiskBreakers
+from tamiyo_bus.risk.conservative import (
+    ConservativeMode,
+    ConservativeSettings,
+    ModeChange,
+    Transition,
+)
+from tamiyo_bus.risk.engine import Assessment, Category, CategoryRule, Weights, assess
+from tamiyo_bus.risk.gating import (
+    GatingSettings,
+    Restriction,
+    apply_restriction,
+    restriction,
+)
+from tamiyo_bus.risk.priorities import EventKind, risk_event
+from tamiyo_bus.risk.signals import INDEX, SIGNALS, ScoreTable, Signal, Thresholds, score_all
+
+CONSERVATIVE_REASON = "conservative_mode"
+
+# Signals whose crossing of the alarm level is an event of its own.
+ALARMS: tuple[tuple[Signal, EventKind], ...] = (
+    (Signal.LOSS_DELTA, EventKind.LOSS_SPIKE),
+    (Signal.ISOLATION_VIOLATIONS, EventKind.ISOLATION_VIOLATION),
+    (Signal.HOOK_LATENCY, EventKind.HOOK_BUDGET_EXCEEDED),
+    (Signal.TIMEOUTS, EventKind.TIMEOUT),
+    (Signal.BLUEPRINT_QUARANTINE, EventKind.BLUEPRINT_QUARANTINED),
+)
+_ALARM_INDEX = tuple((INDEX[signal], kind) for signal, kind in ALARMS)
+_POLICY_RISK = INDEX[Signal.POLICY_RISK]
+_MODE_EVENT = {
+    ModeChange.ENTERED: EventKind.CONSERVATIVE_ENTERED,
+    ModeChange.EXITED: EventKind.CONSERVATIVE_EXITED,
+}
+
+
+def breaker_reason(name: BreakerName) -> str:
+    """The reason code of a decision (or mode change) a breaker caused."""
+    return f"breaker.{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class RiskSettings:
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    weights: Weights = field(default_factory=Weights)
+    rule: CategoryRule = field(default_factory=CategoryRule)
+    gating: GatingSettings = field(default_factory=GatingSettings)
+    conservative: ConservativeSettings = field(default_factory=ConservativeSettings)
+    breakers: BreakerBankSettings = field(default_factory=BreakerBankSettings)
+    adaptive: AdaptiveSettings | None = None  # None: thresholds stay as configured
+    # An alarm event fires when its signal's score reaches this, and re-arms only once
+    # the score is back to 0, so a signal hovering near the level raises one event.
+    alarm_score: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    command: pb.AdaptationCommand  # the command to sign and issue
+    category: Category
+    reason: str  # reason code of the decision: deciding signal, "conservative_mode" or "none"
+    restriction: Restriction
+    changed: bool  # whether ``command`` differs from the proposal
+    conservative: bool  # conservative mode is on after this decision
+    events: tuple[pb.TelemetryEvent, ...]
+    assessment: Assessment
+
+
+class RiskGate:
+    """Risk engine, breakers and conservative mode behind one per-decision call.
+
+    Called from the step path (one thread); breaker transitions may arrive from any
+    thread and only touch conservative mode (locked) and the sink.
+    """
+
+    def __init__(
+        self,
+        settings: RiskSettings,
+        sink: EventSink,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: MetricsSink | None = None,
+        breakers: RiskBreakers | None = None,
+    ) -> None:
+        self.settings = settings
+        self._sink = sink
+        self._metrics = metrics
+        self.breakers = breakers or RiskBreakers(
+            settings.breakers, sink, clock=clock, metrics=metrics
+        )
+        self.conservative = ConservativeMode(settings.conservative, clock=clock)
+        self._table = ScoreTable.from_thresholds(settings.thresholds)
+        self._weights = settings.weights.vector()
+        self._adaptive = (
+            AdaptiveThresholds(settings.thresholds, settings.adaptive)
+            if settings.adaptive is not None
+            else None
+        )
+        self._armed = [True] * len(ALARMS)
+        self._category = Category.GREEN
+        self.breakers.subscribe(self._on_breaker)
+
+    def gate(
+        self,
+        proposed: pb.AdaptationCommand,
+        signals: Mapping[Signal, float],
+        policy_expected_severity: float | None,
+    ) -> GateResult:
+        """Gate one decision.
+
+        ``policy_expected_severity`` is the risk head's expected severity in [0, 1]
+        (``PolicyOutput.expected_severity()``), None when the policy did not run. A
+        proposal that passes unchanged is annotated in place and returned; a restricted
+        one is replaced by a new command with the proposal's identity.
+        """
+        scores = score_all(signals, self._table)
+        if policy_expected_severity is not None:
+            scores[_POLICY_RISK] = self._table.score(_POLICY_RISK, policy_expected_severity)
+        if self._adaptive is not None:
+            self._adaptive.observe(signals)
+        found = assess(scores, self._weights, self.settings.rule)
+        events: list[pb.TelemetryEvent] = []
+        self._alarms(scores, found, events)
+        if found.category is not self._category:
+            events.append(self._category_event(found))
+            if found.category is Category.CRITICAL:
+                events.append(
+                    risk_event(EventKind.EMERGENCY, signal=found.reason, score=_r(found.worst))
+                )
+            self._category = found.category
+        change = self.conservative.observe(found.category, found.reason, self.breakers.all_closed())
+        if change is not None:
+            events.append(_mode_event(change))
+        conservative = self.conservative.active
+        level = restriction(found.category, conservative)
+        reason = found.reason
+        if level is Restriction.SAFE_ONLY:
+            reason = CONSERVATIVE_REASON
+        replacement = apply_restriction(proposed, level, reason, self.settings.gating)
+        command = proposed if replacement is None else replacement
+        command.annotations["risk_category"] = found.category.name
+        command.annotations["risk_signal"] = found.reason
+        if replacement is not None and reason == CONSERVATIVE_REASON:
+            command.annotations["risk_conservative_cause"] = self.conservative.cause
+        for event in events:
+            self._sink.emit(event)
+        if self._metrics is not None:
+            self._metrics.inc("risk_decisions", category=found.category.name)
+            self._metrics.set_gauge("risk_conservative_mode", float(conservative))
+        return GateResult(
+            command,
+            found.category,
+            reason,
+            level,
+            replacement is not None,
+            conservative,
+            tuple(events),
+            found,
+        )
+
+    def new_epoch(self, epoch: int) -> bool:
+        """Tell the gate the training epoch; with adaptive thresholds on, every N epochs
+        they are recomputed. Returns whether the thresholds changed."""
+        if self._adaptive is None:
+            return False
+        thresholds = self._adaptive.on_epoch(epoch)
+        if thresholds is None:
+            return False
+        self._table = ScoreTable.from_thresholds(thresholds)
+        return True
+
+    @property
+    def score_table(self) -> ScoreTable:
+        """The thresholds in force (changed by adaptive recomputation)."""
+        return self._table
+
+    def _alarms(
+        self, scores: list[float], found: Assessment, events: list[pb.TelemetryEvent]
+    ) -> None:
+        """Rising-edge events for ALARMS, re-armed once the signal is back at base."""
+        level = self.settings.alarm_score
+        for slot, (index, kind) in enumerate(_ALARM_INDEX):
+            s = scores[index]
+            if self._armed[slot] and s >= level:
+                self._armed[slot] = False
+                events.append(
+                    risk_event(
+                        kind, signal=SIGNALS[index].value, score=_r(s), category=found.category.name
+                    )
+                )
+            elif s == 0.0:
+                self._armed[slot] = True
+
+    def _category_event(self, found: Assessment) -> pb.TelemetryEvent:
+        return risk_event(
+            EventKind.RISK_CATEGORY_CHANGED,
+            previous=self._category.name,
+            category=found.category.name,
+            signal=found.reason,
+            score=_r(found.worst),
+            hot=found.hot,
+        )
+
+    def _on_breaker(self, name: BreakerName, old: BreakerState, new: BreakerState) -> None:
+        if new is BreakerState.OPEN:
+            change = self.conservative.trigger(breaker_reason(name))
+            if change is not None:
+                self._sink.emit(_mode_event(change))
+
+
+def _mode_event(change: Transition) -> pb.TelemetryEvent:
+    return risk_event(
+        _MODE_EVENT[change.change],
+        cause=change.cause,
+        healthy_steps=change.healthy_steps,
+        on_for_s=_r(change.on_for_s),
+    )
+
+
+def _r(x: float) -> float:
+    return round(x, 4)

@@ -1,0 +1,78 @@
+"""The risk engine's seam with the step path: inference outcome -> breaker, packet ->
+signals, proposal -> gated command.
+
+The step path asks ``inference_allowed()`` before it runs the policy (an open inference
+breaker means: do not run it, propose NO_OP with ``breaker_reason(INFERENCE)``), then
+hands ``decide`` what happened. A deadline miss and a call skipped because the previous
+inference is still running both count as inference failures, so a wedged policy opens
+the breaker after a few steps instead of being retried forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+from leyline_pb import leyline_pb2 as pb
+from tamiyo_bus.risk.breakers import BreakerName
+from tamiyo_bus.risk.gate import GateResult, RiskGate
+from tamiyo_bus.risk.tracker import BlueprintInfo, SignalTracker
+
+
+class InferenceOutcome(StrEnum):
+    COMPLETED = "completed"  # the policy answered within its deadline
+    TIMED_OUT = "timed_out"  # the deadline passed; the late result is discarded
+    BUSY = "busy"  # not started: the previous inference is still running
+    FAILED = "failed"  # the policy raised
+    REFUSED = "refused"  # not started: the inference breaker is open
+
+
+_FAILURES = frozenset({InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY, InferenceOutcome.FAILED})
+_TIMEOUTS = frozenset({InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY})
+
+
+class RiskStage:
+    """One per training run, used from the step path's thread."""
+
+    def __init__(self, gate: RiskGate, tracker: SignalTracker | None = None) -> None:
+        self.gate = gate
+        self.tracker = tracker or SignalTracker()
+        self._inference = gate.breakers[BreakerName.INFERENCE]
+        self._epoch: int | None = None
+
+    def inference_allowed(self) -> bool:
+        """Whether to run the policy now (reserves the trial call when half-open)."""
+        return self._inference.allow()
+
+    def decide(
+        self,
+        packet: pb.SystemStatePacket,
+        proposed: pb.AdaptationCommand,
+        *,
+        outcome: InferenceOutcome,
+        policy_expected_severity: float | None,
+        blueprints: Mapping[str, BlueprintInfo],
+        feature_coverage: float | None = None,
+    ) -> GateResult:
+        """Record the inference outcome, extract this step's signals and gate ``proposed``."""
+        if outcome is InferenceOutcome.COMPLETED:
+            self._inference.record_success()
+        elif outcome in _FAILURES:
+            self._inference.record_failure()
+        if packet.current_epoch != self._epoch:
+            self._epoch = packet.current_epoch
+            self.gate.new_epoch(packet.current_epoch)
+        proposed_blueprint = (
+            proposed.seed.blueprint_id
+            if proposed.command_type == pb.COMMAND_TYPE_SEED
+            and proposed.seed.operation == pb.SEED_OP_GERMINATE
+            else ""
+        )
+        signals = self.tracker.observe(
+            packet,
+            blueprints=blueprints,
+            proposed_blueprint_id=proposed_blueprint,
+            feature_coverage=feature_coverage,
+            timed_out=outcome in _TIMEOUTS,
+        )
+        return self.gate.gate(proposed, signals, policy_expected_severity)

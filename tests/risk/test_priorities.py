@@ -1,0 +1,54 @@
+"""The one event-kind -> MessagePriority mapping."""
+
+from __future__ import annotations
+
+import pytest
+
+from leyline_pb import leyline_pb2 as pb
+from tamiyo_bus.risk.priorities import EventKind, level_for, priority_for, risk_event
+
+CRITICAL, HIGH, NORMAL = (
+    pb.MESSAGE_PRIORITY_CRITICAL,
+    pb.MESSAGE_PRIORITY_HIGH,
+    pb.MESSAGE_PRIORITY_NORMAL,
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "breaker", "priority"),
+    [
+        (EventKind.BLUEPRINT_QUARANTINED, "", CRITICAL),
+        (EventKind.EMERGENCY, "", CRITICAL),
+        (EventKind.BREAKER_OPENED, "inference", CRITICAL),
+        (EventKind.TIMEOUT, "", HIGH),
+        (EventKind.LOSS_SPIKE, "", HIGH),
+        (EventKind.ISOLATION_VIOLATION, "", HIGH),
+        (EventKind.HOOK_BUDGET_EXCEEDED, "", HIGH),
+        (EventKind.BREAKER_OPENED, "urza", NORMAL),
+        (EventKind.BREAKER_OPENED, "bus_io", NORMAL),
+        (EventKind.BREAKER_HALF_OPEN, "inference", NORMAL),
+        (EventKind.BREAKER_CLOSED, "inference", NORMAL),
+        (EventKind.CONSERVATIVE_ENTERED, "", NORMAL),
+        (EventKind.CONSERVATIVE_EXITED, "", NORMAL),
+        (EventKind.RISK_CATEGORY_CHANGED, "", NORMAL),
+        ("message_rejected", "", NORMAL),  # events from elsewhere map too
+    ],
+)
+def test_priority_mapping(kind: str, breaker: str, priority: int) -> None:
+    assert priority_for(kind, breaker) == priority
+
+
+def test_every_event_kind_is_mapped_and_levels_follow_priority() -> None:
+    for kind in EventKind:
+        event = risk_event(kind, "inference" if "breaker" in kind else "")
+        assert event.priority in (CRITICAL, HIGH, NORMAL)
+        assert event.level == level_for(event.priority)
+    assert level_for(CRITICAL) == pb.TELEMETRY_LEVEL_CRITICAL
+    assert level_for(HIGH) == pb.TELEMETRY_LEVEL_WARNING
+    assert level_for(NORMAL) == pb.TELEMETRY_LEVEL_INFO
+
+
+def test_event_carries_its_attributes_and_breaker() -> None:
+    event = risk_event(EventKind.BREAKER_OPENED, "inference", previous="closed", to="open")
+    assert event.name == "breaker_opened"
+    assert dict(event.attributes) == {"breaker": "inference", "previous": "closed", "to": "open"}
