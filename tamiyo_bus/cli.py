@@ -9,10 +9,16 @@ from collections.abc import Callable, Sequence
 
 from tamiyo_bus import exporter, selfcheck
 from tamiyo_bus.security import keytool
+from tamiyo_bus.urza import cli as urza_cli
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-SUBCOMMANDS: tuple[Register, ...] = (selfcheck.register, exporter.register, keytool.register)
+SUBCOMMANDS: tuple[Register, ...] = (
+    selfcheck.register,
+    exporter.register,
+    keytool.register,
+    urza_cli.register,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
