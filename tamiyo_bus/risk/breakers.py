@@ -83,6 +83,7 @@ class RiskBreakers:
         self._metrics = metrics
         self._listeners: list[BreakerListener] = []
         self._breakers: dict[BreakerName, CircuitBreaker] = {}
+        self._not_closed: set[BreakerName] = set()
         for name in BreakerName:
             self._install(name, CircuitBreaker(name, getattr(settings, name.value), clock=clock))
 
@@ -99,8 +100,9 @@ class RiskBreakers:
         self._listeners.append(listener)
 
     def all_closed(self) -> bool:
-        """Whether every breaker is closed (reading the state may move OPEN to HALF_OPEN)."""
-        return all(b.state is BreakerState.CLOSED for b in self._breakers.values())
+        """Whether every breaker is closed. O(1): kept by the transitions, because a breaker
+        leaves CLOSED and comes back to it only through a transition."""
+        return not self._not_closed
 
     def states(self) -> dict[BreakerName, BreakerState]:
         return {name: b.state for name, b in self._breakers.items()}
@@ -108,10 +110,19 @@ class RiskBreakers:
     def _install(self, name: BreakerName, breaker: CircuitBreaker) -> None:
         self._breakers[name] = breaker
         breaker.subscribe(lambda _, old, new: self._on_transition(name, old, new))
+        state = breaker.state
+        if state is BreakerState.CLOSED:
+            self._not_closed.discard(name)
+        else:
+            self._not_closed.add(name)
         if self._metrics is not None:
-            self._metrics.set_gauge("risk_breaker_state", STATE_VALUE[breaker.state], breaker=name)
+            self._metrics.set_gauge("risk_breaker_state", STATE_VALUE[state], breaker=name)
 
     def _on_transition(self, name: BreakerName, old: BreakerState, new: BreakerState) -> None:
+        if new is BreakerState.CLOSED:
+            self._not_closed.discard(name)
+        else:
+            self._not_closed.add(name)
         if self._metrics is not None:
             self._metrics.inc(
                 "risk_breaker_transitions", breaker=name, previous=old.value, to=new.value

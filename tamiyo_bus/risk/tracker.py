@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,7 +30,7 @@ METRIC_SIGNALS: tuple[tuple[str, Signal], ...] = (
     ("kasmina_apply_latency_ms", Signal.KASMINA_APPLY_LATENCY),
     ("kasmina_finalize_latency_ms", Signal.KASMINA_FINALIZE_LATENCY),
 )
-ISOLATION_METRIC = "isolation_violations"
+ISOLATION_METRIC = "isolation_violations"  # run level if reported, else summed over seeds
 # Seeds whose blueprint no longer contributes to the model.
 _GONE = frozenset(
     {
@@ -85,10 +85,18 @@ class SignalTracker:
         }
         values[Signal.LOSS_DELTA] = self._loss_delta(packet.training_loss)
         values[Signal.LOSS_VOLATILITY] = loss_volatility(self._losses)
-        values[Signal.ISOLATION_VIOLATIONS] = isolation_violations(packet)
-        risk, quarantined = blueprint_exposure(packet, blueprints, proposed_blueprint_id)
-        values[Signal.BLUEPRINT_RISK] = risk
-        values[Signal.BLUEPRINT_QUARANTINE] = float(quarantined)
+        run_violations = metrics.get(ISOLATION_METRIC)
+        exposure = seed_exposure(
+            packet.seed_states,
+            blueprints,
+            proposed_blueprint_id,
+            count_violations=run_violations is None,
+        )
+        values[Signal.ISOLATION_VIOLATIONS] = (
+            exposure.violations if run_violations is None else run_violations
+        )
+        values[Signal.BLUEPRINT_RISK] = exposure.risk
+        values[Signal.BLUEPRINT_QUARANTINE] = float(exposure.quarantined)
         if feature_coverage is not None:
             values[Signal.FEATURE_COVERAGE] = feature_coverage
         values[Signal.TIMEOUTS] = float(self._count_timeout(timed_out))
@@ -124,37 +132,44 @@ def loss_volatility(losses: deque[float]) -> float:
     n = len(losses)
     if n < 2:
         return 0.0
-    mean = math.fsum(losses) / n
+    mean = sum(losses) / n
     if mean == 0.0:
         return 0.0
-    variance = math.fsum((x - mean) ** 2 for x in losses) / (n - 1)
+    variance = sum([(x - mean) ** 2 for x in losses]) / (n - 1)
     return math.sqrt(variance) / abs(mean)
 
 
-def isolation_violations(packet: pb.SystemStatePacket) -> float:
-    """The run-level count when the trainer reports one, else the sum over seeds."""
-    metrics = packet.training_metrics
-    if ISOLATION_METRIC in metrics:
-        return metrics[ISOLATION_METRIC]
-    return math.fsum(seed.metrics.get(ISOLATION_METRIC, 0.0) for seed in packet.seed_states)
+@dataclass(frozen=True, slots=True)
+class SeedExposure:
+    risk: float  # highest risk among the blueprints in (or proposed for) the model
+    quarantined: int  # of those blueprints, how many Urza has quarantined
+    violations: float  # isolation violations summed over the seeds
 
 
-def blueprint_exposure(
-    packet: pb.SystemStatePacket,
+def seed_exposure(
+    seeds: Iterable[pb.SeedState],
     blueprints: Mapping[str, BlueprintInfo],
     proposed_blueprint_id: str,
-) -> tuple[float, int]:
-    """(highest risk, number quarantined) over the blueprints of the seeds still in the
-    model plus the blueprint proposed for germination; unknown blueprints are skipped."""
-    ids = [s.blueprint_id for s in packet.seed_states if s.blueprint_id and s.stage not in _GONE]
-    if proposed_blueprint_id:
-        ids.append(proposed_blueprint_id)
+    *,
+    count_violations: bool = True,
+) -> SeedExposure:
+    """One pass over the seeds: isolation violations summed over them (when asked: the
+    trainer may report the run's count itself), and the blueprint risk and quarantine of
+    the seeds still in the model plus the proposed germination's blueprint. Blueprints
+    Urza did not answer for are skipped."""
+    ids = [proposed_blueprint_id] if proposed_blueprint_id else []
+    violations = 0.0
+    for seed in seeds:
+        if count_violations:
+            violations += seed.metrics.get(ISOLATION_METRIC, 0.0)
+        blueprint_id = seed.blueprint_id
+        if blueprint_id and seed.stage not in _GONE:
+            ids.append(blueprint_id)
     risk = 0.0
     quarantined = 0
     for blueprint_id in ids:
         meta = blueprints.get(blueprint_id)
-        if meta is None:
-            continue
-        risk = max(risk, meta.risk)
-        quarantined += meta.quarantined
-    return risk, quarantined
+        if meta is not None:
+            risk = max(risk, meta.risk)
+            quarantined += meta.quarantined
+    return SeedExposure(risk, quarantined, violations)
