@@ -58,6 +58,7 @@ class ConstructorSpec:
 
 
 ParameterBounds = Mapping[str, tuple[float, float]]
+_F32_SLACK = 1e-6  # relative; float32 carries about 7 significant digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +107,20 @@ class Blueprint:
         )
 
     def check_parameters(self, parameters: Mapping[str, float]) -> str | None:
-        """None when every parameter is allowed and within bounds, else why not."""
+        """None when every parameter is allowed and within bounds, else why not.
+
+        Commands carry parameters as float32, so a bound is matched within float32
+        rounding: 0.05 sent in a command must pass a bound of 0.05.
+        """
         for name, value in parameters.items():
             bounds = self.allowed_parameters.get(name)
             if bounds is None:
                 return f"parameter {name!r} is not allowed for {self.blueprint_id}"
-            if not bounds[0] <= value <= bounds[1]:
+            low, high = bounds
+            if (
+                not low - _F32_SLACK * max(1.0, abs(low))
+                <= value
+                <= high + _F32_SLACK * max(1.0, abs(high))
+            ):
                 return f"parameter {name}={value} outside [{bounds[0]}, {bounds[1]}]"
         return None

@@ -31,7 +31,10 @@ def seed_command(seed_id: str, operation: int, **fields: object) -> pb.Adaptatio
     )  # fmt: skip
     command.seed.operation = operation  # type: ignore[assignment]
     for name, value in fields.items():
-        setattr(command.seed, name, value)
+        if isinstance(value, dict):
+            getattr(command.seed, name).update(value)
+        else:
+            setattr(command.seed, name, value)
     return command
 
 
