@@ -1,0 +1,119 @@
+"""The risk engine as the step path's command gate.
+
+``StepController`` (tamiyo_bus/step.py) hands every stamped, unsigned proposal to a
+gate's ``review(proposal, context)`` before it signs it. ``RiskCommandGate`` is that
+gate: it maps the step path's outcome onto the inference breaker, records Urza timeouts
+on the Urza breaker, reads the risk head's expected severity and the feature coverage
+from the decision, and returns the gated command. The context is typed by the
+protocols below, so this module depends on the step path's shape, not on its imports.
+
+When the inference breaker is open, the policy's decision (if one arrived) is replaced
+by NO_OP with reason ``breaker.inference``; a step path that asks
+``RiskStage.inference_allowed()`` before submitting work saves the inference as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from leyline_pb import leyline_pb2 as pb
+from tamiyo_bus.risk.breakers import BreakerName
+from tamiyo_bus.risk.gate import GateResult, breaker_reason
+from tamiyo_bus.risk.gating import replaced
+from tamiyo_bus.risk.stage import InferenceOutcome, RiskStage
+from tamiyo_bus.risk.tracker import BlueprintInfo
+
+# The step path's own reason codes for a step without a decision (tamiyo_bus.step).
+_NO_DECISION: dict[str, InferenceOutcome] = {
+    "timeout_inference": InferenceOutcome.TIMED_OUT,
+    "inference_busy": InferenceOutcome.BUSY,
+    "inference_error": InferenceOutcome.FAILED,
+}
+
+BlueprintLookup = Callable[[Sequence[str]], Mapping[str, BlueprintInfo]]
+
+
+class InferenceView(Protocol):
+    @property
+    def expected_severity(self) -> float: ...
+
+
+class GraphView(Protocol):
+    @property
+    def coverage(self) -> Mapping[str, float]: ...
+
+
+class DecisionView(Protocol):
+    @property
+    def inference(self) -> InferenceView: ...
+
+    @property
+    def graph(self) -> GraphView: ...
+
+    @property
+    def urza_timed_out(self) -> bool: ...
+
+
+class StepContext(Protocol):
+    @property
+    def packet(self) -> pb.SystemStatePacket: ...
+
+    @property
+    def decision(self) -> DecisionView | None: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+def mean_coverage(coverage: Mapping[str, float]) -> float:
+    """Feature coverage of a decision: the mean over node types of the present share.
+
+    The mean, not the minimum: a trainer that never reports one node type's metrics
+    would otherwise hold the run at ORANGE for good.
+    """
+    return sum(coverage.values()) / len(coverage) if coverage else 1.0
+
+
+class RiskCommandGate:
+    """``review`` runs on the caller's thread of ``evaluate_step``, once per decision."""
+
+    def __init__(self, stage: RiskStage, blueprints: BlueprintLookup) -> None:
+        self.stage = stage
+        self._blueprints = blueprints
+        self._urza = stage.gate.breakers[BreakerName.URZA]
+        self.last: GateResult | None = None
+
+    def review(self, proposal: pb.AdaptationCommand, context: StepContext) -> pb.AdaptationCommand:
+        decision = context.decision
+        outcome = (
+            InferenceOutcome.COMPLETED
+            if decision is not None
+            else _NO_DECISION.get(context.reason, InferenceOutcome.FAILED)
+        )
+        if not self.stage.inference_allowed():
+            outcome, decision = InferenceOutcome.REFUSED, None
+            proposal = replaced(
+                proposal, pb.COMMAND_TYPE_NO_OP, breaker_reason(BreakerName.INFERENCE)
+            )
+        if decision is not None:
+            if decision.urza_timed_out:
+                self._urza.record_failure()
+            else:
+                self._urza.record_success()
+        packet = context.packet
+        ids = [s.blueprint_id for s in packet.seed_states if s.blueprint_id]
+        if proposal.seed.blueprint_id:
+            ids.append(proposal.seed.blueprint_id)
+        result = self.stage.decide(
+            packet,
+            proposal,
+            outcome=outcome,
+            policy_expected_severity=(
+                decision.inference.expected_severity if decision is not None else None
+            ),
+            blueprints=self._blueprints(ids),
+            feature_coverage=mean_coverage(decision.graph.coverage) if decision else None,
+        )
+        self.last = result
+        return result.command
