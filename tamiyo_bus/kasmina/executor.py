@@ -49,6 +49,7 @@ from tamiyo_bus.kasmina.telemetry import (
     StepTelemetry,
     TelemetryOutbox,
 )
+from tamiyo_bus.reports.windows import SEED_PARAMETERS_METRIC
 from tamiyo_bus.security.commands import CommandVerifier
 from tamiyo_bus.urza.adapters import INIT_SCALE, build_adapter
 from tamiyo_bus.urza.blueprint import Blueprint
@@ -194,7 +195,7 @@ class Kasmina:
                     state.learning_rate = float(seed.optimizer.param_groups[0]["lr"])
                 metrics = state.metrics
                 metrics["isolation_violations"] = float(seed.isolation_violations)
-                metrics["parameters"] = float(seed.parameters)
+                metrics[SEED_PARAMETERS_METRIC] = float(seed.parameters)
                 if math.isfinite(seed.blend_baseline_loss):
                     metrics["loss_delta"] = self.loss_ema - seed.blend_baseline_loss
 

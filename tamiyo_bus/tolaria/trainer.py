@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.kasmina.executor import ApplyResult, Kasmina
+from tamiyo_bus.reports.windows import MODEL_PARAMETERS_METRIC
 from tamiyo_bus.tolaria.data import Dataset
 from tamiyo_bus.tolaria.lr import LRController, LRSettings
 from tamiyo_bus.tolaria.models import HostModel
@@ -67,6 +68,7 @@ class StepRecord:
     decision_ms: float  # evaluate_step alone; nan on steps without a decision
     learning_rate: float
     live_seeds: int
+    packet: pb.SystemStatePacket | None  # what Tamiyo was shown (decision steps)
     command: pb.AdaptationCommand | None
     result: ApplyResult | None
 
@@ -82,6 +84,7 @@ class EpochRecord:
     seconds: float
     live_seeds: int
     seed_parameters: int
+    state: pb.SystemStatePacket  # the run's state at the end of the epoch
 
 
 class TrainingObserver(Protocol):
@@ -115,6 +118,7 @@ class Tolaria:
         self.controller = controller
         self.observers = tuple(observers)
         self.host_parameters = [p for p in model.parameters() if p.requires_grad]
+        self.host_parameter_count = sum(p.numel() for p in self.host_parameters)
         self.optimizer = torch.optim.AdamW(
             self.host_parameters, lr=lr.learning_rate, weight_decay=settings.weight_decay
         )
@@ -168,17 +172,34 @@ class Tolaria:
         val_loss, val_acc = self.evaluate()
         self.validation_loss, self.validation_accuracy = val_loss, val_acc
         live = self.kasmina.live_seeds if self.kasmina else []
+        train_loss = loss_sum / max(seen, 1)
+        state = self.packets.build(
+            epoch=self.epoch,
+            step=self.step,
+            training_loss=train_loss,
+            validation_loss=val_loss,
+            validation_accuracy=val_acc,
+            metrics={MODEL_PARAMETERS_METRIC: float(self._model_parameters())},
+        )
+        if self.kasmina is not None:
+            self.kasmina.fill_seed_states(state)
         return EpochRecord(
             epoch=self.epoch,
             step=self.step,
-            train_loss=float(loss_sum) / max(seen, 1),
+            train_loss=train_loss,
             train_accuracy=float(correct) / max(seen, 1),
             val_loss=val_loss,
             val_accuracy=val_acc,
             seconds=time.perf_counter() - started,
             live_seeds=len(live),
             seed_parameters=sum(s.parameters for s in live),
+            state=state,
         )
+
+    def _model_parameters(self) -> int:
+        """Host plus live seeds: what the model costs now."""
+        seeds = sum(s.parameters for s in self.kasmina.live_seeds) if self.kasmina else 0
+        return self.host_parameter_count + seeds
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
         """One optimiser step with Tamiyo in the loop; returns (loss, correct count)."""
@@ -200,6 +221,7 @@ class Tolaria:
         train_ms = (trained - started) * 1000.0
         self._samples_per_s = len(y) / max(trained - started, 1e-9)
 
+        packet: pb.SystemStatePacket | None = None
         command: pb.AdaptationCommand | None = None
         result: ApplyResult | None = None
         decision_ms = math.nan
@@ -226,6 +248,7 @@ class Tolaria:
             decision_ms=decision_ms,
             learning_rate=self.lr.learning_rate,
             live_seeds=len(self.kasmina.live_seeds) if self.kasmina else 0,
+            packet=packet,
             command=command,
             result=result,
         )
@@ -249,6 +272,7 @@ class Tolaria:
                 "step_latency_ms": train_ms,
                 "hook_latency_ms": self._last_hook_ms,
                 "learning_rate": self.lr.learning_rate,
+                MODEL_PARAMETERS_METRIC: float(self._model_parameters()),
             },
         )
         self.kasmina.fill_seed_states(packet)
