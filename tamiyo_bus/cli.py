@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tamiyo_bus import exporter, selfcheck
+from tamiyo_bus.reports import cli as reports_cli
 from tamiyo_bus.security import keytool
 from tamiyo_bus.urza import cli as urza_cli
 
@@ -18,6 +19,7 @@ SUBCOMMANDS: tuple[Register, ...] = (
     exporter.register,
     keytool.register,
     urza_cli.register,
+    reports_cli.register,
 )
 
 
