@@ -8,8 +8,9 @@ signals that crossed their alarm level, account the decision in conservative mod
 (breakers.py) are consulted for health and put conservative mode on when one opens.
 
 Every event goes to the EventSink as it happens; the events a call produced are also
-returned in its GateResult. Cheap by construction: a few dozen float operations, one
-lock per breaker, and a protobuf copy only when the command is replaced.
+returned in its GateResult. Cheap by construction: a few dozen float operations, breaker
+health read from a set the transitions keep, and a protobuf copy only when the command
+is replaced.
 """
 
 from __future__ import annotations

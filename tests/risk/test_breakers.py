@@ -7,7 +7,14 @@ from leyline_pb import leyline_pb2 as pb
 from oona.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from oona.events import BufferedEventSink
 from oona.metrics import BusMetrics
-from tamiyo_bus.risk import BreakerBankSettings, BreakerName, RiskBreakers, RiskGate, RiskSettings
+from tamiyo_bus.risk import (
+    BreakerBankSettings,
+    BreakerName,
+    RiskBreakers,
+    RiskGate,
+    RiskSettings,
+    Signal,
+)
 
 from .helpers import Clock, germinate
 
@@ -104,3 +111,15 @@ def test_any_breaker_opening_enters_conservative_mode() -> None:
     assert result.command.command_type == pb.COMMAND_TYPE_NO_OP
     assert result.reason == "conservative_mode"
     assert result.command.annotations["risk_conservative_cause"] == "breaker.learning"
+
+
+def test_gate_exports_decisions_and_conservative_mode_as_metrics() -> None:
+    clock, metrics = Clock(), BusMetrics()
+    gate = RiskGate(RiskSettings(), BufferedEventSink(), clock=clock, metrics=metrics)
+    gate.gate(germinate(), {}, None)
+    gate.gate(germinate(), {Signal.DEVICE_MEMORY: 1.0}, None)  # RED: conservative on
+    assert metrics.count("risk_decisions", category="GREEN") == 1
+    assert metrics.count("risk_decisions", category="RED") == 1
+    gauges = metrics.snapshot()["gauges"]
+    assert isinstance(gauges, dict)
+    assert gauges["risk_conservative_mode"] == [{"labels": {}, "value": 1.0}]

@@ -11,6 +11,7 @@ import pytest
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.risk import RiskSettings, Signal, SignalTracker, Thresholds, TrackerSettings
 from tamiyo_bus.risk.adaptive import AdaptiveSettings, AdaptiveThresholds, adapted_pair
+from tamiyo_bus.risk.signals import ScoreTable
 
 from .helpers import germinate, make_gate
 
@@ -124,6 +125,9 @@ def test_gate_uses_adapted_thresholds() -> None:
     for _ in range(5):
         gate.gate(germinate(), slow, None)
     assert gate.new_epoch(1)
+    assert gate.score_table == ScoreTable.from_thresholds(
+        Thresholds(step_latency_ms_base=2_000.0, step_latency_ms_emergency=20_000.0)
+    )
     assert gate.gate(germinate(), slow, None).category.name == "GREEN"  # base moved 2x (the cap)
 
 
