@@ -161,6 +161,7 @@ class Kasmina:
         self._events: list[LifecycleEvent] = []
         self._apply_ms = 0.0
         self._finalize_ms = 0.0
+        self._last_violations = 0
         self.apply_latencies_ms: deque[float] = deque(maxlen=self.settings.latency_window_steps)
         self.finalize_latencies_ms: deque[float] = deque(maxlen=self.settings.latency_window_steps)
 
@@ -175,6 +176,19 @@ class Kasmina:
 
     def finalize_latency_p95_ms(self) -> float:
         return _percentile(self.finalize_latencies_ms, 95)
+
+    def step_metrics(self) -> dict[str, float]:
+        """Run-level figures for the packet's ``training_metrics``, under the names the
+        risk engine reads: the last apply and finalize latencies, and the isolation
+        violations found by the last ``finalize_step`` (the culled seed no longer
+        reports its own)."""
+        return {
+            "kasmina_apply_latency_ms": self.apply_latencies_ms[-1]
+            if self.apply_latencies_ms
+            else 0.0,
+            "kasmina_finalize_latency_ms": self._finalize_ms,
+            "isolation_violations": float(self._last_violations),
+        }
 
     def fill_seed_states(self, packet: pb.SystemStatePacket) -> None:
         """Append every slot's SeedState (dormant ones too: they are where seeds grow)."""
@@ -493,6 +507,7 @@ class Kasmina:
         self.finalize_latencies_ms.append(self._finalize_ms)
 
     def _check_isolation(self) -> None:
+        self._last_violations = 0
         for site in self.sites:
             violated = site.take_violation()
             if violated is None:
@@ -503,6 +518,7 @@ class Kasmina:
                 seed.isolation_checks += 1
                 self.stats.isolation_checks += 1
                 if violated:
+                    self._last_violations += 1
                     seed.isolation_violations += 1
                     self.stats.isolation_violations += 1
                     self._move(seed, S.SEED_STAGE_CULLED, "isolation_violation")

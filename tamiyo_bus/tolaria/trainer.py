@@ -273,6 +273,7 @@ class Tolaria:
                 "hook_latency_ms": self._last_hook_ms,
                 "learning_rate": self.lr.learning_rate,
                 MODEL_PARAMETERS_METRIC: float(self._model_parameters()),
+                **self.kasmina.step_metrics(),
             },
         )
         self.kasmina.fill_seed_states(packet)
