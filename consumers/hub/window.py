@@ -29,6 +29,7 @@ SHED_EVENTS = "events_shed_cap"
 LABELS_DROPPED = "labels_dropped"
 NON_FINITE = "points_non_finite"
 IGNORED = "messages_ignored"
+MALFORMED = "packets_malformed"
 
 
 class SeriesStats:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
+from oona.envelope import BATCH_FIELD, SINGLE_FIELD
+from oona.streams import Stream
 from producers.vocabulary import add_event, add_metric
 
 
@@ -51,3 +54,17 @@ async def wait_until(
 
 async def stream_len(bus: Bus, stream: str) -> int:
     return int(await bus.redis.xlen(bus.key(stream)))
+
+
+async def read_aggregates(bus: Bus) -> list[pb.TelemetryAggregate]:
+    """Every aggregate on telemetry.aggregated, in stream order (not verified: the
+    consumers under test verify; this only reads what they forwarded)."""
+    reply: Any = await bus.redis.xrange(bus.key(Stream.TELEMETRY_AGGREGATED))
+    out: list[pb.TelemetryAggregate] = []
+    for _, fields in reply:
+        if SINGLE_FIELD in fields:
+            envelopes = [pb.BusEnvelope.FromString(fields[SINGLE_FIELD])]
+        else:
+            envelopes = list(pb.EnvelopeBatch.FromString(fields[BATCH_FIELD]).envelopes)
+        out.extend(pb.TelemetryAggregate.FromString(e.payload) for e in envelopes)
+    return out
