@@ -1,0 +1,64 @@
+"""What the inference worker hands back, and the command a decision proposes.
+
+A ``PolicyDecision`` is immutable and self-contained: the caller's thread turns it into
+a command only if it arrived in time, so a late decision is simply dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from leyline_pb import leyline_pb2 as pb
+from tamiyo_bus.policy.actions import BLEND_METHODS
+from tamiyo_bus.policy.graph import PolicyGraph
+from tamiyo_bus.policy.serving import Inference
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    policy_version: int
+    inference: Inference
+    graph: PolicyGraph
+    urza_timed_out: bool
+    build_ms: float
+    inference_ms: float
+
+    @property
+    def seed_id(self) -> str:
+        """Target seed id ("" for actions without a seed)."""
+        index = self.inference.action.seed
+        return self.graph.seed_ids[index] if index >= 0 else ""
+
+    @property
+    def blueprint_id(self) -> str:
+        """The blueprint of a seed action: the chosen one for a germination, otherwise
+        the one the seed's own state reports."""
+        action = self.inference.action
+        if action.blueprint >= 0:
+            return self.graph.blueprint_ids[action.blueprint]
+        return self.graph.seed_blueprint_ids[action.seed] if action.seed >= 0 else ""
+
+
+def propose_command(decision: PolicyDecision, breaker_name: str) -> pb.AdaptationCommand:
+    """The unsigned, unstamped command the policy's choice amounts to."""
+    action = decision.inference.action
+    spec = action.spec
+    command = pb.AdaptationCommand(version=1, command_type=spec.command_type)
+    if spec.needs_seed:
+        command.target_seed_id = decision.seed_id
+        seed = command.seed
+        seed.operation = spec.seed_operation
+        seed.blueprint_id = decision.blueprint_id
+        if spec.has_blend:
+            seed.blend_method = BLEND_METHODS[action.blend]
+            seed.alpha_steps = action.alpha_steps
+    if spec.has_lr:
+        command.optimizer.learning_rate_scale = action.lr_scale
+    if spec.breaker_action:
+        command.circuit_breaker.action = spec.breaker_action
+        command.circuit_breaker.breaker = breaker_name
+    inference = decision.inference
+    command.annotations["policy_value"] = f"{inference.value:.6g}"
+    command.annotations["policy_log_prob"] = f"{inference.log_prob:.6g}"
+    command.annotations["risk_expected_severity"] = f"{inference.expected_severity:.4f}"
+    return command

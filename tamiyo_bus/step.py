@@ -1,0 +1,302 @@
+"""``evaluate_step``: Tamiyo's decision for one optimiser step, inside a hard deadline.
+
+Read top to bottom, :meth:`StepController.evaluate_step` is the whole step path:
+
+1. If the inference worker is still busy with an earlier step, answer NO_OP at once
+   (``inference_busy``): nothing queues behind a slow decision.
+2. Hand the packet to the worker (blueprint metadata under the Urza deadline, graph
+   build, policy forward, masked choice) and wait at most until the step deadline,
+   less the reserve for the steps below.
+3. Late: answer NO_OP (``timeout_inference``) at once. The worker's result, when it
+   comes, is discarded; the worker never touches shared state itself, so a late
+   decision cannot change anything.
+4. Turn the decision into a command, stamp it (unique time-ordered id, issue time,
+   issuer, policy version, step, run, reason code), let the gate review it, sign it.
+5. Hand telemetry and the features for the running normalisation statistics to
+   background threads through bounded queues, and return.
+
+The caller's thread only ever waits on an Event with a timeout. The worker is a daemon
+thread that is never joined, so a wedged policy can neither stall the trainer nor keep
+the process from exiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import torch
+
+from leyline_pb import leyline_pb2 as pb
+from tamiyo_bus.decision import PolicyDecision, propose_command
+from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetryPublisher
+from tamiyo_bus.policy.actions import ACTION_SPACE, NO_OP_ACTION
+from tamiyo_bus.policy.graph import GraphBuilder
+from tamiyo_bus.policy.serving import ServingPolicy
+from tamiyo_bus.security.commands import stamp_command
+from tamiyo_bus.security.policy_update import RunningPolicy
+from tamiyo_bus.settings import StepSettings
+from tamiyo_bus.urza_client import CachedCatalog
+
+_NS_PER_MS = 1_000_000
+
+
+class StepReason(StrEnum):
+    """Reason codes the step path itself decides (the risk gate adds its own)."""
+
+    POLICY = "policy"  # the policy decided, with full inputs
+    TIMEOUT_URZA = "timeout_urza"  # the policy decided without some blueprint metadata
+    TIMEOUT_INFERENCE = "timeout_inference"
+    INFERENCE_BUSY = "inference_busy"
+    INFERENCE_ERROR = "inference_error"
+
+
+class CommandSigner(Protocol):
+    """Fills ``command.signature``; tamiyo_bus.security.commands.CommandSigner is one."""
+
+    def sign(self, command: pb.AdaptationCommand) -> None: ...
+
+
+class PolicySource(Protocol):
+    """The running policy; tamiyo_bus.security.policy_update.PolicyHolder is one."""
+
+    def current(self) -> RunningPolicy: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GateContext:
+    packet: pb.SystemStatePacket
+    decision: PolicyDecision | None  # None: the policy did not decide in time
+    reason: StepReason
+
+
+class CommandGate(Protocol):
+    """Reviews every command before it is signed (the risk engine plugs in here)."""
+
+    def review(
+        self, proposal: pb.AdaptationCommand, context: GateContext
+    ) -> pb.AdaptationCommand: ...
+
+
+@dataclass(slots=True)
+class StepStats:
+    decisions: int = 0
+    timeouts: int = 0
+    busy: int = 0
+    errors: int = 0
+    late_results_discarded: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    packet: pb.SystemStatePacket
+    deadline_ns: int
+    done: threading.Event
+    finished: bool = False
+    abandoned: bool = False
+    outcome: PolicyDecision | BaseException | None = None
+
+
+class StepController:
+    """Tamiyo on the step path: one decision per optimiser step, never late."""
+
+    def __init__(
+        self,
+        *,
+        policy: PolicySource,
+        builder: GraphBuilder,
+        catalog: CachedCatalog,
+        signer: CommandSigner,
+        settings: StepSettings | None = None,
+        telemetry: TelemetryPublisher | None = None,
+        gate: CommandGate | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        _serving(policy.current())
+        self.settings = settings or StepSettings()
+        self._policy = policy
+        self._builder = builder
+        self._catalog = catalog
+        self._signer = signer
+        self._telemetry = telemetry
+        self._gate = gate
+        self._generator = generator
+        self.stats = StepStats()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._job: _Job | None = None
+        self._wake = threading.Event()
+        threading.Thread(target=self._work, name="tamiyo-inference", daemon=True).start()
+
+    # ------------------------------------------------------------ the step path
+
+    def evaluate_step(self, packet: pb.SystemStatePacket) -> pb.AdaptationCommand:
+        """The signed command for this step; NO_OP on any breach of the deadline."""
+        started = time.perf_counter_ns()
+        s = self.settings
+        deadline = started + int((s.step_deadline_ms - s.finish_reserve_ms) * _NS_PER_MS)
+        job = self._submit(packet, deadline)
+        if job is None:
+            self.stats.busy += 1
+            return self._finish(packet, started, None, StepReason.INFERENCE_BUSY)
+        job.done.wait(max(deadline - time.perf_counter_ns(), 0) / 1e9)
+        outcome = self._collect(job)
+        if outcome is None:
+            self.stats.timeouts += 1
+            return self._finish(packet, started, None, StepReason.TIMEOUT_INFERENCE)
+        if isinstance(outcome, BaseException):
+            self.stats.errors += 1
+            return self._finish(packet, started, None, StepReason.INFERENCE_ERROR)
+        reason = StepReason.TIMEOUT_URZA if outcome.urza_timed_out else StepReason.POLICY
+        return self._finish(packet, started, outcome, reason)
+
+    def _finish(
+        self,
+        packet: pb.SystemStatePacket,
+        started_ns: int,
+        decision: PolicyDecision | None,
+        reason: StepReason,
+    ) -> pb.AdaptationCommand:
+        gate_start = time.perf_counter_ns()
+        if decision is None:
+            command = pb.AdaptationCommand(version=1, command_type=pb.COMMAND_TYPE_NO_OP)
+            version = self._policy.current().version
+        else:
+            command = propose_command(decision, self.settings.circuit_breaker_name)
+            version = decision.policy_version
+        stamp_command(command, self.settings.issued_by)
+        command.reason = reason
+        command.policy_version = version
+        command.global_step = packet.global_step
+        command.training_run_id = packet.training_run_id
+        if self._gate is not None:
+            command = self._gate.review(command, GateContext(packet, decision, reason))
+        sign_start = time.perf_counter_ns()
+        self._signer.sign(command)
+        done = time.perf_counter_ns()
+        self.stats.decisions += 1
+        if decision is not None:
+            self._builder.normalizer.observe(decision.graph.raw)
+        if self._telemetry is not None:
+            self._telemetry.submit(
+                _telemetry(command, decision, started_ns, gate_start, sign_start, done)
+            )
+        return command
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait (off the step path: shutdown, tests, benchmarks) until no decision is in
+        flight; False if one still is after ``timeout_s``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._job is None, timeout_s)
+
+    # ------------------------------------------------------------ the worker
+
+    def _submit(self, packet: pb.SystemStatePacket, deadline_ns: int) -> _Job | None:
+        with self._lock:
+            if self._job is not None:
+                return None
+            # The worker may outlive this call; it reads its own copy, never the
+            # caller's packet, which the trainer is free to reuse.
+            snapshot = pb.SystemStatePacket()
+            snapshot.CopyFrom(packet)
+            self._job = job = _Job(snapshot, deadline_ns, threading.Event())
+        self._wake.set()
+        return job
+
+    def _collect(self, job: _Job) -> PolicyDecision | BaseException | None:
+        """The job's outcome if it finished; otherwise abandon it (its result will be
+        discarded) and return None."""
+        with self._lock:
+            if job.finished:
+                return job.outcome
+            job.abandoned = True
+            return None
+
+    def _work(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                job = self._job
+            if job is None:
+                continue
+            outcome: PolicyDecision | BaseException
+            try:
+                outcome = self._decide(job.packet, job.deadline_ns)
+            except Exception as error:
+                outcome = error
+            with self._lock:
+                job.finished = True
+                if job.abandoned:
+                    self.stats.late_results_discarded += 1
+                else:
+                    job.outcome = outcome
+                self._job = None
+                self._idle.notify_all()
+            job.done.set()
+
+    def _decide(self, packet: pb.SystemStatePacket, deadline_ns: int) -> PolicyDecision:
+        """Runs on the worker thread; reads shared state, never writes it."""
+        start = time.perf_counter_ns()
+        s = self.settings
+        blueprint_ids = self._builder.candidates + tuple(
+            seed.blueprint_id for seed in packet.seed_states if seed.blueprint_id
+        )
+        slack_ns = deadline_ns - start - int(s.inference_budget_ms * _NS_PER_MS)
+        wait_s = min(s.urza_deadline_ms / 1000.0, max(slack_ns, 0) / 1e9)
+        resolution = self._catalog.resolve(tuple(dict.fromkeys(blueprint_ids)), wait_s)
+        graph = self._builder.build(packet, resolution.metadata)
+        built = time.perf_counter_ns()
+        running = self._policy.current()
+        inference = _serving(running).decide(
+            graph, greedy=not s.sample_actions, generator=self._generator
+        )
+        return PolicyDecision(
+            policy_version=running.version,
+            inference=inference,
+            graph=graph,
+            urza_timed_out=resolution.timed_out,
+            build_ms=(built - start) / _NS_PER_MS,
+            inference_ms=(time.perf_counter_ns() - built) / _NS_PER_MS,
+        )
+
+
+def _serving(running: RunningPolicy) -> ServingPolicy:
+    if not isinstance(running.module, ServingPolicy):
+        raise TypeError(f"the step path runs a ServingPolicy, not {type(running.module).__name__}")
+    return running.module
+
+
+def _telemetry(
+    command: pb.AdaptationCommand,
+    decision: PolicyDecision | None,
+    started_ns: int,
+    gate_start_ns: int,
+    sign_start_ns: int,
+    done_ns: int,
+) -> DecisionTelemetry:
+    if decision is None:
+        action = ACTION_SPACE[NO_OP_ACTION].name
+    else:
+        action = decision.inference.action.spec.name
+    return DecisionTelemetry(
+        command_id=command.command_id,
+        training_run_id=command.training_run_id,
+        global_step=command.global_step,
+        policy_version=command.policy_version,
+        command_type=command.command_type,
+        action=action,
+        reason=command.reason,
+        total_ms=(done_ns - started_ns) / _NS_PER_MS,
+        build_ms=decision.build_ms if decision else 0.0,
+        inference_ms=decision.inference_ms if decision else 0.0,
+        gating_ms=(sign_start_ns - gate_start_ns) / _NS_PER_MS,
+        signing_ms=(done_ns - sign_start_ns) / _NS_PER_MS,
+        compile_state=ServingPolicy.compile_state,
+        feature_coverage=dict(decision.graph.coverage) if decision else {},
+        expected_risk_severity=decision.inference.expected_severity if decision else None,
+        urza_timed_out=decision.urza_timed_out if decision else False,
+    )

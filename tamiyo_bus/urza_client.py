@@ -1,0 +1,177 @@
+"""Blueprint metadata from Urza, under a deadline and behind a cache.
+
+The step path must never wait on the blueprint library for long: ``CachedCatalog``
+answers from its cache at once, runs misses (and refreshes of stale entries) on its
+own daemon thread, and waits for a miss at most the time it is given. A lookup that
+outlives the wait is not cancelled (a library call cannot be), but it is never queued
+behind either: while one is in flight, no second one starts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class BlueprintMetadata:
+    """What Tamiyo needs to know about a blueprint to choose and gate it."""
+
+    blueprint_id: str
+    tier: int
+    parameter_count: int
+    risk: float  # 0 (safe) .. 1 (risky)
+    quarantined: bool
+    compatible_layer_kinds: tuple[str, ...] = ()  # empty: fits every layer kind
+
+    def fits(self, layer_kind: str) -> bool:
+        return not self.compatible_layer_kinds or layer_kind in self.compatible_layer_kinds
+
+
+class BlueprintCatalog(Protocol):
+    """The blueprint library: metadata of the requested ids that it knows."""
+
+    def lookup(self, blueprint_ids: Sequence[str]) -> Mapping[str, BlueprintMetadata]: ...
+
+
+class StaticBlueprintCatalog:
+    """An in-memory catalogue (tests, benchmarks, and runs without an Urza store)."""
+
+    def __init__(self, entries: Iterable[BlueprintMetadata]) -> None:
+        self._entries = {entry.blueprint_id: entry for entry in entries}
+
+    def lookup(self, blueprint_ids: Sequence[str]) -> Mapping[str, BlueprintMetadata]:
+        return {i: self._entries[i] for i in blueprint_ids if i in self._entries}
+
+    def ids(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogResolution:
+    """Metadata for a step: what was known in time, and whether anything was missing."""
+
+    metadata: Mapping[str, BlueprintMetadata]
+    timed_out: bool  # some id was neither cached nor fetched within the wait
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class CatalogStats:
+    lookups: int = 0
+    timeouts: int = 0  # lookups that outlived the Urza deadline
+    failures: int = 0
+    skipped_waits: int = 0  # resolutions that returned without some id
+
+
+@dataclass(slots=True)
+class _Entry:
+    metadata: BlueprintMetadata | None  # None: Urza does not know this id
+    fetched_at: float
+
+
+@dataclass(slots=True)
+class _Lookup:
+    ids: tuple[str, ...]
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class CachedCatalog:
+    """Deadline-bounded, cached access to a :class:`BlueprintCatalog`."""
+
+    def __init__(
+        self,
+        catalog: BlueprintCatalog,
+        *,
+        deadline_ms: float,
+        ttl_s: float,
+        max_stale_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._catalog = catalog
+        self._deadline_s = deadline_ms / 1000.0
+        self._ttl_s = ttl_s
+        self._max_stale_s = max_stale_s
+        self._clock = clock
+        self._cache: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        self._pending: _Lookup | None = None
+        self._wake = threading.Event()
+        self.stats = CatalogStats()
+        threading.Thread(target=self._run, name="tamiyo-urza", daemon=True).start()
+
+    def prefetch(self, blueprint_ids: Sequence[str], timeout_s: float) -> bool:
+        """Warm the cache at start-up (off the step path); True when all ids resolved."""
+        return not self.resolve(blueprint_ids, timeout_s).timed_out
+
+    def resolve(self, blueprint_ids: Sequence[str], wait_s: float) -> CatalogResolution:
+        """Cached metadata at once; wait at most ``wait_s`` (and the deadline) for misses.
+
+        Stale entries are served while a refresh runs; entries older than
+        ``max_stale_s`` count as missing.
+        """
+        now = self._clock()
+        known, missing, stale = self._partition(blueprint_ids, now)
+        if missing or stale:
+            lookup = self._start((*missing, *stale))
+            if missing and lookup is not None:
+                lookup.done.wait(min(max(wait_s, 0.0), self._deadline_s))
+                known, missing, _ = self._partition(blueprint_ids, self._clock())
+        if missing:
+            self.stats.skipped_waits += 1
+        return CatalogResolution(known, timed_out=bool(missing), missing=tuple(missing))
+
+    def _partition(
+        self, blueprint_ids: Sequence[str], now: float
+    ) -> tuple[dict[str, BlueprintMetadata], list[str], list[str]]:
+        known: dict[str, BlueprintMetadata] = {}
+        missing: list[str] = []
+        stale: list[str] = []
+        with self._lock:
+            for blueprint_id in blueprint_ids:
+                entry = self._cache.get(blueprint_id)
+                if entry is None or now - entry.fetched_at > self._ttl_s + self._max_stale_s:
+                    missing.append(blueprint_id)
+                    continue
+                if now - entry.fetched_at > self._ttl_s:
+                    stale.append(blueprint_id)
+                if entry.metadata is not None:
+                    known[blueprint_id] = entry.metadata
+        return known, missing, stale
+
+    def _start(self, blueprint_ids: tuple[str, ...]) -> _Lookup | None:
+        """Start a lookup unless one is in flight; return the lookup to wait on."""
+        with self._lock:
+            if self._pending is not None:
+                return self._pending if set(blueprint_ids) <= set(self._pending.ids) else None
+            self._pending = _Lookup(blueprint_ids)
+            self._wake.set()
+            return self._pending
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                lookup = self._pending
+            if lookup is None:
+                continue
+            started = self._clock()
+            try:
+                found = self._catalog.lookup(lookup.ids)
+            except Exception:
+                found = None
+                self.stats.failures += 1
+            finished = self._clock()
+            self.stats.lookups += 1
+            if finished - started > self._deadline_s:
+                self.stats.timeouts += 1
+            with self._lock:
+                if found is not None:
+                    for blueprint_id in lookup.ids:
+                        self._cache[blueprint_id] = _Entry(found.get(blueprint_id), finished)
+                self._pending = None
+            lookup.done.set()
