@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from consumers.weatherlight import serve
 from tamiyo_bus import exporter, selfcheck
 from tamiyo_bus.reports import cli as reports_cli
 from tamiyo_bus.security import keytool
@@ -18,6 +19,7 @@ SUBCOMMANDS: tuple[Register, ...] = (
     selfcheck.register,
     exporter.register,
     keytool.register,
+    serve.register,
     urza_cli.register,
     reports_cli.register,
 )

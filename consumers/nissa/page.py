@@ -81,7 +81,7 @@ function table(headers, rows) {
   });
   return t;
 }
-function badge(text) { return el("span", "badge " + text, text); }
+function badge(text, cls) { return el("span", "badge " + (cls || text), text); }
 function clock(seconds) {
   return seconds ? new Date(seconds * 1000).toLocaleTimeString() : "";
 }
@@ -98,9 +98,8 @@ function renderRun(run) {
   const facts = el("div");
   const cons = run.conservative || {};
   facts.appendChild(el("span", "", "conservative mode: "));
-  facts.appendChild(badge(cons.active ? "warning" : "closed"));
-  facts.appendChild(el("span", "muted",
-    " " + (cons.active ? "on" : "off") + (cons.cause ? " (" + cons.cause + ")" : "")));
+  facts.appendChild(badge(cons.active ? "on" : "off", cons.active ? "warning" : "ok"));
+  facts.appendChild(el("span", "muted", cons.cause ? " cause: " + cons.cause : ""));
   facts.appendChild(el("span", "", "   expected risk: " +
     (run.risk === null || run.risk === undefined ? "n/a" : run.risk.toFixed(3))));
   box.appendChild(facts);

@@ -1,0 +1,130 @@
+"""The registry of services Weatherlight supervises, and Weatherlight itself.
+
+Each entry is a `ServiceSpec(name, run)`; adding a service (the Simic consumer,
+Tamiyo's policy-update listener) is one more line in `default_services`, with a run
+function of the same shape as `hub_service` below: open a bus client from the context,
+run the component until `context.stop` is set, close the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client.registry import Collector
+
+from consumers.hub.service import HubSettings, TelemetryHub
+from consumers.nissa.service import Nissa, NissaSettings
+from consumers.weatherlight.drain import DrainCollector, DrainStats, drain_service
+from consumers.weatherlight.supervisor import (
+    ServiceContext,
+    ServiceRun,
+    ServiceSpec,
+    ServiceState,
+    Supervisor,
+    SupervisorCollector,
+    SupervisorSettings,
+)
+from oona.keys import Keyring, Signer
+from oona.settings import OonaSettings
+
+NISSA = "nissa"
+
+
+@dataclass(frozen=True)
+class WeatherlightSettings:
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    hub: HubSettings = field(default_factory=HubSettings)
+    nissa: NissaSettings = field(default_factory=NissaSettings)
+
+
+def hub_service(settings: HubSettings) -> ServiceRun:
+    async def run(context: ServiceContext) -> None:
+        bus = context.connect()
+        try:
+            hub = TelemetryHub(bus, context.keyring, settings, consumer_name=context.consumer_name)
+            await hub.run(context.stop)
+        finally:
+            await bus.close()
+
+    return run
+
+
+def nissa_service(settings: NissaSettings, collectors: Sequence[Collector] = ()) -> ServiceRun:
+    """Nissa, reporting Weatherlight's health in /healthz and its state in /metrics."""
+
+    async def run(context: ServiceContext) -> None:
+        bus = context.connect()
+        try:
+            nissa = Nissa(
+                bus,
+                context.keyring,
+                settings,
+                consumer_name=context.consumer_name,
+                components=(context.supervisor,),
+                collectors=(SupervisorCollector(context.supervisor), *collectors),
+            )
+            http = nissa.start_http()
+            await context.supervisor.publish_endpoint(NISSA, http.url if http else "")
+            await nissa.run(context.stop)
+        finally:
+            await bus.close()
+
+    return run
+
+
+def default_services(settings: WeatherlightSettings) -> list[ServiceSpec]:
+    drain = DrainStats()
+    return [
+        ServiceSpec("drain", drain_service(drain)),
+        ServiceSpec("telemetry-hub", hub_service(settings.hub)),
+        ServiceSpec(NISSA, nissa_service(settings.nissa, (DrainCollector(drain),))),
+    ]
+
+
+class Weatherlight:
+    """The supervisor running `specs`, started and stopped as a unit (the `serve`
+    command, the demo and tests)."""
+
+    def __init__(
+        self,
+        specs: Sequence[ServiceSpec],
+        *,
+        oona: OonaSettings,
+        signer: Signer,
+        keyring: Keyring,
+        instance: str,
+        settings: SupervisorSettings | None = None,
+    ) -> None:
+        self.supervisor = Supervisor(
+            specs, instance, oona, signer, keyring, settings or SupervisorSettings()
+        )
+        self.stop_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def status_url(self) -> str | None:
+        return self.supervisor.endpoints.get(NISSA) or None
+
+    async def run(self) -> None:
+        """Supervise until `stop_event` is set (by `stop` or a signal handler)."""
+        await self.supervisor.run(self.stop_event)
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Start supervising in the background; returns once every service runs."""
+        self._task = asyncio.create_task(self.run(), name="weatherlight")
+        await self.supervisor.wait_until(
+            lambda s: (
+                all(st.state is ServiceState.RUNNING for st in s.status.values())
+                and (NISSA not in s.status or NISSA in s.endpoints)
+            ),
+            timeout_s,
+        )
+
+    async def stop(self) -> None:
+        """Graceful shutdown: services finish in-flight work, ack it and stop."""
+        self.stop_event.set()
+        if self._task is not None:
+            await self._task
+            self._task = None

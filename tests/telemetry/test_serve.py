@@ -1,0 +1,71 @@
+"""`tamiyo-bus serve` as a process: refuses to start without keys, serves Nissa, and
+stops gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from oona.keyfiles import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, ENV_TRUSTED_KEYS_DIR
+from oona.settings import ENV_REDIS_URL
+from tamiyo_bus.cli import build_parser
+
+from .test_nissa import get
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(server_url: str, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in (ENV_SIGNING_KEY_FILE, ENV_SIGNING_KEY, ENV_TRUSTED_KEYS_DIR)}  # fmt: skip
+    env[ENV_REDIS_URL] = server_url
+    env["TAMIYO_DATA_DIR"] = str(tmp_path)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def test_serve_refuses_to_start_without_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in (ENV_SIGNING_KEY_FILE, ENV_SIGNING_KEY, ENV_TRUSTED_KEYS_DIR):
+        monkeypatch.delenv(name, raising=False)
+    args = build_parser().parse_args(["serve"])
+    assert args.run(args) == 2
+    err = capsys.readouterr().err
+    assert ENV_SIGNING_KEY_FILE in err and "no unsigned mode" in err
+
+
+@pytest.mark.slow
+async def test_serve_runs_the_services_and_stops_gracefully_on_sigterm(
+    server_url: str, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-m", "tamiyo_bus.cli", "serve", "--port", "0",
+               "--instance", "serve-test"]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *command, "--ephemeral-keys", env=_env(server_url, tmp_path), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    url = ""
+    lines: list[str] = []
+    while not url:
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
+        assert line, "serve exited early:\n" + "".join(lines)
+        lines.append(line)
+        if line.startswith("nissa: status page "):
+            url = line.split()[3].rstrip("/")
+    status, body = await get(url + "/healthz")
+    assert status in (200, 503)
+    services = json.loads(body)["components"]["weatherlight"]["services"]
+    assert set(services) == {"drain", "telemetry-hub", "nissa"}
+    assert {s["state"] for s in services.values()} == {"running"}
+    process.send_signal(signal.SIGTERM)
+    rest, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0
+    assert "weatherlight: stopped" in rest.decode()
