@@ -4,7 +4,7 @@ is next due to be published.
 The book is rebuilt from the log on start and then kept in step with it: every change
 here follows a record appended to the log (REPORT, ACK, PARK, UNPARK), except the
 retry schedule, which lives in memory only (after a restart every pending report is
-due at once, and its attempt count starts again).
+published again in log order, and its attempt count starts again).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import heapq
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -33,16 +34,21 @@ class RetryPolicy:
 
     After the n-th publish Tamiyo waits `ack_timeout_ms * 2^(n-1)` (capped at
     `retry_backoff_max_ms`, jittered to 50-100 %) for the ack; after `max_attempts`
-    publishes without one the report is parked.
+    publishes without one the report is parked: with the defaults, after about ten
+    minutes without an ack. At most `max_in_flight_reports` reports await an ack at
+    once (see ReportBook).
     """
 
-    ack_timeout_ms: float = 2_000.0
-    retry_backoff_max_ms: float = 60_000.0
+    ack_timeout_ms: float = 5_000.0
+    retry_backoff_max_ms: float = 300_000.0
     max_attempts: int = 8
+    max_in_flight_reports: int = 256
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1 or self.ack_timeout_ms <= 0:
-            raise ValueError("max_attempts must be >= 1 and ack_timeout_ms > 0")
+        if self.max_attempts < 1 or self.ack_timeout_ms <= 0 or self.max_in_flight_reports < 1:
+            raise ValueError(
+                "max_attempts and max_in_flight_reports must be >= 1, ack_timeout_ms > 0"
+            )
 
     def delay_s(self, attempts: int, jitter: float) -> float:
         """Wait after the `attempts`-th publish; `jitter` in [0, 1)."""
@@ -73,7 +79,13 @@ class ReportEntry:
 
 
 class ReportBook:
-    """Thread-safe: the writer thread adds reports, the delivery side moves them."""
+    """Thread-safe: the writer thread adds reports, the delivery side moves them.
+
+    Flow control: at most `max_in_flight_reports` reports are published and awaiting
+    their ack at any time; the others wait in log order. A slow or absent Simic then
+    holds a bounded number of reports (and their retried copies) in the stream, while
+    the rest accumulate in the log, where they are safe, and flow as acks come back.
+    """
 
     def __init__(
         self,
@@ -87,12 +99,20 @@ class ReportBook:
         self._jitter = jitter
         self._lock = threading.Lock()
         self._entries: dict[str, ReportEntry] = {}
-        self._due: list[tuple[float, int, str]] = []
+        self._fresh: deque[str] = deque()  # pending, not yet taken: waiting for a slot
+        self._in_flight: set[str] = set()  # pending, taken: holding a slot
+        self._due: list[tuple[float, int, str]] = []  # retry times of in-flight reports
         self.on_change: Callable[[], None] = lambda: None
 
     def _schedule(self, entry: ReportEntry, due: float) -> None:
         entry.next_due = due
         heapq.heappush(self._due, (due, entry.seq, entry.report_id))
+
+    def _valid_due(self, due: float, report_id: str) -> ReportEntry | None:
+        entry = self._entries.get(report_id)
+        if entry is None or report_id not in self._in_flight or entry.next_due != due:
+            return None  # acked, parked or rescheduled since: a stale heap item
+        return entry
 
     # ---------------------------------------------------- following the log
 
@@ -101,9 +121,8 @@ class ReportBook:
         with self._lock:
             if report.report_id in self._entries:
                 return False
-            entry = ReportEntry(report, payload, priority, seq)
-            self._entries[report.report_id] = entry
-            self._schedule(entry, self._clock())
+            self._entries[report.report_id] = ReportEntry(report, payload, priority, seq)
+            self._fresh.append(report.report_id)
         self.on_change()
         return True
 
@@ -117,7 +136,9 @@ class ReportBook:
             entry.acked_at_ns = ack.acked_at_ns
             entry.acked_by = ack.consumer
             entry.ack_seq = seq
-            return True
+            self._in_flight.discard(ack.report_id)
+        self.on_change()
+        return True
 
     def apply_park(self, park: Park, seq: int) -> bool:
         with self._lock:
@@ -127,7 +148,9 @@ class ReportBook:
             entry.state = ReportState.PARKED
             entry.attempts = park.attempts
             entry.park_seq = seq
-            return True
+            self._in_flight.discard(park.report_id)
+        self.on_change()
+        return True
 
     def apply_unpark(self, unpark: Unpark, seq: int) -> bool:
         with self._lock:
@@ -137,7 +160,7 @@ class ReportBook:
             entry.state = ReportState.PENDING
             entry.attempts = 0
             entry.park_seq = seq
-            self._schedule(entry, self._clock())
+            self._fresh.append(unpark.report_id)
         self.on_change()
         return True
 
@@ -147,14 +170,16 @@ class ReportBook:
             entry = self._entries.get(report_id)
             if entry is not None and entry.seq == seq:
                 del self._entries[report_id]
+                self._in_flight.discard(report_id)
 
     def expedite(self, report_id: str) -> bool:
-        """Make a pending report due now (an operator's retry of a report not parked)."""
+        """Make a pending report due now (an operator's retry of a report not parked;
+        one still waiting for a slot keeps its place)."""
         with self._lock:
             entry = self._entries.get(report_id)
             if entry is None or entry.state is not ReportState.PENDING:
                 return False
-            if entry.next_due != float("inf"):  # not in flight: publishing reschedules it
+            if report_id in self._in_flight and entry.next_due != float("inf"):
                 self._schedule(entry, self._clock())
         self.on_change()
         return True
@@ -162,7 +187,8 @@ class ReportBook:
     # ------------------------------------------------------------ delivery
 
     def take_due(self, limit: int) -> tuple[list[ReportEntry], list[ReportEntry]]:
-        """Reports due now: those to publish, and those out of attempts (to park).
+        """Up to `limit` reports to publish now (retries first, then waiting reports
+        while slots are free), and the reports out of attempts (to park).
 
         Taken reports leave the schedule until `published` or `requeue` puts them back,
         so a report is never in flight twice from one process.
@@ -173,16 +199,28 @@ class ReportBook:
         with self._lock:
             while self._due and self._due[0][0] <= now and len(publish) < limit:
                 due, _, report_id = heapq.heappop(self._due)
-                entry = self._entries.get(report_id)
-                if entry is None or entry.state is not ReportState.PENDING:
+                entry = self._valid_due(due, report_id)
+                if entry is None:
                     continue
-                if entry.next_due != due:
-                    continue  # rescheduled since; a later heap item stands for it
                 entry.next_due = float("inf")
                 if entry.attempts >= self.retry.max_attempts:
                     park.append(replace(entry))
                 else:
                     publish.append(replace(entry))
+            while (
+                self._fresh
+                and len(publish) < limit
+                and len(self._in_flight) < self.retry.max_in_flight_reports
+            ):
+                report_id = self._fresh.popleft()
+                entry = self._entries.get(report_id)
+                if entry is None or entry.state is not ReportState.PENDING:
+                    continue
+                if report_id in self._in_flight:
+                    continue
+                self._in_flight.add(report_id)
+                entry.next_due = float("inf")
+                publish.append(replace(entry))
         return publish, park
 
     def published(self, report_ids: list[str]) -> None:
@@ -191,7 +229,7 @@ class ReportBook:
         with self._lock:
             for report_id in report_ids:
                 entry = self._entries.get(report_id)
-                if entry is None or entry.state is not ReportState.PENDING:
+                if entry is None or report_id not in self._in_flight:
                     continue
                 entry.attempts += 1
                 entry.published += 1
@@ -204,19 +242,27 @@ class ReportBook:
         with self._lock:
             for report_id in report_ids:
                 entry = self._entries.get(report_id)
-                if entry is not None and entry.state is ReportState.PENDING:
+                if entry is not None and report_id in self._in_flight:
                     self._schedule(entry, now + delay_s)
 
     def seconds_until_due(self) -> float | None:
+        """When `take_due` will next have work: 0 when a waiting report has a free
+        slot, else the next retry time; None when nothing is scheduled."""
         with self._lock:
+            if self._fresh and len(self._in_flight) < self.retry.max_in_flight_reports:
+                return 0.0
             while self._due:
                 due, _, report_id = self._due[0]
-                entry = self._entries.get(report_id)
-                if entry is None or entry.state is not ReportState.PENDING or entry.next_due != due:
+                if self._valid_due(due, report_id) is None:
                     heapq.heappop(self._due)
                     continue
                 return max(due - self._clock(), 0.0)
             return None
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
 
     # ------------------------------------------------------------- queries
 

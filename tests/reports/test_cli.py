@@ -66,7 +66,7 @@ def test_list_show_and_parked_read_the_log_beside_its_running_owner(
 def test_retry_asks_the_running_owner_which_unparks_the_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    reporter, (pending, parked, acked) = _log_with_every_state(tmp_path)
+    reporter, (_, parked, acked) = _log_with_every_state(tmp_path)
 
     assert _run("reports", "--wal-dir", str(tmp_path), "retry", parked, acked) == 0
     out = capsys.readouterr().out
