@@ -50,6 +50,7 @@ from tamiyo_bus.kasmina.telemetry import (
     TelemetryOutbox,
 )
 from tamiyo_bus.reports.windows import SEED_PARAMETERS_METRIC
+from tamiyo_bus.risk.priorities import EventKind
 from tamiyo_bus.security.commands import CommandVerifier
 from tamiyo_bus.urza.adapters import INIT_SCALE, build_adapter
 from tamiyo_bus.urza.blueprint import Blueprint
@@ -521,7 +522,7 @@ class Kasmina:
                     self._last_violations += 1
                     seed.isolation_violations += 1
                     self.stats.isolation_violations += 1
-                    self._move(seed, S.SEED_STAGE_CULLED, "isolation_violation")
+                    self._move(seed, S.SEED_STAGE_CULLED, EventKind.ISOLATION_VIOLATION)
 
     def _scheduled_transitions(self) -> None:
         """CULLED and RESETTING last one step (so a packet shows them), EMBARGOED

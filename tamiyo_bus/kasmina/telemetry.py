@@ -8,13 +8,24 @@ dropped and counted, so the trainer never waits and the loss is visible.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
-
-SOURCE = "kasmina"
+from producers.vocabulary import (
+    EVENT_SEED_TRANSITION,
+    LABEL_LAYER,
+    LABEL_RUN,
+    LABEL_SEED,
+    METRIC_SEED_ALPHA,
+    METRIC_SEED_STAGE,
+    SOURCE_KASMINA,
+    add_event,
+    add_metric,
+)
+from tamiyo_bus.risk.priorities import EventKind, level_for, priority_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,45 +94,44 @@ class TelemetryOutbox:
         return items
 
 
-def to_packet(item: StepTelemetry, *, packet_id: str, run_id: str) -> pb.TelemetryPacket:
-    """A Leyline TelemetryPacket of one step: per-seed series stay separate (labels)."""
-    packet = pb.TelemetryPacket(
-        packet_id=packet_id,
-        source=SOURCE,
-        timestamp_ns=item.timestamp_ns,
-        level=pb.TELEMETRY_LEVEL_INFO,
-        priority=pb.MESSAGE_PRIORITY_NORMAL,
-    )
-    step = {"run": run_id, "step": str(item.step)}
-    packet.metrics.add(name="apply_latency", value=item.apply_ms / 1000.0, unit="s", labels=step)
-    packet.metrics.add(
-        name="finalize_latency", value=item.finalize_ms / 1000.0, unit="s", labels=step
-    )
+def to_packet(item: StepTelemetry, *, run_id: str) -> pb.TelemetryPacket:
+    """A Leyline TelemetryPacket of one step, in the shared vocabulary: per-seed series
+    stay separate (labelled run, seed, layer); a seed culled for an isolation violation
+    also raises an ``isolation_violation`` event at the mapped priority (HIGH), so the
+    packet travels the emergency lane."""
+    packet = pb.TelemetryPacket(source=SOURCE_KASMINA, timestamp_ns=item.timestamp_ns)
+    gauge = pb.METRIC_KIND_GAUGE
+    add_metric(packet, "apply_latency", item.apply_ms / 1000.0, "s", run=run_id)
+    add_metric(packet, "finalize_latency", item.finalize_ms / 1000.0, "s", run=run_id)
     for seed in item.seeds:
-        labels = {"run": run_id, "seed": seed.seed_id, "layer": seed.layer_id}
-        packet.metrics.add(name="seed_alpha", value=seed.alpha, unit="1", labels=labels)
-        packet.metrics.add(name="seed_stage", value=float(seed.stage), unit="1", labels=labels)
-        packet.metrics.add(
-            name="seed_gradient_norm", value=seed.gradient_norm, unit="1", labels=labels
-        )
-        packet.metrics.add(
-            name="seed_isolation_violations",
-            value=float(seed.isolation_violations),
-            unit="1",
-            labels=labels,
-        )
+        labels = {LABEL_RUN: run_id, LABEL_SEED: seed.seed_id, LABEL_LAYER: seed.layer_id}
+        add_metric(packet, METRIC_SEED_ALPHA, seed.alpha, kind=gauge, **labels)
+        add_metric(packet, METRIC_SEED_STAGE, float(seed.stage), kind=gauge, **labels)
+        if math.isfinite(seed.gradient_norm):
+            add_metric(packet, "seed_gradient_norm", seed.gradient_norm, kind=gauge, **labels)
+        add_metric(
+            packet, "seed_isolation_violations", float(seed.isolation_violations), kind=gauge,
+            **labels,
+        )  # fmt: skip
     for event in item.events:
-        packet.events.add(
-            name="seed_transition",
-            level=pb.TELEMETRY_LEVEL_INFO,
-            attributes={
-                "run": run_id,
-                "seed": event.seed_id,
-                "layer": event.layer_id,
-                "from": pb.SeedLifecycleStage.Name(event.from_stage),
-                "to": pb.SeedLifecycleStage.Name(event.to_stage),
-                "reason": event.reason,
-                "blueprint": event.blueprint_id,
-            },
-        )
+        attributes: dict[str, str | int] = {
+            LABEL_RUN: run_id,
+            LABEL_SEED: event.seed_id,
+            LABEL_LAYER: event.layer_id,
+            "from": pb.SeedLifecycleStage.Name(event.from_stage),
+            "to": pb.SeedLifecycleStage.Name(event.to_stage),
+            "reason": event.reason,
+            "blueprint": event.blueprint_id,
+            "step": event.step,
+        }
+        add_event(
+            packet, EVENT_SEED_TRANSITION, pb.TELEMETRY_LEVEL_INFO,
+            priority=pb.MESSAGE_PRIORITY_NORMAL, **attributes,
+        )  # fmt: skip
+        if event.reason == EventKind.ISOLATION_VIOLATION:
+            priority = priority_for(EventKind.ISOLATION_VIOLATION)
+            add_event(
+                packet, EventKind.ISOLATION_VIOLATION, level_for(priority), priority=priority,
+                **attributes,
+            )  # fmt: skip
     return packet

@@ -12,6 +12,11 @@ baseline). ``decision_every_steps`` asks Tamiyo every N-th step only, for hosts 
 steps are far shorter than a decision; alpha still advances and ``finalize_step``
 still runs every step. Observers receive plain records; they must not block (the
 demo's progress bar and recorder only append and print).
+
+The packet's ``training_loss`` is a running average of the batch losses
+(``loss_ema_decay``); the batch's own loss is ``training_metrics["loss"]``. A single
+small batch's loss swings by tens of percent from one step to the next, which would
+read as a loss spike to anyone watching the packet.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class TolariaSettings:
     weight_decay: float = 1e-4
     grad_clip_norm: float = 5.0
     decision_every_steps: int = 1  # 1 = every step (3A); N = every N-th step
+    loss_ema_decay: float = 0.9  # smoothing of the packet's training_loss (batch losses)
     seed: int = 0
     lr: LRSettings = field(default_factory=LRSettings)
 
@@ -132,6 +138,7 @@ class Tolaria:
         self.validation_accuracy = math.nan
         self._last_hook_ms = math.nan
         self._samples_per_s = math.nan
+        self._loss = self._loss_ema = self._grad_norm = self._train_ms = math.nan
 
     # --------------------------------------------------------------- the loop
 
@@ -220,6 +227,13 @@ class Tolaria:
         trained = time.perf_counter()
         train_ms = (trained - started) * 1000.0
         self._samples_per_s = len(y) / max(trained - started, 1e-9)
+        self._loss, self._grad_norm, self._train_ms = loss_value, float(grad_norm), train_ms
+        decay = self.settings.loss_ema_decay
+        self._loss_ema = (
+            loss_value
+            if math.isnan(self._loss_ema)
+            else decay * self._loss_ema + (1 - decay) * loss_value
+        )
 
         packet: pb.SystemStatePacket | None = None
         command: pb.AdaptationCommand | None = None
@@ -227,7 +241,7 @@ class Tolaria:
         decision_ms = math.nan
         if self.kasmina is not None and self.controller is not None:
             if self.step % self.settings.decision_every_steps == 0:
-                packet = self._packet(loss_value, float(grad_norm), train_ms)
+                packet = self.state_packet()
                 asked = time.perf_counter()
                 command = self.controller.evaluate_step(packet)
                 decided = time.perf_counter()
@@ -257,19 +271,21 @@ class Tolaria:
             observer.on_step(record)
         return loss_value, hits
 
-    def _packet(self, loss: float, grad_norm: float, train_ms: float) -> pb.SystemStatePacket:
+    def state_packet(self) -> pb.SystemStatePacket:
+        """The SystemStatePacket of the current step (also usable before the first one,
+        e.g. to warm Tamiyo up: gradient metrics are then absent)."""
         assert self.kasmina is not None
         packet = self.packets.build(
             epoch=self.epoch,
             step=self.step,
-            training_loss=loss,
+            training_loss=self._loss_ema,
             validation_loss=self.validation_loss,
             validation_accuracy=self.validation_accuracy,
             metrics={
-                "loss": loss,
-                "gradient_norm": grad_norm,
+                "loss": self._loss,
+                "gradient_norm": self._grad_norm,
                 "samples_per_s": self._samples_per_s,
-                "step_latency_ms": train_ms,
+                "step_latency_ms": self._train_ms,
                 "hook_latency_ms": self._last_hook_ms,
                 "learning_rate": self.lr.learning_rate,
                 MODEL_PARAMETERS_METRIC: float(self._model_parameters()),

@@ -12,9 +12,11 @@ from torch.nn import functional as F
 
 from leyline_pb import leyline_pb2 as pb
 from oona.keys import Signer
+from producers.vocabulary import effective_priority
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.kasmina.site import SeedSite
+from tamiyo_bus.kasmina.telemetry import to_packet
 from tamiyo_bus.security.commands import CommandSigner, stamp_command
 from tests.integration.helpers import Assembly, assemble, no_op, seed_command
 
@@ -183,6 +185,13 @@ def test_a_seed_that_leaks_gradient_into_the_host_is_caught_and_culled(
     assert parts.kasmina.stats.isolation_violations == 1
     assert parts.kasmina.seeds[SEED].stage == S.SEED_STAGE_CULLED
     assert parts.kasmina.history[-1].reason == "isolation_violation"
+    assert parts.kasmina.step_metrics()["isolation_violations"] == 1.0
+    # the step's telemetry carries it as a HIGH event: it travels the emergency lane
+    packet = to_packet(parts.kasmina.outbox.drain()[-1], run_id="test-run")
+    assert effective_priority(packet) == pb.MESSAGE_PRIORITY_HIGH
+    names = [e.name for e in packet.events]
+    assert names[-2:] == ["seed_transition", "isolation_violation"]  # after germinate, train
+    assert packet.events[-1].attributes["seed"] == SEED
 
 
 def test_a_seed_with_non_finite_gradients_is_culled(parts: Assembly, signer: Signer) -> None:
