@@ -84,12 +84,13 @@ class ReportDelivery:
                 loop.call_soon_threadsafe(self._wake.set)
 
         self.book.on_change = wake
-        stopper = asyncio.create_task(self._wake_on(stop))
         try:
-            await asyncio.gather(self._publish_loop(stop), self.acks.run(stop))
+            async with asyncio.TaskGroup() as tasks:  # one failing stops the others
+                tasks.create_task(self._wake_on(stop))
+                tasks.create_task(self._publish_loop(stop))
+                tasks.create_task(self.acks.run(stop))
         finally:
             self.book.on_change = lambda: None
-            stopper.cancel()
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _UNASSIGNED = 2**63
+_NORMAL = pb.MESSAGE_PRIORITY_NORMAL
 _FULL_LOG_INTERVAL_S = 10.0
 
 
@@ -290,7 +291,7 @@ class FieldReporter:
         def assign(seq: int) -> None:
             window.opened_seq = seq
 
-        return [_Pending(Kind.OPEN, records.dump(decision), 0, decision.report_id, assign)]
+        return [_Pending(Kind.OPEN, records.dump(decision), _NORMAL, decision.report_id, assign)]
 
     def _epoch_end(self, end: EpochEnd) -> list[_Pending]:
         watched = self.tracker.seeds_watched(end.training_run_id)
@@ -298,7 +299,7 @@ class FieldReporter:
             return []
         trimmed = replace(end, seeds={k: v for k, v in end.seeds.items() if k in watched})
         closed = self.tracker.epoch_end(end)
-        epoch = _Pending(Kind.EPOCH, records.dump(trimmed), 0, end.training_run_id)
+        epoch = _Pending(Kind.EPOCH, records.dump(trimmed), _NORMAL, end.training_run_id)
         return [epoch, *self._reports(closed)]
 
     def _event(self, event: ObservedEvent) -> list[_Pending]:
@@ -312,7 +313,7 @@ class FieldReporter:
         closed = self.tracker.run_end(run_end.training_run_id)
         if not closed:
             return []
-        marker = _Pending(Kind.RUN_END, records.dump(run_end), 0, run_end.training_run_id)
+        marker = _Pending(Kind.RUN_END, records.dump(run_end), _NORMAL, run_end.training_run_id)
         return [marker, *self._reports(closed)]
 
     def _reports(self, closed: Sequence[Window]) -> list[_Pending]:
@@ -361,14 +362,13 @@ class FieldReporter:
         if now >= self._next_control:
             self._next_control = now + self.settings.control_poll_interval_ms / 1000.0
             self._handle_retry_requests()
+            for state, count in self.book.counts().items():
+                self.metrics.set_gauge("reports", count, state=state.value)
+            self.metrics.set_gauge("reports_windows_open", len(self.tracker))
+            self.metrics.set_gauge("reports_queue_depth", self._queue.qsize())
         if now >= self._next_compaction:
             self._next_compaction = now + self.settings.compaction_interval_s
             self._compact()
-        counts = self.book.counts()
-        for state, count in counts.items():
-            self.metrics.set_gauge("reports", count, state=state.value)
-        self.metrics.set_gauge("reports_windows_open", len(self.tracker))
-        self.metrics.set_gauge("reports_queue_depth", self._queue.qsize())
 
     # ------------------------------------------------------ delivery side
 
@@ -390,7 +390,8 @@ class FieldReporter:
             for seq, ack in zip(seqs, fresh, strict=True):
                 retired += self.book.apply_ack(ack, seq)
 
-        self.wal.append_many([(Kind.ACK.value, records.dump(a), 0) for a in fresh], then=registered)
+        items = [(Kind.ACK.value, records.dump(a), _NORMAL) for a in fresh]
+        self.wal.append_many(items, then=registered)
         self.metrics.inc("reports_acked", retired)
         return retired
 
@@ -411,7 +412,7 @@ class FieldReporter:
             )
 
         self.wal.append_many(
-            [(Kind.PARK.value, records.dump(p), 0) for p in parks], then=registered
+            [(Kind.PARK.value, records.dump(p), _NORMAL) for p in parks], then=registered
         )
         self.metrics.inc("reports_parked", len(parked))
         for park in parked:
@@ -443,7 +444,7 @@ class FieldReporter:
                 self.metrics.inc("reports_retry_ignored")
                 log.warning("retry request for %s ignored: report is %s", report_id, state)
         pending = [
-            _Pending(Kind.UNPARK, records.dump(u), 0, u.report_id, partial(self._unparked, u))
+            _Pending(Kind.UNPARK, records.dump(u), _NORMAL, u.report_id, partial(self._unparked, u))
             for u in unparks
         ]
         self._append(pending)

@@ -166,3 +166,25 @@ def test_writer_thread_survives_and_close_writes_everything_queued(tmp_path: Pat
     assert not reporter.on_command(command(999), state(0))  # closed: refused, counted
     assert reporter.metrics.count("reports_offer_closed") == 1
     assert len(_report_ids(tmp_path)) == 50
+
+
+def test_compaction_never_lets_a_closed_window_come_back(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, wal=WalSettings(segment_max_bytes=512))
+    with FieldReporter(settings) as reporter:
+        reporter.on_command(command(1), state(0))  # closes at epoch 2
+        reporter.on_command(command(2, run="run-2"), state(0, run="run-2"))  # stays open
+        reporter.flush()
+        for epoch in range(1, 5):
+            reporter.on_epoch_end(state(epoch))
+            reporter.flush()
+        [done] = reporter.book.entries()
+        assert reporter.record_acks([Ack(done.report_id, 1, "simic/test")]) == 1
+        first = min(reporter.wal.segments())
+        assert len(reporter.wal.segments()[first]) == 3  # both OPENs and epoch 1
+        reporter.compact()
+        assert first.exists()  # kept for the open window's OPEN, so cmd 1's OPEN too ...
+        assert reporter.book.state_of(done.report_id) is ReportState.ACKED  # ... and REPORT
+
+    with FieldReporter(settings) as reporter:
+        assert [w.decision.command_id for w in reporter.tracker.windows()] == ["cmd-000002"]
+        assert reporter.book.state_of(done.report_id) is ReportState.ACKED
