@@ -1,0 +1,177 @@
+"""The risk gate on the real step path: ``StepController.evaluate_step`` with
+``RiskCommandGate``, driven by the policy's real outputs (random-initialised weights)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from leyline_pb import leyline_pb2 as pb
+from oona.events import BufferedEventSink
+from oona.keys import Signer
+from tamiyo_bus.policy import synthetic
+from tamiyo_bus.policy.features import RunningNormalizer
+from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
+from tamiyo_bus.policy.reference import architecture_id
+from tamiyo_bus.policy.registry import registry_digest
+from tamiyo_bus.policy.serving import Inference, ServingPolicy
+from tamiyo_bus.risk import Category, RiskGate, RiskSettings, RiskStage, Signal
+from tamiyo_bus.risk.signals import INDEX, ScoreTable, Thresholds
+from tamiyo_bus.risk.step_gate import RiskCommandGate
+from tamiyo_bus.security.commands import CommandSigner
+from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
+from tamiyo_bus.settings import StepSettings
+from tamiyo_bus.step import StepController
+from tamiyo_bus.urza_client import BlueprintMetadata, CachedCatalog, StaticBlueprintCatalog
+
+from .helpers import Clock, germinate
+
+SIZE = synthetic.REFERENCE_SIZE
+
+
+class HangingPolicy(ServingPolicy):
+    """Its decisions block until released: a wedged inference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def decide(
+        self, graph: PolicyGraph, *, greedy: bool = True, generator: torch.Generator | None = None
+    ) -> Inference:
+        self.release.wait(30.0)
+        return super().decide(graph, greedy=greedy, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def policy() -> ServingPolicy:
+    torch.manual_seed(0)
+    return ServingPolicy()
+
+
+def rig(
+    policy: ServingPolicy, catalogue: list[BlueprintMetadata], deadline_ms: float
+) -> tuple[StepController, RiskCommandGate, BufferedEventSink, Clock, list[pb.SystemStatePacket]]:
+    host = synthetic.topology(SIZE)
+    static = StaticBlueprintCatalog(catalogue)
+    settings = StepSettings(step_deadline_ms=deadline_ms, normalizer_update=False)
+    catalog = CachedCatalog(static, deadline_ms=10.0, ttl_s=3600.0, max_stale_s=3600.0)
+    assert catalog.prefetch(static.ids(), timeout_s=5.0)
+    clock, sink = Clock(), BufferedEventSink()
+    gate = RiskCommandGate(
+        RiskStage(RiskGate(RiskSettings(), sink, clock=clock)),
+        lambda ids: catalog.resolve(ids, 0.0).metadata,
+    )
+    controller = StepController(
+        policy=PolicyHolder(
+            RunningPolicy(policy, "test", 1, architecture_id(policy), registry_digest())
+        ),
+        builder=GraphBuilder(host, static.ids(), RunningNormalizer(update=False)),
+        catalog=catalog,
+        signer=CommandSigner(Signer.generate()),
+        settings=settings,
+        gate=gate,
+    )
+    rng = random.Random(3)
+    packets = [synthetic.packet(SIZE, host, rng, step=1000 + i) for i in range(4)]
+    for packet in packets:
+        packet.training_loss = 1.0  # synthetic losses are random draws: hold them steady
+    return controller, gate, sink, clock, packets
+
+
+def safe_catalogue(quarantined: tuple[int, ...] = ()) -> list[BlueprintMetadata]:
+    return [
+        dataclasses.replace(m, risk=0.1) for m in synthetic.catalogue(SIZE, quarantined=quarantined)
+    ]
+
+
+def test_gate_uses_the_risk_heads_expected_severity(policy: ServingPolicy) -> None:
+    host = synthetic.topology(SIZE)
+    entries = {m.blueprint_id: m for m in safe_catalogue()}
+    builder = GraphBuilder(host, tuple(entries), RunningNormalizer(update=False))
+    graph = builder.build(synthetic.packet(SIZE, host, random.Random(1)), entries)
+    out = policy.fast(graph)
+    table = ScoreTable.from_thresholds(Thresholds())
+
+    def gated(risk_logits: torch.Tensor) -> tuple[float, Category]:
+        severity = float(dataclasses.replace(out, risk_logits=risk_logits).expected_severity())
+        gate = RiskGate(RiskSettings(), BufferedEventSink(), clock=Clock())
+        return severity, gate.gate(germinate(), {}, severity).category
+
+    severity, category = gated(out.risk_logits)
+    expected = table.score(INDEX[Signal.POLICY_RISK], severity) * 0.8  # the policy-risk weight
+    assert category is (Category.GREEN if expected < 0.25 else Category.YELLOW)
+    # A confident "no risk" head reads as low risk, a confident "critical" as high risk:
+    # the arg-max's confidence (0.99+ in both) plays no part.
+    severity, category = gated(torch.tensor([12.0, 0.0, 0.0, 0.0, 0.0]))
+    assert severity < 0.01 and category is Category.GREEN
+    severity, category = gated(torch.tensor([0.0, 0.0, 0.0, 0.0, 12.0]))
+    assert severity > 0.99 and category is Category.RED
+
+
+def test_evaluate_step_issues_gated_signed_commands(policy: ServingPolicy) -> None:
+    controller, gate, _, _, packets = rig(policy, safe_catalogue(), deadline_ms=2_000.0)
+    for packet in packets:
+        command = controller.evaluate_step(packet)
+        controller.wait_idle(5.0)
+        assert command.signature.signature  # signed after the gate
+        assert gate.last is not None and gate.last.command is command
+        assert command.annotations["risk_category"] == gate.last.category.name
+        assert command.command_type != pb.COMMAND_TYPE_EMERGENCY
+
+
+def test_quarantined_blueprint_in_the_model_gives_a_signed_emergency(
+    policy: ServingPolicy,
+) -> None:
+    controller, gate, sink, _, packets = rig(policy, safe_catalogue((1,)), deadline_ms=2_000.0)
+    packet = packets[0]
+    assert any(
+        s.blueprint_id == "bp1" and s.stage != pb.SEED_STAGE_DORMANT for s in packet.seed_states
+    )
+    command = controller.evaluate_step(packet)
+    controller.wait_idle(5.0)
+    assert command.command_type == pb.COMMAND_TYPE_EMERGENCY
+    assert command.reason == "blueprint_quarantine" and command.signature.signature
+    critical = [e.name for e in sink.drain() if e.priority == pb.MESSAGE_PRIORITY_CRITICAL]
+    assert critical == ["blueprint_quarantined", "emergency"]
+    assert gate.stage.gate.conservative.active
+
+
+def test_wedged_policy_opens_the_inference_breaker_then_recovers() -> None:
+    torch.manual_seed(0)
+    hanging = HangingPolicy()
+    controller, gate, sink, clock, packets = rig(hanging, safe_catalogue(), deadline_ms=500.0)
+    steps: Iterator[pb.SystemStatePacket] = iter(packets * 4)
+    reasons = [controller.evaluate_step(next(steps)).reason for _ in range(4)]
+    assert reasons == [
+        "timeout_inference",
+        "inference_busy",
+        "inference_busy",  # third failure in a row: the breaker opens
+        "breaker.inference",
+    ]
+    events = [(e.name, pb.MessagePriority.Name(e.priority)) for e in sink.drain()]
+    assert events == [
+        ("timeout", "MESSAGE_PRIORITY_HIGH"),  # step 1
+        ("risk_category_changed", "MESSAGE_PRIORITY_NORMAL"),  # to YELLOW: one timeout
+        ("risk_category_changed", "MESSAGE_PRIORITY_NORMAL"),  # step 2, to RED: two
+        ("conservative_entered", "MESSAGE_PRIORITY_NORMAL"),
+        ("breaker_opened", "MESSAGE_PRIORITY_CRITICAL"),  # step 3; the mode is already on
+    ]
+    assert gate.stage.gate.conservative.cause == "timeouts"
+    hanging.release.set()
+    assert controller.wait_idle(10.0)  # the late result is discarded
+    clock.now = 5.0  # the inference breaker's cool-down
+    command = controller.evaluate_step(next(steps))
+    controller.wait_idle(5.0)
+    # The policy answered (the trial call closes the breaker), but the recent deadline
+    # misses still count in the timeouts signal's window: the decision is held.
+    assert command.command_type == pb.COMMAND_TYPE_NO_OP and command.reason == "timeouts"
+    assert [e.name for e in sink.drain() if e.name.startswith("breaker")] == [
+        "breaker_half_open",
+        "breaker_closed",
+    ]
