@@ -7,8 +7,10 @@ dimensions (GraphSAGE 256, GAT 4 x 32 = 128), in one run:
 (a) the plain PyG HeteroConv reference forward (the same weights),
 (b) the fast policy forward (FastPolicy),
 (c) ``evaluate_step`` end to end (blueprint lookup, graph build, inference, command,
-    Ed25519 signature, telemetry hand-off), with its latency breakdown and the
-    fraction of calls that hit the deadline (timeout or busy NO_OP).
+    risk engine, Ed25519 signature, telemetry hand-off), with its latency breakdown
+    (``risk`` is the risk engine's review alone, inside ``gating``) and the fraction
+    of calls that hit the deadline (timeout or busy NO_OP, or refused by the inference
+    breaker that repeated misses opened).
 
 Latencies are p50 / p95 / p99 in milliseconds. Between two ``evaluate_step`` calls the
 bench waits until the worker is idle, as a trainer's own step would. On CUDA (when a
@@ -33,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from oona.events import BufferedEventSink
 from oona.keys import Signer
 from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetryPublisher
 from tamiyo_bus.policy import synthetic
@@ -41,6 +44,8 @@ from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.reference import ReferencePolicy, architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import ServingPolicy
+from tamiyo_bus.risk import RiskGate, RiskSettings, RiskStage
+from tamiyo_bus.risk.step_gate import RiskCommandGate
 from tamiyo_bus.security.commands import CommandSigner
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
 from tamiyo_bus.settings import StepSettings
@@ -160,6 +165,14 @@ def bench_step(size: synthetic.StateSize, device: str, iterations: int) -> dict[
         max_stale_s=settings.urza_max_stale_s,
     )
     catalog.prefetch(static.ids(), timeout_s=5.0)
+    # The risk engine reviews every command, as in a real run; the synthetic losses are
+    # independent draws, so they are held steady to keep its loss signals realistic.
+    for packet in packets:
+        packet.training_loss = 1.0  # type: ignore[attr-defined]
+    gate = RiskCommandGate(
+        RiskStage(RiskGate(RiskSettings(), BufferedEventSink())),
+        lambda ids: catalog.resolve(ids, 0.0).metadata,
+    )
     sink = Collect()
     publisher = TelemetryPublisher(sink, queue_size=settings.telemetry_queue_size)
     controller = StepController(
@@ -169,6 +182,7 @@ def bench_step(size: synthetic.StateSize, device: str, iterations: int) -> dict[
         signer=CommandSigner(Signer.generate()),
         settings=settings,
         telemetry=publisher,
+        gate=gate,
     )
     warm = max(iterations // 10, 10)
     samples: list[float] = []
@@ -185,10 +199,19 @@ def bench_step(size: synthetic.StateSize, device: str, iterations: int) -> dict[
     controller.wait_idle(5.0)
     publisher.wait_idle(5.0)
     records = sink.records[warm:]
-    missed = sum(r in (StepReason.TIMEOUT_INFERENCE, StepReason.INFERENCE_BUSY) for r in reasons)
+    missed = sum(
+        r
+        in (
+            StepReason.TIMEOUT_INFERENCE,
+            StepReason.INFERENCE_BUSY,
+            StepReason.INFERENCE_BREAKER_OPEN,  # refused after repeated misses
+        )
+        for r in reasons
+    )
 
     def stage(name: str) -> dict[str, float]:
-        values = [getattr(r, name) / 1e3 for r in records if r.reason == StepReason.POLICY]
+        # decisions the policy answered in time (the gate may have changed their reason)
+        values = [getattr(r, name) / 1e3 for r in records if r.inference_ms > 0]
         return percentiles(values) if values else {}
 
     return {
@@ -199,6 +222,7 @@ def bench_step(size: synthetic.StateSize, device: str, iterations: int) -> dict[
             "build": stage("build_ms"),
             "inference": stage("inference_ms"),
             "gating": stage("gating_ms"),
+            "risk": stage("risk_ms"),
             "signing": stage("signing_ms"),
         },
         "telemetry_dropped": publisher.dropped,

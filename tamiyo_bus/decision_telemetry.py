@@ -27,7 +27,8 @@ class DecisionTelemetry:
     total_ms: float  # whole evaluate_step as the caller saw it
     build_ms: float  # blueprint lookup + graph build (0 when the policy did not run)
     inference_ms: float
-    gating_ms: float
+    gating_ms: float  # command assembly and stamping plus the gate's review
+    risk_ms: float  # the gate's review alone: the risk engine's share of the decision
     signing_ms: float
     compile_state: str
     feature_coverage: Mapping[str, float]  # per node type, empty when nothing was built

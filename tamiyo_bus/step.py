@@ -2,17 +2,21 @@
 
 Read top to bottom, :meth:`StepController.evaluate_step` is the whole step path:
 
-1. If the inference worker is still busy with an earlier step, answer NO_OP at once
+1. If the gate's inference breaker is open, answer NO_OP at once
+   (``breaker.inference``): a failing or wedged policy is not run again until the
+   breaker's cool-down lets a trial call through.
+2. If the inference worker is still busy with an earlier step, answer NO_OP at once
    (``inference_busy``): nothing queues behind a slow decision.
-2. Hand the packet to the worker (blueprint metadata under the Urza deadline, graph
+3. Hand the packet to the worker (blueprint metadata under the Urza deadline, graph
    build, policy forward, masked choice) and wait at most until the step deadline,
    less the reserve for the steps below.
-3. Late: answer NO_OP (``timeout_inference``) at once. The worker's result, when it
+4. Late: answer NO_OP (``timeout_inference``) at once. The worker's result, when it
    comes, is discarded; the worker never touches shared state itself, so a late
    decision cannot change anything.
-4. Turn the decision into a command, stamp it (unique time-ordered id, issue time,
-   issuer, policy version, step, run, reason code), let the gate review it, sign it.
-5. Hand telemetry and the features for the running normalisation statistics to
+5. Turn the decision into a command, stamp it (unique time-ordered id, issue time,
+   issuer, policy version, step, run, reason code), let the gate (the risk engine)
+   review it, sign it.
+6. Hand telemetry and the features for the running normalisation statistics to
    background threads through bounded queues, and return.
 
 The caller's thread only ever waits on an Event with a timeout. The worker is a daemon
@@ -52,6 +56,7 @@ class StepReason(StrEnum):
     TIMEOUT_INFERENCE = "timeout_inference"
     INFERENCE_BUSY = "inference_busy"
     INFERENCE_ERROR = "inference_error"
+    INFERENCE_BREAKER_OPEN = "breaker.inference"  # the policy was not run
 
 
 class CommandSigner(Protocol):
@@ -76,6 +81,11 @@ class GateContext:
 class CommandGate(Protocol):
     """Reviews every command before it is signed (the risk engine plugs in here)."""
 
+    def inference_allowed(self) -> bool:
+        """Asked once per step before the policy runs: False while the inference
+        breaker is open (the step then answers NO_OP ``breaker.inference``)."""
+        ...
+
     def review(
         self, proposal: pb.AdaptationCommand, context: GateContext
     ) -> pb.AdaptationCommand: ...
@@ -87,6 +97,7 @@ class StepStats:
     timeouts: int = 0
     busy: int = 0
     errors: int = 0
+    refused: int = 0  # steps the inference breaker kept the policy from running
     late_results_discarded: int = 0
 
 
@@ -138,6 +149,9 @@ class StepController:
         started = time.perf_counter_ns()
         s = self.settings
         deadline = started + int((s.step_deadline_ms - s.finish_reserve_ms) * _NS_PER_MS)
+        if self._gate is not None and not self._gate.inference_allowed():
+            self.stats.refused += 1
+            return self._finish(packet, started, None, StepReason.INFERENCE_BREAKER_OPEN)
         job = self._submit(packet, deadline)
         if job is None:
             self.stats.busy += 1
@@ -172,6 +186,7 @@ class StepController:
         command.policy_version = version
         command.global_step = packet.global_step
         command.training_run_id = packet.training_run_id
+        risk_start = time.perf_counter_ns()
         if self._gate is not None:
             command = self._gate.review(command, GateContext(packet, decision, reason))
         sign_start = time.perf_counter_ns()
@@ -182,7 +197,7 @@ class StepController:
             self._builder.normalizer.observe(decision.graph.raw)
         if self._telemetry is not None:
             self._telemetry.submit(
-                _telemetry(command, decision, started_ns, gate_start, sign_start, done)
+                _telemetry(command, decision, started_ns, gate_start, risk_start, sign_start, done)
             )
         return command
 
@@ -275,6 +290,7 @@ def _telemetry(
     decision: PolicyDecision | None,
     started_ns: int,
     gate_start_ns: int,
+    risk_start_ns: int,
     sign_start_ns: int,
     done_ns: int,
 ) -> DecisionTelemetry:
@@ -294,6 +310,7 @@ def _telemetry(
         build_ms=decision.build_ms if decision else 0.0,
         inference_ms=decision.inference_ms if decision else 0.0,
         gating_ms=(sign_start_ns - gate_start_ns) / _NS_PER_MS,
+        risk_ms=(sign_start_ns - risk_start_ns) / _NS_PER_MS,
         signing_ms=(done_ns - sign_start_ns) / _NS_PER_MS,
         compile_state=ServingPolicy.compile_state,
         feature_coverage=dict(decision.graph.coverage) if decision else {},

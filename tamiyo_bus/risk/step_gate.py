@@ -1,15 +1,13 @@
 """The risk engine as the step path's command gate.
 
-``StepController`` (tamiyo_bus/step.py) hands every stamped, unsigned proposal to a
-gate's ``review(proposal, context)`` before it signs it. ``RiskCommandGate`` is that
-gate: it maps the step path's outcome onto the inference breaker, records Urza timeouts
-on the Urza breaker, reads the risk head's expected severity and the feature coverage
+``StepController`` (tamiyo_bus/step.py) asks the gate's ``inference_allowed()`` before
+it runs the policy (an open inference breaker: the step answers NO_OP
+``breaker.inference`` without running it), and hands every stamped, unsigned proposal
+to ``review(proposal, context)`` before it signs it. ``RiskCommandGate`` is that gate:
+it maps the step path's outcome onto the inference breaker, records Urza timeouts on
+the Urza breaker, reads the risk head's expected severity and the feature coverage
 from the decision, and returns the gated command. The context is typed by the
 protocols below, so this module depends on the step path's shape, not on its imports.
-
-When the inference breaker is open, the policy's decision (if one arrived) is replaced
-by NO_OP with reason ``breaker.inference``; a step path that asks
-``RiskStage.inference_allowed()`` before submitting work saves the inference as well.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from typing import Protocol
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.risk.gate import GateResult, breaker_reason
-from tamiyo_bus.risk.gating import replaced
 from tamiyo_bus.risk.stage import InferenceOutcome, RiskStage
 from tamiyo_bus.risk.tracker import BlueprintInfo
 
@@ -29,6 +26,7 @@ _NO_DECISION: dict[str, InferenceOutcome] = {
     "timeout_inference": InferenceOutcome.TIMED_OUT,
     "inference_busy": InferenceOutcome.BUSY,
     "inference_error": InferenceOutcome.FAILED,
+    breaker_reason(BreakerName.INFERENCE): InferenceOutcome.REFUSED,
 }
 
 BlueprintLookup = Callable[[Sequence[str]], Mapping[str, BlueprintInfo]]
@@ -84,6 +82,10 @@ class RiskCommandGate:
         self._urza = stage.gate.breakers[BreakerName.URZA]
         self.last: GateResult | None = None
 
+    def inference_allowed(self) -> bool:
+        """Whether the step may run the policy (reserves the trial call when half-open)."""
+        return self.stage.inference_allowed()
+
     def review(self, proposal: pb.AdaptationCommand, context: StepContext) -> pb.AdaptationCommand:
         decision = context.decision
         outcome = (
@@ -91,11 +93,6 @@ class RiskCommandGate:
             if decision is not None
             else _NO_DECISION.get(context.reason, InferenceOutcome.FAILED)
         )
-        if not self.stage.inference_allowed():
-            outcome, decision = InferenceOutcome.REFUSED, None
-            proposal = replaced(
-                proposal, pb.COMMAND_TYPE_NO_OP, breaker_reason(BreakerName.INFERENCE)
-            )
         if decision is not None:
             if decision.urza_timed_out:
                 self._urza.record_failure()

@@ -204,6 +204,9 @@ class RecordingGate:
     def __init__(self) -> None:
         self.contexts: list[GateContext] = []
 
+    def inference_allowed(self) -> bool:
+        return True
+
     def review(self, proposal: pb.AdaptationCommand, context: GateContext) -> pb.AdaptationCommand:
         self.contexts.append(context)
         replaced = pb.AdaptationCommand()

@@ -14,6 +14,7 @@ import torch
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
 from oona.keys import Signer
+from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetryPublisher
 from tamiyo_bus.policy import synthetic
 from tamiyo_bus.policy.features import RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
@@ -54,8 +55,19 @@ def policy() -> ServingPolicy:
     return ServingPolicy()
 
 
+class Records:
+    def __init__(self) -> None:
+        self.records: list[DecisionTelemetry] = []
+
+    def publish(self, telemetry: DecisionTelemetry) -> None:
+        self.records.append(telemetry)
+
+
 def rig(
-    policy: ServingPolicy, catalogue: list[BlueprintMetadata], deadline_ms: float
+    policy: ServingPolicy,
+    catalogue: list[BlueprintMetadata],
+    deadline_ms: float,
+    telemetry: TelemetryPublisher | None = None,
 ) -> tuple[StepController, RiskCommandGate, BufferedEventSink, Clock, list[pb.SystemStatePacket]]:
     host = synthetic.topology(SIZE)
     static = StaticBlueprintCatalog(catalogue)
@@ -75,6 +87,7 @@ def rig(
         catalog=catalog,
         signer=CommandSigner(Signer.generate()),
         settings=settings,
+        telemetry=telemetry,
         gate=gate,
     )
     rng = random.Random(3)
@@ -115,7 +128,9 @@ def test_gate_uses_the_risk_heads_expected_severity(policy: ServingPolicy) -> No
 
 
 def test_evaluate_step_issues_gated_signed_commands(policy: ServingPolicy) -> None:
-    controller, gate, _, _, packets = rig(policy, safe_catalogue(), deadline_ms=2_000.0)
+    records = Records()
+    publisher = TelemetryPublisher(records, queue_size=16)
+    controller, gate, _, _, packets = rig(policy, safe_catalogue(), 2_000.0, publisher)
     for packet in packets:
         command = controller.evaluate_step(packet)
         controller.wait_idle(5.0)
@@ -123,6 +138,10 @@ def test_evaluate_step_issues_gated_signed_commands(policy: ServingPolicy) -> No
         assert gate.last is not None and gate.last.command is command
         assert command.annotations["risk_category"] == gate.last.category.name
         assert command.command_type != pb.COMMAND_TYPE_EMERGENCY
+    assert publisher.wait_idle(5.0)
+    assert len(records.records) == len(packets)
+    for record in records.records:  # the risk engine's time is its own line of the breakdown
+        assert 0.0 < record.risk_ms <= record.gating_ms
 
 
 def test_quarantined_blueprint_in_the_model_gives_a_signed_emergency(
@@ -163,6 +182,7 @@ def test_wedged_policy_opens_the_inference_breaker_then_recovers() -> None:
         ("breaker_opened", "MESSAGE_PRIORITY_CRITICAL"),  # step 3; the mode is already on
     ]
     assert gate.stage.gate.conservative.cause == "timeouts"
+    assert controller.stats.refused == 1  # step 4: the policy was not run
     hanging.release.set()
     assert controller.wait_idle(10.0)  # the late result is discarded
     clock.now = 5.0  # the inference breaker's cool-down
