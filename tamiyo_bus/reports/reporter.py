@@ -165,10 +165,6 @@ class FieldReporter:
             return False
         return True
 
-    @property
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
-
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> FieldReporter:

@@ -262,19 +262,10 @@ class WriteAheadLog:
         os.close(self._fd)
         self._open_segment()
 
-    @property
-    def active_segment(self) -> Path:
-        return self._active
-
     def segments(self) -> dict[Path, list[int]]:
         """Each segment and the sequence numbers it holds (a snapshot)."""
         with self._lock:
             return {path: list(seqs) for path, seqs in self._segments.items()}
-
-    def stored(self, seq: int) -> bool:
-        """Whether some segment still holds the record."""
-        with self._lock:
-            return self._copies[seq] > 0
 
     # ------------------------------------------------------------- writing
 

@@ -75,7 +75,7 @@ async def test_tamiyo_killed_mid_run_then_restarted_delivers_every_report_once(
         sys.executable, "-m", "tamiyo_bus.reports.drill", "--wal-dir", str(wal_dir),
         "--redis-url", settings.redis_url, "--prefix", settings.key_prefix,
         "--epochs", str(plan.epochs), "--decisions-per-epoch", str(plan.decisions_per_epoch),
-        "--window-epochs", "2", "--step-delay-ms", "3",
+        "--window-epochs", "2", "--step-delay-ms", "5",
     ]  # fmt: skip
     env = _drill_env(signer)
     background.start("simic", SimicIntake(simic_bus, keyring, store).run)

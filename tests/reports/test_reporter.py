@@ -50,7 +50,9 @@ def test_step_path_never_waits_on_a_blocked_fsync(tmp_path: Path) -> None:
             accepted += reporter.on_command(command(i), state(0))
             reporter.on_event(ObservedEvent(RUN, EventKind.RISK_ELEVATED))
             slowest = max(slowest, time.perf_counter() - started)
-        assert slowest < 0.05  # a bound, not a timing: fsync is blocked indefinitely
+        # a bound, not a timing: fsync stays blocked until the end, so a call that
+        # waited on it would never return; the margin only absorbs a loaded machine
+        assert slowest < 0.5
         assert accepted < 299  # the queue filled up ...
         full = reporter.metrics.count("reports_queue_full")
         assert full == (299 - accepted) + reporter.metrics.count("reports_queue_full", kind="event")

@@ -161,7 +161,6 @@ def test_compaction_deletes_dead_segments_and_rewrites_sparse_ones(tmp_path: Pat
     stats = wal.compact(lambda seq, _: seq in live, rewrite_ratio=0.5)
     assert (stats.deleted, stats.rewritten, stats.copied) == (3, 2, 2)
     assert stats.removed_seqs == frozenset(range(1, 13)) - live
-    assert wal.stored(2) and wal.stored(9) and not wal.stored(1)
     wal.close()
     assert [r.seq for r in scan(tmp_path, WalSettings()).records] == [2, 9, 11, 12]
 
