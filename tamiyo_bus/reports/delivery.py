@@ -117,7 +117,12 @@ class ReportDelivery:
         the bus accepted (0 after a failed publish, which is counted, not retried here)."""
         publish, park = self.book.take_due(self.settings.publish_batch_max_reports)
         if park:
-            await asyncio.to_thread(self.reporter.park, park)
+            try:
+                await asyncio.to_thread(self.reporter.park, park)
+            except OSError:  # the log could not take the PARK records: try again later
+                self.metrics.inc("reports_park_failed", len(park))
+                log.exception("parking %d field reports failed", len(park))
+                self.book.requeue([e.report_id for e in park], self._failure_backoff_s())
         if not publish:
             return 0
         ids = [entry.report_id for entry in publish]

@@ -14,7 +14,7 @@ from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.records import Ack, Kind
 from tamiyo_bus.reports.reporter import FieldReporter
-from tamiyo_bus.reports.wal import WalSettings, scan, segment_paths
+from tamiyo_bus.reports.wal import FsyncPolicy, WalSettings, scan, segment_paths
 from tamiyo_bus.reports.windows import EventKind, ObservedEvent, report_id_for
 
 from .helpers import RUN, command, fast_settings, state
@@ -190,3 +190,15 @@ def test_compaction_never_lets_a_closed_window_come_back(tmp_path: Path) -> None
     with FieldReporter(settings) as reporter:
         assert [w.decision.command_id for w in reporter.tracker.windows()] == ["cmd-000002"]
         assert reporter.book.state_of(done.report_id) is ReportState.ACKED
+
+
+def test_interval_policy_syncs_from_the_writer_without_further_traffic(tmp_path: Path) -> None:
+    synced = threading.Event()
+    interval = WalSettings(fsync_policy=FsyncPolicy.INTERVAL, fsync_interval_ms=20.0)
+    reporter = FieldReporter(
+        fast_settings(tmp_path, wal=interval), fsync=lambda fd: synced.set()
+    ).start()
+    assert reporter.on_command(command(1), state(0))
+    assert synced.wait(5)  # nothing else happened: the writer's own timer synced it
+    reporter.close()
+    assert reporter.metrics.count("wal_fsyncs") == 1  # one sync; close found nothing left
