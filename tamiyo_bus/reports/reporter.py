@@ -143,7 +143,8 @@ class FieldReporter:
         return self._offer("event", event)
 
     def on_run_end(self, training_run_id: str) -> bool:
-        """The run ended: its open windows close as truncated (ABORTED). Never blocks."""
+        """The run ended: its open windows close early (see `synthesise_outcome`).
+        Never blocks."""
         return self._offer("run_end", RunEnd(training_run_id))
 
     def _offer(self, kind: str, item: object) -> bool:

@@ -244,6 +244,7 @@ class Observed:
     emergencies: int = 0
     seed_aborted: bool = False
     truncated: bool = False
+    epochs_observed: int = 0
 
     @classmethod
     def of(cls, window: Window) -> Observed:
@@ -266,6 +267,7 @@ class Observed:
             emergencies=window.events[EventKind.EMERGENCY],
             seed_aborted=window.seed_aborted,
             truncated=window.truncated,
+            epochs_observed=max(window.epochs_observed, 0),
         )
 
 
@@ -274,8 +276,11 @@ def synthesise_outcome(
 ) -> pb.FieldReportOutcome.ValueType:
     """The outcome by the first rule that matches, in this order:
 
-    1. ABORTED: the window was cut short (the run ended), the target seed was culled,
-       terminated, embargoed or reset, or a rollback or emergency happened.
+    1. ABORTED: the target seed was culled, terminated, embargoed or reset, a rollback
+       or emergency happened, or the run ended before one whole epoch was observed. A
+       window the run's end cut short after that is judged by the rules below on what
+       it saw (its report says `truncated` and how many epochs it observed): the end
+       of a run says nothing about the decision.
     2. REGRESSION: loss rose by >= `regression_loss_increase`, accuracy fell by
        >= `regression_accuracy_drop`, or >= `regression_breaker_opens` breakers opened,
        or >= `regression_risk_events` elevated-risk events were seen.
@@ -284,7 +289,8 @@ def synthesise_outcome(
        (an unknown ratio counts as no cost).
     4. NEUTRAL: anything else, including a window whose metrics were never reported.
     """
-    if observed.truncated or observed.seed_aborted or observed.rollbacks or observed.emergencies:
+    unobserved = observed.truncated and observed.epochs_observed == 0
+    if unobserved or observed.seed_aborted or observed.rollbacks or observed.emergencies:
         return pb.FIELD_REPORT_OUTCOME_ABORTED
     loss, acc = observed.loss_change, observed.accuracy_change
     if (
@@ -408,7 +414,7 @@ class WindowTracker:
             window.observe_event(event)
 
     def run_end(self, training_run_id: str) -> list[Window]:
-        """Close every window of a run that ended, marked truncated."""
+        """Close every window of a run that ended, marked truncated (cut short)."""
         closed = [w for w in self._open.values() if w.decision.training_run_id == training_run_id]
         for window in closed:
             window.truncated = True

@@ -117,7 +117,9 @@ def test_report_ids_derive_from_the_command_and_run() -> None:
         (Observed(risk_events=2), NEUTRAL),
         (Observed(risk_events=3), REGRESSION),
         (Observed(loss_change=-0.05, seed_aborted=True), ABORTED),
-        (Observed(loss_change=0.5, truncated=True), ABORTED),
+        (Observed(loss_change=-0.5, truncated=True), ABORTED),  # nothing seen yet
+        (Observed(loss_change=-0.5, truncated=True, epochs_observed=1), SUCCESS),
+        (Observed(loss_change=0.5, truncated=True, epochs_observed=2), REGRESSION),
         (Observed(rollbacks=1), ABORTED),
         (Observed(emergencies=1, loss_change=-0.2), ABORTED),
     ],
@@ -163,12 +165,16 @@ def test_culled_seed_aborts_and_emergency_makes_the_report_critical() -> None:
     assert (report.outcome, priority) == (ABORTED, pb.MESSAGE_PRIORITY_CRITICAL)
 
 
-def test_run_end_closes_the_runs_windows_as_aborted() -> None:
+def test_run_end_closes_the_runs_windows_judged_on_what_they_saw() -> None:
     tracker = WindowTracker()
     tracker.open(decision(1, epoch=0), seq=1)
-    tracker.open(decision(2, epoch=0, run="run-2"), seq=2)
-    [window] = tracker.run_end(RUN)
-    report, _ = build_report(window, SETTINGS, issued_at_ns=1)
-    assert report.outcome == ABORTED
-    assert report.metrics["truncated"] == 1.0
-    assert len(tracker) == 1
+    tracker.open(decision(2, epoch=1), seq=2)
+    tracker.open(decision(3, epoch=0, run="run-2"), seq=3)
+    tracker.epoch_end(EpochEnd.from_state(state(1, loss=0.8)))
+    closed = tracker.run_end(RUN)
+    reports = {w.decision.command_id: build_report(w, SETTINGS, 1)[0] for w in closed}
+    assert reports["cmd-000001"].outcome == SUCCESS  # one whole epoch seen: judged on it
+    assert reports["cmd-000001"].observation_window_epochs == 1
+    assert reports["cmd-000002"].outcome == ABORTED  # nothing whole seen: cut short
+    assert all(r.metrics["truncated"] == 1.0 for r in reports.values())
+    assert len(tracker) == 1  # the other run's window is untouched
