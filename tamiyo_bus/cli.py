@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from consumers.weatherlight import serve
 from tamiyo_bus import exporter, selfcheck
+from tamiyo_bus.demo import cli as demo_cli
 from tamiyo_bus.reports import cli as reports_cli
 from tamiyo_bus.security import keytool
 from tamiyo_bus.urza import cli as urza_cli
@@ -16,6 +17,7 @@ from tamiyo_bus.urza import cli as urza_cli
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 SUBCOMMANDS: tuple[Register, ...] = (
+    demo_cli.register,
     selfcheck.register,
     exporter.register,
     keytool.register,

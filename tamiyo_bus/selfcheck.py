@@ -1,4 +1,4 @@
-"""End-to-end bus self-check: the demo until the step path lands.
+"""End-to-end bus self-check.
 
 It starts (or connects to) the server, publishes signed traffic, consumes it, SIGKILLs
 a consumer that holds entries mid-batch and shows another claiming and processing
@@ -78,7 +78,9 @@ async def _publish_and_consume(bus: Bus, keyring: Keyring, report: Report) -> No
     ]
     await bus.publish_many(urgent, batch_signed=False)
     publish_s = time.perf_counter() - started
-    report.check(True, f"published 5,000 signed NORMAL and 20 CRITICAL messages in {publish_s:.2f}s")
+    report.check(
+        True, f"published 5,000 signed NORMAL and 20 CRITICAL messages in {publish_s:.2f}s"
+    )
 
     order: list[str] = []
 
@@ -181,7 +183,7 @@ async def _print_metrics(bus: Bus) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of `tamiyo-bus selfcheck` (and of `make demo` for now)."""
+    """Entry point of `tamiyo-bus selfcheck`."""
     base = OonaSettings.from_env()
     server: EmbeddedServer | None = None
     if not base.redis_url:
@@ -211,7 +213,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name in ("selfcheck", "demo"):
-        parser = commands.add_parser(name, help="end-to-end bus self-check")
-        parser.add_argument("--data-dir", default=".tamiyo", help="server data directory")
-        parser.set_defaults(run=run)
+    parser = commands.add_parser("selfcheck", help="end-to-end bus self-check")
+    parser.add_argument("--data-dir", default=".tamiyo", help="server data directory")
+    parser.set_defaults(run=run)

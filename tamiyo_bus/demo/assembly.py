@@ -81,6 +81,16 @@ def candidate_blueprints(store: UrzaStore, topology: HostTopology) -> tuple[str,
     return tuple(b.blueprint_id for b in store.list() if any(k in kinds for k in b.layer_kinds))
 
 
+def initial_policy(device: torch.device, seed: int) -> PolicyHolder:
+    """A freshly initialised policy (seeded) at version 1; signed PolicyUpdates from the
+    learner replace it while the run goes on."""
+    torch.manual_seed(seed)
+    policy = ServingPolicy(device=device)
+    return PolicyHolder(
+        RunningPolicy(policy, INITIAL_POLICY_ID, 1, architecture_id(policy), registry_digest())
+    )
+
+
 @dataclass
 class Tamiyo:
     """The step path's controller and the parts a run reports on."""
@@ -107,13 +117,12 @@ def build_tamiyo(
     signer: Signer,
     settings: StepSettings,
     risk: RiskSettings,
-    device: torch.device,
+    holder: PolicyHolder,
     seed: int,
     telemetry: TelemetryPublisher | None = None,
     events: EventSink | None = None,
 ) -> Tamiyo:
-    """Tamiyo with a freshly initialised policy (seeded), the risk gate and signing."""
-    torch.manual_seed(seed)
+    """Tamiyo running ``holder``'s policy, with the risk gate and signing."""
     catalog = CachedCatalog(
         store,
         deadline_ms=settings.urza_deadline_ms,
@@ -129,10 +138,8 @@ def build_tamiyo(
             update=settings.normalizer_update, queue_size=settings.normalizer_queue_size
         ),
     )
-    policy = ServingPolicy(device=device)
-    holder = PolicyHolder(
-        RunningPolicy(policy, INITIAL_POLICY_ID, 1, architecture_id(policy), registry_digest())
-    )
+    policy = holder.current().module
+    assert isinstance(policy, ServingPolicy)
 
     def blueprints(ids: Sequence[str]) -> dict[str, BlueprintMetadata]:
         return dict(catalog.resolve(ids, 0.0).metadata)
@@ -191,10 +198,12 @@ def assemble(
     keyring: Keyring,
     store: UrzaStore,
     observers: Sequence[TrainingObserver] = (),
+    holder: PolicyHolder | None = None,
     telemetry: TelemetryPublisher | None = None,
     events: EventSink | None = None,
 ) -> Run:
-    """The whole in-process step path for ``spec``; nothing has run yet."""
+    """The whole in-process step path for ``spec``; nothing has run yet. Without
+    ``holder`` Tamiyo starts from ``initial_policy``."""
     device = resolve_device(spec.device)
     data = load(spec.dataset, spec.seed).to(device)
     model = build_model(spec, data, device)
@@ -216,7 +225,8 @@ def assemble(
     )
     tamiyo = build_tamiyo(
         topology=topology, store=store, signer=signer, settings=spec.step, risk=spec.risk,
-        device=device, seed=spec.seed, telemetry=telemetry, events=events,
+        holder=holder or initial_policy(device, spec.seed), seed=spec.seed,
+        telemetry=telemetry, events=events,
     )  # fmt: skip
     trainer = Tolaria(
         model,

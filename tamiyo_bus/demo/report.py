@@ -100,7 +100,7 @@ def _lifecycle(history: Sequence[LifecycleEvent], seed_ids: Sequence[str], end: 
     for seed_id in seed_ids:
         events = [e for e in history if e.seed_id == seed_id]
         segments = []
-        for event, following in zip(events, [*events[1:], None], strict=True):
+        for event, following in zip(events, [*events[1:], None], strict=False):
             if event.to_stage == S.SEED_STAGE_DORMANT:
                 continue
             stop = following.step if following else end

@@ -101,8 +101,9 @@ def to_packet(item: StepTelemetry, *, run_id: str) -> pb.TelemetryPacket:
     packet travels the emergency lane."""
     packet = pb.TelemetryPacket(source=SOURCE_KASMINA, timestamp_ns=item.timestamp_ns)
     gauge = pb.METRIC_KIND_GAUGE
-    add_metric(packet, "apply_latency", item.apply_ms / 1000.0, "s", run=run_id)
-    add_metric(packet, "finalize_latency", item.finalize_ms / 1000.0, "s", run=run_id)
+    latency = pb.METRIC_KIND_HISTOGRAM
+    add_metric(packet, "apply_latency", item.apply_ms / 1000.0, "s", kind=latency, run=run_id)
+    add_metric(packet, "finalize_latency", item.finalize_ms / 1000.0, "s", kind=latency, run=run_id)
     for seed in item.seeds:
         labels = {LABEL_RUN: run_id, LABEL_SEED: seed.seed_id, LABEL_LAYER: seed.layer_id}
         add_metric(packet, METRIC_SEED_ALPHA, seed.alpha, kind=gauge, **labels)

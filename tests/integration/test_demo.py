@@ -1,0 +1,49 @@
+"""`tamiyo-bus demo` end to end on the real server: one short run, its summary, report
+and field reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from oona.settings import ENV_REDIS_URL
+from tamiyo_bus.cli import main
+from tamiyo_bus.urza.store import ENV_URZA_DB
+
+
+def test_demo_runs_end_to_end_and_writes_its_report(
+    tmp_path: Path,
+    server_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(ENV_REDIS_URL, server_url)
+    monkeypatch.setenv(ENV_URZA_DB, str(tmp_path / "urza.sqlite"))
+    assert main(["demo", "--epochs", "2", "--out", str(tmp_path / "runs")]) == 0
+
+    printed = capsys.readouterr().out
+    assert "status page http://127.0.0.1:" in printed
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    steps = 2 * (1438 // 32)  # digits' training split at batch 32
+    assert summary["steps"] == steps
+    assert summary["decisions"] == steps  # one evaluate_step per step
+    assert summary["rejected"] == {}  # every command passed verification
+    assert summary["applied"] + sum(summary["refused"].values()) == steps
+    assert summary["final_val_accuracy"] > 0.8
+    for line in summary_lines(summary):
+        assert line in printed
+
+    report = (run_dir / "report.html").read_text()
+    assert report.count("<svg") == 6  # loss, accuracy, lifecycle, latency, risk x2
+    for title in ("Loss", "Accuracy", "Seed lifecycle", "evaluate_step latency", "Risk"):
+        assert title in report
+    assert (run_dir / "simic.sqlite3").exists()
+    assert "0 pending, 0 parked" in summary["services"]["field reports"]
+
+
+def summary_lines(summary: dict[str, object]) -> list[str]:
+    """A few figures that must appear in the printed summary."""
+    return [f"{summary['steps']:,} steps", f"decisions     {summary['decisions']:,}:"]
