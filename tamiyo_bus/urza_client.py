@@ -104,8 +104,9 @@ class CachedCatalog:
         threading.Thread(target=self._run, name="tamiyo-urza", daemon=True).start()
 
     def prefetch(self, blueprint_ids: Sequence[str], timeout_s: float) -> bool:
-        """Warm the cache at start-up (off the step path); True when all ids resolved."""
-        return not self.resolve(blueprint_ids, timeout_s).timed_out
+        """Warm the cache at start-up (off the step path, so not bound by the Urza
+        deadline); True when every id resolved."""
+        return not self._resolve(blueprint_ids, timeout_s).timed_out
 
     def resolve(self, blueprint_ids: Sequence[str], wait_s: float) -> CatalogResolution:
         """Cached metadata at once; wait at most ``wait_s`` (and the deadline) for misses.
@@ -113,12 +114,15 @@ class CachedCatalog:
         Stale entries are served while a refresh runs; entries older than
         ``max_stale_s`` count as missing.
         """
+        return self._resolve(blueprint_ids, min(wait_s, self._deadline_s))
+
+    def _resolve(self, blueprint_ids: Sequence[str], wait_s: float) -> CatalogResolution:
         now = self._clock()
         known, missing, stale = self._partition(blueprint_ids, now)
         if missing or stale:
             lookup = self._start((*missing, *stale))
             if missing and lookup is not None:
-                lookup.done.wait(min(max(wait_s, 0.0), self._deadline_s))
+                lookup.done.wait(max(wait_s, 0.0))
                 known, missing, _ = self._partition(blueprint_ids, self._clock())
         if missing:
             self.stats.skipped_waits += 1

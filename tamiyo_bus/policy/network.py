@@ -42,9 +42,10 @@ from tamiyo_bus.policy.features import (
     FEATURE_SPECS,
     TYPE_COLUMN_OFFSET,
 )
-from tamiyo_bus.policy.graph import EDGE_DIM, GraphStructure, PolicyGraph
+from tamiyo_bus.policy.graph import EDGE_DIM, PolicyGraph
 from tamiyo_bus.policy.reference import GAT_NEGATIVE_SLOPE, ReferencePolicy
 from tamiyo_bus.policy.schema import BLUEPRINT, NODE_TYPES, RELATIONS, SEED, incoming, outgoing
+from tamiyo_bus.policy.structure import GraphStructure
 
 _T = len(NODE_TYPES)
 _SRC_TYPE = np.array([NODE_TYPES.index(r.src) for r in RELATIONS])
