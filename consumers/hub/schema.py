@@ -196,16 +196,28 @@ def core_labels(raw: Mapping[str, str], settings: SchemaSettings) -> Labels:
     return tuple(sorted(found.items()))
 
 
+@dataclass(frozen=True, slots=True)
+class NormalisedPoint:
+    """What the window needs of a point, apart from its value: its identity (`key`,
+    the series: name and labels), spec, and how many label keys normalisation dropped."""
+
+    spec: MetricSpec
+    labels: Labels
+    dropped: int
+    key: tuple[str, Labels]
+
+
 class Normaliser:
-    """`metric_spec` and `normalise_labels` with memoisation: the same few hundred
-    (source, name, unit) and label sets recur in every packet, and the hub's throughput
-    depends on not recomputing them. Caches are cleared when they outgrow their bound."""
+    """The normalisation functions with memoisation: the same few hundred metric
+    identities (source, name, unit, kind, labels) recur in every packet, and the hub's
+    throughput depends on not recomputing them. Caches are cleared when they outgrow
+    their bound."""
 
     def __init__(self, settings: SchemaSettings | None = None, cache_entries: int = 50_000):
         self.settings = settings or SchemaSettings()
         self.cache_entries = cache_entries
-        self._specs: dict[tuple[str, str, str, int], MetricSpec] = {}
-        self._labels: dict[frozenset[tuple[str, str]], tuple[Labels, int]] = {}
+        self._points: dict[tuple[str, bytes], NormalisedPoint] = {}
+        self._dropped = tuple(sorted(self.settings.dropped_labels))
         self._sources: dict[str, str] = {}
         self._events: dict[tuple[str, str], str] = {}
 
@@ -217,14 +229,28 @@ class Normaliser:
             found = self._sources[raw] = normalise_source(raw)
         return found
 
-    def spec(self, source: str, name: str, unit: str, kind: pb.MetricKind.ValueType) -> MetricSpec:
-        key = (source, name, unit, kind)
-        found = self._specs.get(key)
+    def take_point(self, source: str, point: pb.MetricPoint) -> tuple[NormalisedPoint, float, int]:
+        """The normalised point, its value in the base unit and how many label keys were
+        dropped; `source` is already normalised. Consumes the point: per-step labels and
+        the value are removed so that the rest of it, serialised (maps in sorted order),
+        is the cache key, several times cheaper than walking the label map in Python."""
+        raw_value = point.value
+        point.ClearField("value")
+        raw_labels = point.labels
+        removed = 0
+        for name in self._dropped:
+            if name in raw_labels:
+                del raw_labels[name]
+                removed += 1
+        key = (source, point.SerializeToString(deterministic=True))
+        found = self._points.get(key)
         if found is None:
-            if len(self._specs) >= self.cache_entries:
-                self._specs.clear()
-            found = self._specs[key] = metric_spec(source, name, unit, kind)
-        return found
+            if len(self._points) >= self.cache_entries:
+                self._points.clear()
+            spec = metric_spec(source, point.name, point.unit, point.kind)
+            labels, dropped = normalise_labels(point.labels, self.settings)
+            found = self._points[key] = NormalisedPoint(spec, labels, dropped, (spec.name, labels))
+        return found, raw_value * found.spec.scale, removed + found.dropped
 
     def event_name(self, source: str, name: str) -> str:
         key = (source, name)
@@ -237,12 +263,3 @@ class Normaliser:
 
     def event_labels(self, raw: Mapping[str, str]) -> Labels:
         return core_labels(raw, self.settings)
-
-    def labels(self, raw: Mapping[str, str]) -> tuple[Labels, int]:
-        key = frozenset(raw.items())
-        found = self._labels.get(key)
-        if found is None:
-            if len(self._labels) >= self.cache_entries:
-                self._labels.clear()
-            found = self._labels[key] = normalise_labels(raw, self.settings)
-        return found

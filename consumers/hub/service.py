@@ -1,8 +1,13 @@
 """The telemetry aggregation hub: raw telemetry in, normalised aggregates out to Nissa.
 
-It consumes the `emergency` and `telemetry` streams in one consumer group (emergency
-first, with Oona's starvation guard). Per packet: de-duplicate by packet id, normalise
-(consumers.hub.schema), then
+It consumes the `emergency` and `telemetry` streams in one consumer group, one lane
+(an Oona consumer) per stream, both in the hub's task group. The emergency lane blocks
+on its own stream and runs as soon as an entry lands: the telemetry lane yields the
+loop every `yield_every_packets` packets, so an urgent packet waits for at most that
+much telemetry work, never for a whole telemetry read (one consumer reading both
+streams in priority order would make it wait for the read in progress). Neither lane
+can starve the other: the loop alternates between them. Per packet: de-duplicate by
+packet id, normalise (consumers.hub.schema), then
 
 - CRITICAL: forward at once, as its own aggregate, on `telemetry.aggregated` with
   CRITICAL priority; the entry is acked only after that publish returned;
@@ -72,6 +77,7 @@ class HubSettings:
     series_per_message: int = 512
     max_unsent_aggregates: int = 600
     read_batch_entries: int = 16
+    yield_every_packets: int = 32
     histogram_bounds_s: tuple[float, ...] = LATENCY_BUCKETS_S
     schema: SchemaSettings = field(default_factory=SchemaSettings)
 
@@ -98,25 +104,32 @@ class TelemetryHub:
         self.window = self._new_window(clock_ns())
         self.totals: dict[str, int] = {}
         self._unsent: deque[pb.TelemetryAggregate] = deque()
-        # A smaller read batch bounds how long a CRITICAL entry waits behind a telemetry
-        # read in progress; the bus connection and metrics are shared.
-        read_bus = Bus(
+        self._entry_id = ""
+        self._entry_ms = 0
+        self._since_yield = 0
+
+        def lane(stream: str) -> Subscription:
+            # Anyone may put any type on the emergency stream; what is not telemetry is
+            # Weatherlight's (its own group), so the hub acks and counts it, never
+            # dead-letters it.
+            return Subscription(
+                group=self.settings.group,
+                consumer=consumer_name,
+                streams=(stream,),
+                accepted_types=frozenset(pb.MessageType.values()),
+            )
+
+        # Telemetry reads are bounded to a few entries so acks stay frequent; the bus
+        # connection and metrics are shared.
+        routine_bus = Bus(
             bus.redis,
             bus.settings.with_overrides(read_batch_size=self.settings.read_batch_entries),
             bus.signer,
             source=bus.source,
             metrics=bus.metrics,
         )
-        subscription = Subscription(
-            group=self.settings.group,
-            consumer=consumer_name,
-            streams=(Stream.EMERGENCY, Stream.TELEMETRY),
-            # Anyone may put any type on the emergency stream; what is not telemetry is
-            # Weatherlight's (its own group), so the hub acks and counts it, never
-            # dead-letters it.
-            accepted_types=frozenset(pb.MessageType.values()),
-        )
-        self.consumer = Consumer(read_bus, subscription, self._handle, keyring)
+        self.urgent = Consumer(bus, lane(Stream.EMERGENCY), self._handle, keyring)
+        self.routine = Consumer(routine_bus, lane(Stream.TELEMETRY), self._handle_routine, keyring)
 
     def _new_window(self, start_ns: int) -> Window:
         s = self.settings
@@ -128,6 +141,27 @@ class TelemetryHub:
         )
 
     # ------------------------------------------------------------ consuming
+
+    async def drain(self) -> int:
+        """Consume without blocking, emergency first, until both lanes are empty (tests,
+        benchmarks); returns the entries handled."""
+        total = 0
+        while True:
+            handled = await self.urgent.drain()
+            handled += await self.routine.drain()
+            total += handled
+            if handled == 0:
+                return total
+
+    async def _handle_routine(self, delivery: Delivery) -> None:
+        """A telemetry-stream packet; every `yield_every_packets` the loop is yielded so
+        the emergency lane (and Nissa, in the same process) never waits for a whole
+        telemetry read to be processed."""
+        await self._handle(delivery)
+        self._since_yield += 1
+        if self._since_yield >= self.settings.yield_every_packets:
+            self._since_yield = 0
+            await asyncio.sleep(0)
 
     async def _handle(self, delivery: Delivery) -> None:
         envelope = delivery.envelope
@@ -156,7 +190,10 @@ class TelemetryHub:
         if priority == pb.MESSAGE_PRIORITY_CRITICAL:
             await self._forward_critical(packet, source, timestamp_ns)
         else:
-            age_ms = now_ns / 1e6 - parse_id(delivery.entry_id)[0]
+            if delivery.entry_id != self._entry_id:  # a batch's packets share one entry
+                self._entry_id = delivery.entry_id
+                self._entry_ms = parse_id(delivery.entry_id)[0]
+            age_ms = now_ns / 1e6 - self._entry_ms
             if self.settings.overload.sheds(priority, age_ms):
                 window.counters[SHED_PACKETS] += 1
                 return
@@ -174,11 +211,10 @@ class TelemetryHub:
     ) -> None:
         normaliser = self.normaliser
         for point in packet.metrics:
-            spec = normaliser.spec(source, point.name, point.unit, point.kind)
-            labels, dropped = normaliser.labels(point.labels)
+            normalised, value, dropped = normaliser.take_point(source, point)
             if dropped:
                 window.counters[LABELS_DROPPED] += dropped
-            window.add_point(spec, labels, point.value * spec.scale, timestamp_ns, source)
+            window.add_point(normalised, value, timestamp_ns, source)
         urgent = priority in URGENT_PRIORITIES
         for event in packet.events:
             forwarded = pb.ForwardedEvent(
@@ -270,7 +306,9 @@ class TelemetryHub:
 
         async def consume() -> None:
             try:
-                await self.consumer.run(stop)
+                async with asyncio.TaskGroup() as lanes:
+                    lanes.create_task(self.urgent.run(stop), name="hub-emergency")
+                    lanes.create_task(self.routine.run(stop), name="hub-telemetry")
             finally:
                 done.set()
 

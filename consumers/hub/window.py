@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from consumers.hub.schema import Labels, MetricSpec
+from consumers.hub.schema import Labels, MetricSpec, NormalisedPoint
 from leyline_pb import leyline_pb2 as pb
 from oona.ids import new_message_id
 from oona.metrics import LATENCY_BUCKETS_S
@@ -51,8 +51,10 @@ class SeriesStats:
     def add(self, value: float, timestamp_ns: int, bounds: Sequence[float]) -> None:
         self.count += 1
         self.sum += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
         if timestamp_ns >= self.last_ns:
             self.last = value
             self.last_ns = timestamp_ns
@@ -90,21 +92,22 @@ class Window:
     counters: Counter[str] = field(default_factory=Counter)
 
     def add_point(
-        self, spec: MetricSpec, labels: Labels, value: float, timestamp_ns: int, source: str
+        self, point: NormalisedPoint, value: float, timestamp_ns: int, source: str
     ) -> bool:
         """Add one point (already scaled to its base unit); False when it was shed
         because the window holds `max_series` series already."""
         if not math.isfinite(value):
             self.counters[NON_FINITE] += 1
             return False
-        key = (spec.name, labels)
-        entry = self.series.get(key)
+        entry = self.series.get(point.key)
         if entry is None:
             if len(self.series) >= self.max_series:
                 self.counters[SHED_SERIES] += 1
                 return False
+            spec = point.spec
             histogram = len(self.bounds) if spec.kind == pb.METRIC_KIND_HISTOGRAM else None
-            entry = self.series[key] = _Series(spec, labels, source, SeriesStats(histogram))
+            entry = _Series(spec, point.labels, source, SeriesStats(histogram))
+            self.series[point.key] = entry
         entry.stats.add(value, timestamp_ns, self.bounds)
         return True
 

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from consumers.hub.schema import Labels
+from consumers.hub.window import DUPLICATES, RECEIVED, SHED_PACKETS
 from consumers.nissa.board import BoardSettings, StatusBoard
 from consumers.nissa.health import (
     ComponentStatus,
@@ -31,6 +32,8 @@ from consumers.nissa.rules import (
 )
 from consumers.nissa.store import ExportSettings, MetricStore, prometheus_name
 from leyline_pb import leyline_pb2 as pb
+
+HUB_COUNTERS = (RECEIVED, DUPLICATES, SHED_PACKETS)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ class NissaState:
         self.alerts = AlertEngine(settings.rules, clock, settings.alerts)
         self.board = StatusBoard(settings.board)
         self.sources: dict[str, _Source] = {}
-        self.hub_counters: Counter[str] = Counter()
+        # exported from zero, so rate() works before the first shed or duplicate
+        self.hub_counters: Counter[str] = Counter(dict.fromkeys(HUB_COUNTERS, 0))
         self.hub_last_seen_s: float | None = None
         self.lag: LagSample | None = None
         self.started_s = clock()

@@ -33,7 +33,7 @@ async def test_critical_is_forwarded_at_once_and_normal_in_a_window_batch(
     await producer.send(critical_packet("r1", "s1"))  # published after the NORMAL ones
     hub = TelemetryHub(bus, keyring, SLOW_WINDOW, consumer_name="hub-a")
 
-    await hub.consumer.drain()
+    await hub.drain()
 
     [fast] = await read_aggregates(bus)  # no window has closed yet
     assert fast.priority == pb.MESSAGE_PRIORITY_CRITICAL
@@ -65,7 +65,7 @@ async def test_the_same_packet_id_is_counted_once(bus: Bus, keyring: Keyring) ->
         await bus.publish(pb.MESSAGE_TYPE_TELEMETRY, packet.SerializeToString(),
                           stream=Stream.TELEMETRY)  # fmt: skip
     hub = TelemetryHub(bus, keyring, SLOW_WINDOW, consumer_name="hub-b")
-    await hub.consumer.drain()
+    await hub.drain()
     await hub.flush()
     [batch] = await read_aggregates(bus)
     assert series_by(batch)[("kasmina.seed_alpha", "s1")].count == 1
@@ -89,7 +89,7 @@ async def test_under_overload_normal_is_shed_and_counted_but_urgent_never(
     late = HubSettings(window_ms=60_000, overload=OverloadPolicy(shed_after_ms=2_000))
     hub = TelemetryHub(bus, keyring, late, consumer_name="hub-c",
                        clock_ns=lambda: time.time_ns() + 10_000_000_000)  # fmt: skip
-    await hub.consumer.drain()
+    await hub.drain()
     await hub.flush()
     aggregates = await read_aggregates(bus)
     critical = [a for a in aggregates if a.priority == pb.MESSAGE_PRIORITY_CRITICAL]
@@ -106,7 +106,7 @@ async def test_other_message_types_on_the_emergency_stream_are_acked_and_counted
     await bus.publish(pb.MESSAGE_TYPE_EVENT, b"breaker open", priority=pb.MESSAGE_PRIORITY_CRITICAL)
     await bus.publish(pb.MESSAGE_TYPE_TELEMETRY, b"\xff\xff not protobuf", stream=Stream.TELEMETRY)
     hub = TelemetryHub(bus, keyring, SLOW_WINDOW, consumer_name="hub-d")
-    await hub.consumer.drain()
+    await hub.drain()
     await hub.flush()
     [batch] = await read_aggregates(bus)
     assert batch.hub_counters["messages_ignored"] == 1

@@ -78,13 +78,20 @@ def test_event_labels_keep_only_the_subject() -> None:
 
 
 def test_normaliser_memoises_and_agrees_with_the_pure_functions() -> None:
-    normaliser = Normaliser(cache_entries=2)
-    for _ in range(3):
-        expected = metric_spec("kasmina", "apply_ms", "")
-        assert normaliser.spec("kasmina", "apply_ms", "", 0) == expected
-        assert normaliser.source(" Kasmina ") == "kasmina"
+    normaliser = Normaliser(cache_entries=3)
+    expected = metric_spec("kasmina", "apply_ms", "")
+    seen: dict[object, object] = {}
     for i in range(5):
-        assert normaliser.labels({"seed_id": f"s{i}"})[0] == (("seed", f"s{i}"),)
+        raw = pb.MetricPoint(name="apply_ms", value=2.0 + i, labels={"seed_id": f"s{i % 3}"})
+        raw.labels["step"] = str(i)  # another insertion order, another step: same series
+        found, value, dropped = normaliser.take_point("kasmina", raw)
+        assert value == pytest.approx((2.0 + i) / 1000)
+        assert found.spec == expected and dropped == 1
+        assert found.labels == (("seed", f"s{i % 3}"),)
+        assert found.key == ("kasmina.apply", found.labels)
+        assert normaliser.source(" Kasmina ") == "kasmina"
+        seen.setdefault(found.labels, found)
+        assert seen[found.labels] is found  # a cache hit whatever the step
 
 
 def test_a_critical_event_makes_the_packet_critical_whatever_its_own_priority() -> None:

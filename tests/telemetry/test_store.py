@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from consumers.hub.schema import metric_spec
+from consumers.hub.schema import Labels, MetricSpec, NormalisedPoint, metric_spec
 from consumers.hub.window import Window
 from consumers.nissa.health import ComponentStatus, HealthSettings, LagSample
 from consumers.nissa.state import NissaCollector, NissaState, StateSettings
@@ -24,10 +24,11 @@ class FakeClock:
         return self.now
 
 
-def aggregate(*points: tuple[object, tuple[tuple[str, str], ...], float]) -> pb.TelemetryAggregate:
+def aggregate(*points: tuple[MetricSpec, Labels, float]) -> pb.TelemetryAggregate:
     window = Window(start_ns=0, bounds=(0.001, 0.01))
     for spec, labels, value in points:
-        window.add_point(spec, labels, value * spec.scale, 1, "kasmina")  # type: ignore[attr-defined]
+        normalised = NormalisedPoint(spec, labels, 0, (spec.name, labels))
+        window.add_point(normalised, value * spec.scale, 1, "kasmina")
     window.saw_source("kasmina", 1)
     [out] = window.to_aggregates(hub="h", end_ns=2)
     return out

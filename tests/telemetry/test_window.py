@@ -8,7 +8,7 @@ import pytest
 
 from consumers.hub.dedup import PacketIdCache
 from consumers.hub.overload import OverloadPolicy
-from consumers.hub.schema import metric_spec
+from consumers.hub.schema import Labels, MetricSpec, NormalisedPoint, metric_spec
 from consumers.hub.window import SHED_EVENTS, SHED_SERIES, Window
 from leyline_pb import leyline_pb2 as pb
 
@@ -18,11 +18,15 @@ SEED_A = (("run", "r"), ("seed", "a"))
 SEED_B = (("run", "r"), ("seed", "b"))
 
 
+def point(spec: MetricSpec, labels: Labels) -> NormalisedPoint:
+    return NormalisedPoint(spec, labels, 0, (spec.name, labels))
+
+
 def test_a_window_keeps_count_sum_min_max_last_per_series() -> None:
     window = Window(start_ns=0)
     for t, value in enumerate([0.5, 0.2, 0.9, 0.4]):
-        window.add_point(ALPHA, SEED_A, value, t, "kasmina")
-    window.add_point(ALPHA, SEED_B, 0.7, 9, "kasmina")
+        window.add_point(point(ALPHA, SEED_A), value, t, "kasmina")
+    window.add_point(point(ALPHA, SEED_B), 0.7, 9, "kasmina")
     [aggregate] = window.to_aggregates(hub="h", end_ns=10)
     by_seed = {s.labels["seed"]: s for s in aggregate.series}
     a = by_seed["a"]
@@ -33,8 +37,8 @@ def test_a_window_keeps_count_sum_min_max_last_per_series() -> None:
 
 def test_the_last_value_is_the_latest_by_timestamp_not_by_arrival() -> None:
     window = Window(start_ns=0)
-    window.add_point(ALPHA, SEED_A, 1.0, 20, "kasmina")
-    window.add_point(ALPHA, SEED_A, 2.0, 10, "kasmina")  # late arrival of an older point
+    window.add_point(point(ALPHA, SEED_A), 1.0, 20, "kasmina")
+    window.add_point(point(ALPHA, SEED_A), 2.0, 10, "kasmina")  # late arrival of an older point
     [aggregate] = window.to_aggregates(hub="h", end_ns=30)
     assert aggregate.series[0].last == 1.0
 
@@ -43,7 +47,7 @@ def test_latencies_are_histograms_not_last_samples() -> None:
     bounds = (0.001, 0.01, 0.1)
     window = Window(start_ns=0, bounds=bounds)
     for value in (0.0005, 0.001, 0.005, 0.05, 3.0):
-        window.add_point(LATENCY, SEED_A, value, 1, "kasmina")
+        window.add_point(point(LATENCY, SEED_A), value, 1, "kasmina")
     [aggregate] = window.to_aggregates(hub="h", end_ns=2)
     series = aggregate.series[0]
     assert list(series.bucket_bounds) == list(bounds)
@@ -53,9 +57,9 @@ def test_latencies_are_histograms_not_last_samples() -> None:
 
 def test_bounds_are_counted_never_silent() -> None:
     window = Window(start_ns=0, max_series=1, max_events=1)
-    assert window.add_point(ALPHA, SEED_A, 1.0, 1, "k")
-    assert not window.add_point(ALPHA, SEED_B, 1.0, 1, "k")
-    assert not window.add_point(ALPHA, SEED_A, math.nan, 1, "k")
+    assert window.add_point(point(ALPHA, SEED_A), 1.0, 1, "k")
+    assert not window.add_point(point(ALPHA, SEED_B), 1.0, 1, "k")
+    assert not window.add_point(point(ALPHA, SEED_A), math.nan, 1, "k")
     assert window.add_event(pb.ForwardedEvent(packet_id="1"))
     assert not window.add_event(pb.ForwardedEvent(packet_id="2"))
     assert window.add_event(pb.ForwardedEvent(packet_id="3"), urgent=True)
@@ -68,7 +72,7 @@ def test_bounds_are_counted_never_silent() -> None:
 def test_a_large_window_is_split_and_sources_ride_on_the_first_part() -> None:
     window = Window(start_ns=5)
     for i in range(25):
-        window.add_point(ALPHA, (("seed", f"s{i}"),), 1.0, 1, "kasmina")
+        window.add_point(point(ALPHA, (("seed", f"s{i}"),)), 1.0, 1, "kasmina")
     window.saw_source("kasmina", 7, pb.HealthReport(status=pb.HEALTH_STATUS_HEALTHY))
     parts = window.to_aggregates(hub="h", end_ns=9, series_per_message=10)
     assert [len(p.series) for p in parts] == [10, 10, 5]
