@@ -28,13 +28,13 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leyline_pb import leyline_pb2 as pb  # noqa: E402
-from oona.bus import Bus, Outgoing  # noqa: E402
-from oona.connection import open_redis  # noqa: E402
-from oona.consumer import Consumer, Delivery, Subscription  # noqa: E402
-from oona.keys import Keyring, Signer  # noqa: E402
-from oona.server import EmbeddedServer  # noqa: E402
-from oona.settings import OonaSettings  # noqa: E402
+from leyline_pb import leyline_pb2 as pb
+from oona.bus import Bus, Outgoing
+from oona.connection import open_redis
+from oona.consumer import Consumer, Delivery, Subscription
+from oona.keys import Keyring, Signer
+from oona.server import EmbeddedServer
+from oona.settings import OonaSettings
 
 PAYLOAD = b"x" * 200
 TYPES = frozenset({pb.MESSAGE_TYPE_TELEMETRY})
@@ -160,11 +160,19 @@ async def main_async(args: argparse.Namespace, url: str, server_name: str) -> di
         "latency_samples": len(latencies),
         "latency_p50_ms": round(statistics.median(latencies), 3) if latencies else None,
         "latency_p99_ms": round(percentile(latencies, 0.99), 3) if latencies else None,
-        "sizes": {"messages": n, "payload_bytes": len(PAYLOAD), "pipeline_chunk": args.chunk,
-                  "batch_signed_envelopes_per_entry": 64},  # fmt: skip
+        "sizes": {
+            "messages": n,
+            "payload_bytes": len(PAYLOAD),
+            "pipeline_chunk": args.chunk,
+            "batch_signed_envelopes_per_entry": 64,
+        },
         "server": server_name,
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "device": "cpu"},  # fmt: skip
+        "machine": {
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "device": "cpu",
+        },
     }
 
 

@@ -37,7 +37,8 @@ def test_every_enum_reserves_zero_for_unknown() -> None:
 
 
 def test_seed_lifecycle_has_every_stage_of_the_design() -> None:
-    stages = {name.removeprefix("SEED_STAGE_") for name in pb.SeedLifecycleStage.keys()}
+    names = [pb.SeedLifecycleStage.Name(value) for value in pb.SeedLifecycleStage.values()]
+    stages = {name.removeprefix("SEED_STAGE_") for name in names}
     assert {"DORMANT", "GERMINATED", "TRAINING", "BLENDING", "SHADOWING", "PROBATIONARY",
             "FOSSILIZED", "CULLED", "EMBARGOED", "RESETTING", "TERMINATED"} <= stages  # fmt: skip
 

@@ -6,8 +6,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from oona.consumer import Consumer, Delivery, Subscription
 from leyline_pb import leyline_pb2 as pb
+from oona.consumer import Consumer, Delivery, Subscription
 
 ALL_TYPES = frozenset(pb.MessageType.values())
 

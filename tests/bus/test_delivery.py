@@ -64,9 +64,7 @@ async def test_explicit_stream_is_kept_whatever_the_priority(bus: Bus) -> None:
     assert await bus.redis.exists(bus.key(Stream.EMERGENCY)) == 0
 
 
-async def test_emergency_entries_are_handled_before_normal_ones(
-    bus: Bus, keyring: Keyring
-) -> None:
+async def test_emergency_entries_are_handled_before_normal_ones(bus: Bus, keyring: Keyring) -> None:
     await bus.publish_many(
         [Outgoing(TELEMETRY, b"n", stream=Stream.NORMAL) for _ in range(40)], batch_signed=False
     )

@@ -142,7 +142,9 @@ async def test_rejected_entries_go_to_dead_letter_with_reason_and_are_not_retrie
     sealed = pb.BusEnvelope.FromString(seal(tampered, bus.signer))
     sealed.payload = b"z"
     await _raw_entry(bus, Stream.NORMAL, {SINGLE_FIELD: sealed.SerializeToString()})
-    wrong_stream = make_envelope(stream=Stream.POLICY, message_type=TELEMETRY, payload=b"", source="t")
+    wrong_stream = make_envelope(
+        stream=Stream.POLICY, message_type=TELEMETRY, payload=b"", source="t"
+    )
     await _raw_entry(bus, Stream.NORMAL, {SINGLE_FIELD: seal(wrong_stream, bus.signer)})
     await _raw_entry(bus, Stream.NORMAL, {SINGLE_FIELD: b"\xff\xff not a protobuf"})
     await _raw_entry(bus, Stream.NORMAL, {b"other": b"field"})
