@@ -51,7 +51,7 @@ PAGE_STYLE = (
     "h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}"
     "table{border-collapse:collapse;font-size:13px}td,th{padding:2px 10px 2px 0;"
     "text-align:left;vertical-align:top}th{color:#555;font-weight:600}"
-    "pre{background:#f6f6f6;padding:10px;font-size:12px;overflow-x:auto}"
+    "pre{background:#f6f6f6;padding:10px;font-size:12px;white-space:pre-wrap}"
     "p.note{color:#555;font-size:12.5px}"
 )
 
@@ -244,7 +244,7 @@ def write_report(
             for e in history
         ],
         ("step", "seed", "from", "to", "reason", "blueprint"),
-    )  # fmt: skip
+    ) if history else "<p class='note'>No seed changed stage in this run.</p>"  # fmt: skip
     commands = _table(_by_count(summary.commands), ("command", "decisions"))
     reasons = _table(_by_count(summary.reasons), ("reason", "count"))
     settings = _table(sorted(flags.items()), ("setting", "value"))

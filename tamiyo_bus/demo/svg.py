@@ -15,7 +15,7 @@ WIDTH = 760
 HEIGHT = 250
 MARGIN_LEFT = 58
 MARGIN_RIGHT = 16
-MARGIN_TOP = 30
+MARGIN_TOP = 44
 MARGIN_BOTTOM = 38
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563")
 
@@ -117,13 +117,17 @@ def _svg(parts: list[str], height: int = HEIGHT) -> str:
     )
 
 
+def _no_data(title: str) -> str:
+    return _svg([f'<text x="{MARGIN_LEFT}" y="18" class="t">{escape(title)}: no data</text>'], 28)
+
+
 def _legend(names: Sequence[tuple[str, str]], right: float) -> list[str]:
     parts, x = [], right
     for name, color in reversed(names):
         x -= 12 + 7 * len(name)
         parts.append(
-            f'<rect x="{x:.0f}" y="9" width="10" height="10" fill="{color}"/>'
-            f'<text x="{x + 13:.0f}" y="18" class="k">{escape(name)}</text>'
+            f'<rect x="{x:.0f}" y="25" width="10" height="10" fill="{color}"/>'
+            f'<text x="{x + 13:.0f}" y="34" class="k">{escape(name)}</text>'
         )
         x -= 10
     return parts
@@ -140,7 +144,7 @@ def line_chart(
 ) -> str:
     finite = [(x, y) for s in series for x, y in zip(s.xs, s.ys, strict=True) if math.isfinite(y)]
     if not finite:
-        return _svg([f'<text x="{MARGIN_LEFT}" y="18" class="t">{escape(title)}: no data</text>'])
+        return _no_data(title)
     xs = [x for x, _ in finite]
     ys = [y for _, y in finite]
     low, high = y_range if y_range else (min(ys), max(ys))
@@ -184,7 +188,7 @@ def histogram(
 ) -> str:
     data = [v for v in values if math.isfinite(v)]
     if not data:
-        return _svg([f'<text x="{MARGIN_LEFT}" y="18" class="t">{escape(title)}: no data</text>'])
+        return _no_data(title)
     low, high = min(data), max(max(data), *(m.x for m in markers))
     width = (high - low) / bins or 1.0
     counts = [0] * bins
@@ -200,13 +204,13 @@ def histogram(
             f'height="{frame.bottom - y:.1f}" fill="{color}"><title>{count} steps in '
             f"[{_fmt(low + i * width)}, {_fmt(low + (i + 1) * width)})</title></rect>"
         )
-    for marker in markers:
+    for index, marker in enumerate(markers):
         px = frame.x(marker.x)
         parts.append(
             f'<line x1="{px:.1f}" y1="{frame.top}" x2="{px:.1f}" y2="{frame.bottom}" '
             f'stroke="{marker.color}" stroke-width="1.5" stroke-dasharray="4 3"/>'
-            f'<text x="{px + 3:.1f}" y="{frame.top + 10}" class="k" fill="{marker.color}">'
-            f"{escape(marker.label)}</text>"
+            f'<text x="{px + 3:.1f}" y="{frame.top + 10 + 13 * index}" class="k" '
+            f'fill="{marker.color}">{escape(marker.label)}</text>'
         )
     return _svg(parts)
 
