@@ -231,6 +231,7 @@ async def hub_throughput(url: str, signer: Signer, packets: int) -> dict[str, ob
 
 
 async def main_async(args: argparse.Namespace, url: str) -> dict[str, object]:
+    load_before = os.getloadavg()[0]
     signer = Signer.generate()
     key = signer.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     rows = []
@@ -242,7 +243,9 @@ async def main_async(args: argparse.Namespace, url: str) -> dict[str, object]:
         throughput = await hub_throughput(url, signer, args.hub_packets)
     finally:
         os.sched_setaffinity(0, set(cores))
-    return {"fast_path": rows, **throughput}
+    # Other processes on the machine inflate latency: the load average says how busy it was.
+    load = {"load_average_1m_before": load_before, "load_average_1m_after": os.getloadavg()[0]}
+    return {"fast_path": rows, **throughput, **load}
 
 
 def main() -> None:
@@ -273,7 +276,9 @@ def main() -> None:
     finally:
         if server is not None:
             server.cleanup()
-    print(f"server: {server_name}; machine: {os.cpu_count()} cores")
+    print(f"server: {server_name}; machine: {os.cpu_count()} cores; load average (1 min) "
+          f"{result['load_average_1m_before']:.2f} before, "
+          f"{result['load_average_1m_after']:.2f} after")  # fmt: skip
     print(f"  {'background NORMAL load':<28}{'p50':>10}{'p99':>10}{'max':>10}  alerts  shed")
     for row in result["fast_path"]:  # type: ignore[attr-defined]
         print(f"  {row['achieved_rate_packets_per_s']:>10,} packets/s (of "
