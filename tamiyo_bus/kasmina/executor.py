@@ -106,6 +106,7 @@ class KasminaStats:
     isolation_checks: int = 0
     isolation_violations: int = 0
     transitions: int = 0
+    breaker_commands: int = 0
 
 
 class _Refusal(Exception):
@@ -155,7 +156,6 @@ class Kasmina:
         self.step = 0
         self.loss_ema = math.nan
         self.paused_until_step = -1
-        self.conservative = False
         self.stats = KasminaStats()
         self.history: list[LifecycleEvent] = []
         self.outbox = TelemetryOutbox(self.settings.telemetry_queue_max_items)
@@ -258,11 +258,10 @@ class Kasmina:
         elif kind == pb.COMMAND_TYPE_PAUSE:
             self.paused_until_step = self.step + self.settings.pause_steps
         elif kind == pb.COMMAND_TYPE_CIRCUIT_BREAKER:
-            action = command.circuit_breaker.action
-            if action == pb.BREAKER_ACTION_ENTER_CONSERVATIVE:
-                self.conservative = True
-            elif action == pb.BREAKER_ACTION_EXIT_CONSERVATIVE:
-                self.conservative = False
+            # Breakers and conservative mode are Tamiyo's state (the risk engine keeps
+            # them, with their hysteresis); she stops issuing what they forbid. Kasmina
+            # keeping a copy would need an exit it is never sent.
+            self.stats.breaker_commands += 1
         elif kind == pb.COMMAND_TYPE_EMERGENCY:
             for seed in self.seeds.values():
                 if seed.stage in ACTIVE:
@@ -327,8 +326,6 @@ class Kasmina:
     def _germinate(self, seed: Seed, order: pb.SeedCommand) -> None:
         if self.step < self.paused_until_step:
             raise _Refusal("paused", f"until step {self.paused_until_step}")
-        if self.conservative:
-            raise _Refusal("conservative_mode")
         try:
             blueprint = self.blueprints.get(order.blueprint_id)
         except KeyError:

@@ -39,7 +39,7 @@ def state_of(kasmina: Kasmina) -> bytes:
     """Everything a command could change, as comparable bytes."""
     packet = pb.SystemStatePacket()
     kasmina.fill_seed_states(packet)
-    extra = (kasmina.paused_until_step, kasmina.conservative, kasmina.learning_rates.learning_rate)
+    extra = (kasmina.paused_until_step, kasmina.learning_rates.learning_rate)
     return packet.SerializeToString(deterministic=True) + repr(extra).encode()
 
 
