@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from leyline_pb import leyline_pb2 as pb
@@ -73,7 +74,8 @@ async def test_critical_and_high_go_at_once_on_the_emergency_lane_one_entry_each
     await producer.send(critical_packet("r", "s1"))
     assert await stream_len(bus, Stream.EMERGENCY) == 1
     high = pb.TelemetryPacket(priority=pb.MESSAGE_PRIORITY_HIGH)
-    producer.emit(high)  # from the step path: the background task publishes it at once
+    # from the step path's thread: the background task publishes it at once
+    await asyncio.to_thread(producer.emit, high)
     await wait_until(lambda: producer.stats.urgent == 2)
     rows = await entries(bus, Stream.EMERGENCY)
     assert [SINGLE_FIELD in fields for _, fields in rows] == [True, True]
