@@ -132,10 +132,6 @@ class Window:
             entry.health = health
             entry.health_ns = timestamp_ns
 
-    @property
-    def empty(self) -> bool:
-        return not (self.series or self.events or self.sources or self.counters)
-
     def to_aggregates(
         self,
         *,

@@ -23,7 +23,6 @@ from consumers.nissa.health import (
 )
 from consumers.nissa.rules import (
     DEFAULT_RULES,
-    Alert,
     AlertEngine,
     AlertRule,
     AlertSettings,
@@ -157,6 +156,8 @@ class NissaState:
                 "sources": {
                     name: {
                         "last_seen_age_s": now - s.last_seen_s,
+                        "last_packet_s": s.last_packet_ns / 1e9,
+                        "packets": s.packets,
                         "health": s.health,
                         "summary": s.health_summary,
                     }
@@ -188,10 +189,6 @@ class NissaState:
                 ],
                 "resolved": [a.view() for a in self.alerts.resolved],
             }
-
-    def active_alerts(self) -> list[Alert]:
-        with self.lock:
-            return self.alerts.active()
 
     def status_view(self, components: Sequence[ComponentStatus]) -> dict[str, object]:
         _, health = self.health(components)

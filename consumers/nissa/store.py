@@ -138,16 +138,6 @@ class MetricStore:
                 del self._families[name]
         return removed
 
-    def series_count(self, name: str) -> int:
-        family = self._families.get(name)
-        return len(family.series) if family is not None else 0
-
-    def value(self, name: str, labels: Labels) -> float | None:
-        """A gauge's value or a counter's total (tests and the status page)."""
-        family = self._families.get(name)
-        entry = family.series.get(labels) if family is not None else None
-        return entry.value if entry is not None else None
-
     def families(self) -> Iterator[Metric]:
         """The stored metrics as prometheus-client families (samples built now)."""
         for family in self._families.values():
