@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from consumers.hub.schema import Labels, MetricSpec, NormalisedPoint, metric_spec
 from consumers.hub.window import Window
 from consumers.nissa.health import ComponentStatus, HealthSettings, LagSample
+from consumers.nissa.rules import AlertRule, Op, Stat
 from consumers.nissa.state import NissaCollector, NissaState, StateSettings
 from consumers.nissa.store import ExportSettings, prometheus_name
 from leyline_pb import leyline_pb2 as pb
@@ -121,3 +122,20 @@ def test_health_reflects_lag_hub_silence_sources_and_components() -> None:
     verdict, _ = state.health([])
     assert "bus unreachable: connection refused" in verdict.problems
     assert "source kasmina silent for 36 s" in verdict.problems
+
+
+def test_a_windowed_rule_fires_through_nissa_and_unrelated_aggregates_do_not_clear_it() -> None:
+    clock = FakeClock()
+    rule = AlertRule("apply_slow", "kasmina.apply_latency", Op.GT, 0.002, for_s=10.0,
+                     stat=Stat.MAX)  # fmt: skip
+    state = NissaState(StateSettings(rules=(rule,)), clock)
+    run = (("run", "r"),)
+    state.ingest(aggregate((LATENCY, run, 5.0)))  # 5 ms: over the threshold
+    for second in range(1, 11):  # ten windows of unrelated telemetry, one a second
+        clock.now += 1.0
+        state.ingest(aggregate((ALPHA, (("run", "r"), ("seed", "s1")), 0.5)))
+        state.ingest(aggregate((LATENCY, (("run", "other"),), 0.1)))
+        state.tick()
+        assert bool(state.alerts_view()["active"]) == (second == 10)
+    alerts = state.alerts_view()
+    assert [(a["name"], a["labels"]) for a in alerts["active"]] == [("apply_slow", {"run": "r"})]
