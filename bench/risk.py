@@ -23,6 +23,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,9 +132,13 @@ def bench(iterations: int) -> dict[str, object]:
     gate, stage = make(clock_s)
     blueprints = {f"bp{i}": Blueprint(0.05 * i, False) for i in range(BLUEPRINTS)}
     blueprints["bp-bad"] = Blueprint(0.9, True)
+
+    def lookup(ids: Sequence[str]) -> dict[str, Blueprint]:
+        return {i: blueprints[i] for i in ids if i in blueprints}
+
     packets = [packet(s, *scenario(s)[:3]) for s in range(400)]
     signals = [
-        stage.tracker.observe(p, blueprints=blueprints, timed_out=scenario(s)[3] != "completed")
+        stage.tracker.observe(p, blueprints=lookup, timed_out=scenario(s)[3] != "completed")
         for s, p in enumerate(packets)
     ]
     gate_ns: list[int] = []
@@ -160,7 +165,7 @@ def bench(iterations: int) -> dict[str, object]:
                 command,
                 outcome=outcome,
                 policy_expected_severity=0.1,
-                blueprints=blueprints,
+                blueprints=lookup,
                 feature_coverage=0.97,
             )
         else:
@@ -169,7 +174,7 @@ def bench(iterations: int) -> dict[str, object]:
                 command,
                 outcome=InferenceOutcome.REFUSED,
                 policy_expected_severity=None,
-                blueprints=blueprints,
+                blueprints=lookup,
             )
         decide_ns.append(time.perf_counter_ns() - start)
         conservative_steps += result.conservative

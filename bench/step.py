@@ -209,9 +209,10 @@ def bench_step(size: synthetic.StateSize, device: str, iterations: int) -> dict[
         for r in reasons
     )
 
-    def stage(name: str) -> dict[str, float]:
-        # decisions the policy answered in time (the gate may have changed their reason)
-        values = [getattr(r, name) / 1e3 for r in records if r.inference_ms > 0]
+    def stage(name: str, every_decision: bool = False) -> dict[str, float]:
+        # decisions the policy answered in time (the gate may have changed their reason),
+        # or every decision for a stage that runs on each (the risk engine's review)
+        values = [getattr(r, name) / 1e3 for r in records if every_decision or r.inference_ms > 0]
         return percentiles(values) if values else {}
 
     return {
@@ -222,7 +223,7 @@ def bench_step(size: synthetic.StateSize, device: str, iterations: int) -> dict[
             "build": stage("build_ms"),
             "inference": stage("inference_ms"),
             "gating": stage("gating_ms"),
-            "risk": stage("risk_ms"),
+            "risk": stage("risk_ms", every_decision=True),
             "signing": stage("signing_ms"),
         },
         "telemetry_dropped": publisher.dropped,

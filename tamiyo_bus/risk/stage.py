@@ -10,13 +10,12 @@ the breaker after a few steps instead of being retried forever.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from enum import StrEnum
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.risk.gate import GateResult, RiskGate
-from tamiyo_bus.risk.tracker import BlueprintInfo, SignalTracker
+from tamiyo_bus.risk.tracker import BlueprintLookup, SignalTracker
 
 
 class InferenceOutcome(StrEnum):
@@ -51,7 +50,7 @@ class RiskStage:
         *,
         outcome: InferenceOutcome,
         policy_expected_severity: float | None,
-        blueprints: Mapping[str, BlueprintInfo],
+        blueprints: BlueprintLookup,
         feature_coverage: float | None = None,
     ) -> GateResult:
         """Record the inference outcome, extract this step's signals and gate ``proposed``."""

@@ -12,14 +12,14 @@ protocols below, so this module depends on the step path's shape, not on its imp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Protocol
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.risk.gate import GateResult, breaker_reason
 from tamiyo_bus.risk.stage import InferenceOutcome, RiskStage
-from tamiyo_bus.risk.tracker import BlueprintInfo
+from tamiyo_bus.risk.tracker import BlueprintLookup
 
 # The step path's own reason codes for a step without a decision (tamiyo_bus.step).
 _NO_DECISION: dict[str, InferenceOutcome] = {
@@ -28,8 +28,6 @@ _NO_DECISION: dict[str, InferenceOutcome] = {
     "inference_error": InferenceOutcome.FAILED,
     breaker_reason(BreakerName.INFERENCE): InferenceOutcome.REFUSED,
 }
-
-BlueprintLookup = Callable[[Sequence[str]], Mapping[str, BlueprintInfo]]
 
 
 class InferenceView(Protocol):
@@ -98,18 +96,14 @@ class RiskCommandGate:
                 self._urza.record_failure()
             else:
                 self._urza.record_success()
-        packet = context.packet
-        ids = [s.blueprint_id for s in packet.seed_states if s.blueprint_id]
-        if proposal.seed.blueprint_id:
-            ids.append(proposal.seed.blueprint_id)
         result = self.stage.decide(
-            packet,
+            context.packet,
             proposal,
             outcome=outcome,
             policy_expected_severity=(
                 decision.inference.expected_severity if decision is not None else None
             ),
-            blueprints=self._blueprints(ids),
+            blueprints=self._blueprints,
             feature_coverage=mean_coverage(decision.graph.coverage) if decision else None,
         )
         self.last = result

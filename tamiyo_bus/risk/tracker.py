@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,8 +29,8 @@ METRIC_SIGNALS: tuple[tuple[str, Signal], ...] = (
     ("host_memory_fraction", Signal.HOST_MEMORY),
     ("kasmina_apply_latency_ms", Signal.KASMINA_APPLY_LATENCY),
     ("kasmina_finalize_latency_ms", Signal.KASMINA_FINALIZE_LATENCY),
+    ("isolation_violations", Signal.ISOLATION_VIOLATIONS),  # Kasmina's count, last step
 )
-ISOLATION_METRIC = "isolation_violations"  # run level if reported, else summed over seeds
 # Seeds whose blueprint no longer contributes to the model.
 _GONE = frozenset(
     {
@@ -50,6 +50,11 @@ class BlueprintInfo(Protocol):
 
     @property
     def quarantined(self) -> bool: ...
+
+
+# Metadata of the requested blueprint ids that is known now (no waiting on Urza), e.g.
+# ``lambda ids: cached_catalog.resolve(ids, 0.0).metadata``.
+BlueprintLookup = Callable[[Sequence[str]], Mapping[str, BlueprintInfo]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +78,7 @@ class SignalTracker:
         self,
         packet: pb.SystemStatePacket,
         *,
-        blueprints: Mapping[str, BlueprintInfo],
+        blueprints: BlueprintLookup,
         proposed_blueprint_id: str = "",
         feature_coverage: float | None = None,
         timed_out: bool = False,
@@ -85,18 +90,11 @@ class SignalTracker:
         }
         values[Signal.LOSS_DELTA] = self._loss_delta(packet.training_loss)
         values[Signal.LOSS_VOLATILITY] = loss_volatility(self._losses)
-        run_violations = metrics.get(ISOLATION_METRIC)
-        exposure = seed_exposure(
-            packet.seed_states,
-            blueprints,
-            proposed_blueprint_id,
-            count_violations=run_violations is None,
+        risk, quarantined = blueprint_exposure(
+            packet.seed_states, blueprints, proposed_blueprint_id
         )
-        values[Signal.ISOLATION_VIOLATIONS] = (
-            exposure.violations if run_violations is None else run_violations
-        )
-        values[Signal.BLUEPRINT_RISK] = exposure.risk
-        values[Signal.BLUEPRINT_QUARANTINE] = float(exposure.quarantined)
+        values[Signal.BLUEPRINT_RISK] = risk
+        values[Signal.BLUEPRINT_QUARANTINE] = float(quarantined)
         if feature_coverage is not None:
             values[Signal.FEATURE_COVERAGE] = feature_coverage
         values[Signal.TIMEOUTS] = float(self._count_timeout(timed_out))
@@ -139,37 +137,25 @@ def loss_volatility(losses: deque[float]) -> float:
     return math.sqrt(variance) / abs(mean)
 
 
-@dataclass(frozen=True, slots=True)
-class SeedExposure:
-    risk: float  # highest risk among the blueprints in (or proposed for) the model
-    quarantined: int  # of those blueprints, how many Urza has quarantined
-    violations: float  # isolation violations summed over the seeds
-
-
-def seed_exposure(
-    seeds: Iterable[pb.SeedState],
-    blueprints: Mapping[str, BlueprintInfo],
-    proposed_blueprint_id: str,
-    *,
-    count_violations: bool = True,
-) -> SeedExposure:
-    """One pass over the seeds: isolation violations summed over them (when asked: the
-    trainer may report the run's count itself), and the blueprint risk and quarantine of
-    the seeds still in the model plus the proposed germination's blueprint. Blueprints
-    Urza did not answer for are skipped."""
-    ids = [proposed_blueprint_id] if proposed_blueprint_id else []
-    violations = 0.0
+def blueprint_exposure(
+    seeds: Iterable[pb.SeedState], blueprints: BlueprintLookup, proposed_blueprint_id: str
+) -> tuple[float, int]:
+    """(highest risk, number quarantined) over the distinct blueprints of the seeds still
+    in the model plus the proposed germination's, looked up once. Blueprints Urza did not
+    answer for are skipped."""
+    live: dict[str, None] = {proposed_blueprint_id: None} if proposed_blueprint_id else {}
     for seed in seeds:
-        if count_violations:
-            violations += seed.metrics.get(ISOLATION_METRIC, 0.0)
         blueprint_id = seed.blueprint_id
         if blueprint_id and seed.stage not in _GONE:
-            ids.append(blueprint_id)
+            live[blueprint_id] = None
+    if not live:
+        return 0.0, 0
     risk = 0.0
     quarantined = 0
-    for blueprint_id in ids:
-        meta = blueprints.get(blueprint_id)
+    metadata = blueprints(tuple(live))
+    for blueprint_id in live:
+        meta = metadata.get(blueprint_id)
         if meta is not None:
             risk = max(risk, meta.risk)
             quarantined += meta.quarantined
-    return SeedExposure(risk, quarantined, violations)
+    return risk, quarantined

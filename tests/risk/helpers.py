@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
 from tamiyo_bus.risk import RiskGate, RiskSettings
@@ -55,6 +58,14 @@ def make_gate(
     clock = clock or Clock()
     sink = BufferedEventSink()
     return RiskGate(settings or RiskSettings(), sink, clock=clock), sink, clock
+
+
+def static(metadata: Mapping[str, object]) -> Callable[[Sequence[str]], Mapping[str, Any]]:
+    """A blueprint lookup that knows ``metadata``."""
+    return lambda ids: metadata
+
+
+NO_METADATA = static({})
 
 
 def names(events: list[pb.TelemetryEvent] | tuple[pb.TelemetryEvent, ...]) -> list[str]:

@@ -29,7 +29,7 @@ from tamiyo_bus.risk import (
     breaker_reason,
 )
 
-from .helpers import Clock, command, germinate
+from .helpers import Clock, command, germinate, static
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def test_spike_quarantine_hang_recovery() -> None:
             proposal,
             outcome=outcome,
             policy_expected_severity=0.05 if outcome is InferenceOutcome.COMPLETED else None,
-            blueprints=BLUEPRINTS,
+            blueprints=static(BLUEPRINTS),
         )
         commands.append(
             (t, pb.CommandType.Name(result.command.command_type), result.command.reason)

@@ -13,7 +13,7 @@ from tamiyo_bus.risk import RiskSettings, Signal, SignalTracker, Thresholds, Tra
 from tamiyo_bus.risk.adaptive import AdaptiveSettings, AdaptiveThresholds, adapted_pair
 from tamiyo_bus.risk.signals import ScoreTable
 
-from .helpers import germinate, make_gate
+from .helpers import NO_METADATA, germinate, make_gate, static
 
 
 @dataclass(frozen=True)
@@ -30,18 +30,22 @@ def packet(loss: float = 1.0, **metrics: float) -> pb.SystemStatePacket:
 
 def test_loss_delta_is_the_rise_over_the_moving_average() -> None:
     tracker = SignalTracker(TrackerSettings(loss_ewma_alpha=0.5))
-    assert tracker.observe(packet(1.0), blueprints={})[Signal.LOSS_DELTA] == 0.0
-    assert tracker.observe(packet(1.5), blueprints={})[Signal.LOSS_DELTA] == pytest.approx(0.5)
+    assert tracker.observe(packet(1.0), blueprints=NO_METADATA)[Signal.LOSS_DELTA] == 0.0
+    assert tracker.observe(packet(1.5), blueprints=NO_METADATA)[Signal.LOSS_DELTA] == pytest.approx(
+        0.5
+    )
     # the average is now 1.25: a loss of 1.0 is a fall, scored as a negative delta
-    assert tracker.observe(packet(1.0), blueprints={})[Signal.LOSS_DELTA] == pytest.approx(-0.2)
-    assert tracker.observe(packet(math.nan), blueprints={})[Signal.LOSS_DELTA] == math.inf
+    assert tracker.observe(packet(1.0), blueprints=NO_METADATA)[Signal.LOSS_DELTA] == pytest.approx(
+        -0.2
+    )
+    assert tracker.observe(packet(math.nan), blueprints=NO_METADATA)[Signal.LOSS_DELTA] == math.inf
 
 
 def test_diverged_loss_is_critical() -> None:
     tracker = SignalTracker()
     gate, _, _ = make_gate()
-    tracker.observe(packet(1.0), blueprints={})
-    result = gate.gate(germinate(), tracker.observe(packet(math.inf), blueprints={}), None)
+    tracker.observe(packet(1.0), blueprints=NO_METADATA)
+    result = gate.gate(germinate(), tracker.observe(packet(math.inf), blueprints=NO_METADATA), None)
     assert result.command.command_type == pb.COMMAND_TYPE_EMERGENCY
     assert result.reason == "loss_delta"
 
@@ -49,20 +53,26 @@ def test_diverged_loss_is_critical() -> None:
 def test_loss_volatility_is_the_coefficient_of_variation() -> None:
     tracker = SignalTracker(TrackerSettings(loss_window_steps=4))
     for loss in (1.0, 3.0, 1.0, 3.0, 1.0, 3.0):
-        values = tracker.observe(packet(loss), blueprints={})
+        values = tracker.observe(packet(loss), blueprints=NO_METADATA)
     # the window holds 1, 3, 1, 3: mean 2, sample std 2/sqrt(3)
     assert values[Signal.LOSS_VOLATILITY] == pytest.approx((2 / math.sqrt(3)) / 2)
 
 
 def test_metrics_are_read_under_their_names_and_absent_ones_left_out() -> None:
     values = SignalTracker().observe(
-        packet(gradient_norm=12.0, hook_latency_ms=3.5, device_memory_fraction=0.9),
-        blueprints={},
+        packet(
+            gradient_norm=12.0,
+            hook_latency_ms=3.5,
+            device_memory_fraction=0.9,
+            isolation_violations=1.0,
+        ),
+        blueprints=NO_METADATA,
         feature_coverage=0.8,
     )
     assert values[Signal.GRADIENT_NORM] == 12.0
     assert values[Signal.HOOK_LATENCY] == 3.5
     assert values[Signal.DEVICE_MEMORY] == pytest.approx(0.9)
+    assert values[Signal.ISOLATION_VIOLATIONS] == 1.0
     assert values[Signal.FEATURE_COVERAGE] == pytest.approx(0.8)
     assert Signal.STEP_LATENCY not in values and Signal.HOST_MEMORY not in values
 
@@ -72,22 +82,24 @@ def test_blueprints_of_live_seeds_and_the_proposal_count() -> None:
     p.seed_states.add(seed_id="a", stage=pb.SEED_STAGE_TRAINING, blueprint_id="risky")
     p.seed_states.add(seed_id="b", stage=pb.SEED_STAGE_CULLED, blueprint_id="bad")
     p.seed_states.add(seed_id="c", stage=pb.SEED_STAGE_FOSSILIZED, blueprint_id="unknown")
-    p.seed_states[0].metrics["isolation_violations"] = 1.0
-    p.seed_states[1].metrics["isolation_violations"] = 2.0
     blueprints = {"risky": Meta(0.6), "bad": Meta(0.9, True), "fresh": Meta(0.2, True)}
-    values = SignalTracker().observe(p, blueprints=blueprints, proposed_blueprint_id="fresh")
+    values = SignalTracker().observe(
+        p, blueprints=static(blueprints), proposed_blueprint_id="fresh"
+    )
     assert values[Signal.BLUEPRINT_RISK] == pytest.approx(0.6)  # the culled seed is gone
     assert values[Signal.BLUEPRINT_QUARANTINE] == 1.0  # the proposal's blueprint
-    assert values[Signal.ISOLATION_VIOLATIONS] == 3.0
-    p.training_metrics["isolation_violations"] = 1.0  # the trainer's run-level count wins
-    values = SignalTracker().observe(p, blueprints=blueprints)
-    assert values[Signal.ISOLATION_VIOLATIONS] == 1.0
+    values = SignalTracker().observe(p, blueprints=static(blueprints))
+    assert values[Signal.BLUEPRINT_RISK] == pytest.approx(0.6)
+    assert values[Signal.BLUEPRINT_QUARANTINE] == 0.0
 
 
 def test_timeouts_are_counted_over_a_window_of_decisions() -> None:
     tracker = SignalTracker(TrackerSettings(timeout_window_decisions=3))
     flags = [True, True, False, False, True, False, False, False]
-    counts = [tracker.observe(packet(), blueprints={}, timed_out=f)[Signal.TIMEOUTS] for f in flags]
+    counts = [
+        tracker.observe(packet(), blueprints=NO_METADATA, timed_out=f)[Signal.TIMEOUTS]
+        for f in flags
+    ]
     assert counts == [1, 2, 2, 1, 1, 1, 1, 0]
 
 
