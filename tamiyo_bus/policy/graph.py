@@ -96,7 +96,7 @@ class PolicyGraph:
     def edge_attr_dict(self) -> dict[tuple[str, str, str], Tensor]:
         s = self.structure
         return {
-            rel.key: self.edge_attr[torch.from_numpy(pos)]
+            rel.key: self.edge_attr[torch.from_numpy(pos).to(self.edge_attr.device)]
             for rel, pos in zip(RELATIONS, s.relation_positions, strict=True)
         }
 

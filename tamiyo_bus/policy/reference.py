@@ -87,7 +87,8 @@ class ReferencePolicy(nn.Module):
     def embed(self, graph: PolicyGraph) -> Tensor:
         """Final node embeddings, stacked in schema order ([N, gat_dim])."""
         x = {t: F.relu(self.encoders[t](v)) for t, v in graph.x_dict().items()}
-        edge_index = graph.edge_index_dict()
+        device = graph.x.device
+        edge_index = {k: v.to(device) for k, v in graph.edge_index_dict().items()}
         edge_attr = graph.edge_attr_dict()
         for conv in self.sage:
             out = conv(x, edge_index)

@@ -155,9 +155,6 @@ class GraphStructure:
         i = TYPE_INDEX[node_type]
         return slice(self.offsets[i], self.offsets[i] + self.counts[i])
 
-    def count(self, node_type: str) -> int:
-        return self.counts[TYPE_INDEX[node_type]]
-
     def set_categorical(self, node_type: str, block: str, names: list[str]) -> None:
         """One-hot the stable hash of each node's id or kind into the template."""
         start = BLOCK_OFFSETS[node_type] + FEATURE_SPECS[node_type].categorical_offset(block)

@@ -73,32 +73,3 @@ class HostTopology:
                     f"HostTopology: parameter {parameter.parameter_id} names unknown "
                     f"activation {parameter.activation_id}"
                 )
-
-    @classmethod
-    def chain(
-        cls,
-        num_layers: int,
-        *,
-        activations_per_layer: int = 1,
-        parameters_per_activation: int = 1,
-        kind: str = "linear",
-        width: int = 256,
-    ) -> HostTopology:
-        """A sequential host (layer i feeds layer i+1), handy for demos and benchmarks."""
-        layers = tuple(
-            LayerSpec(f"layer{i}", kind, i, width * width + width) for i in range(num_layers)
-        )
-        edges = tuple((f"layer{i}", f"layer{i + 1}") for i in range(num_layers - 1))
-        activations = tuple(
-            ActivationSpec(f"act{i}.{k}", f"layer{i}", "relu")
-            for i in range(num_layers)
-            for k in range(activations_per_layer)
-        )
-        parameters = tuple(
-            ParameterSpec(
-                f"{a.activation_id}.p{k}", a.activation_id, "weight" if k == 0 else "bias", width
-            )
-            for a in activations
-            for k in range(parameters_per_activation)
-        )
-        return cls(layers, edges, activations, parameters)

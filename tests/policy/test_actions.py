@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ def output(num_seeds: int, num_blueprints: int, seed: int = 0, scale: float = 1.
     )
 
 
-def masks(stages: list[int], allowed: list[list[bool]]) -> ActionMasks:
+def masks(stages: Sequence[int], allowed: list[list[bool]]) -> ActionMasks:
     return compute_masks(np.array(stages, dtype=np.int64), np.array(allowed, dtype=np.bool_))
 
 

@@ -28,11 +28,11 @@ from tamiyo_bus.policy.serving import ServingPolicy
 from tests.policy.helpers import SMALL
 
 
-def graph() -> PolicyGraph:
+def graph(normalizer: RunningNormalizer | None = None) -> PolicyGraph:
     size = synthetic.REFERENCE_SIZE
     host = synthetic.topology(size)
     metadata = {m.blueprint_id: m for m in synthetic.catalogue(size)}
-    builder = GraphBuilder(host, list(metadata), RunningNormalizer(update=False))
+    builder = GraphBuilder(host, list(metadata), normalizer or RunningNormalizer(update=False))
     return builder.build(synthetic.packet(size, host, random.Random(0)), metadata)
 
 
@@ -60,6 +60,12 @@ def test_round_trip_restores_weights_statistics_and_identity(tmp_path: Path) -> 
     for node_type, count in stats.count.items():
         assert (snapshot.count[node_type] == count).all()
         assert (snapshot.mean[node_type] == stats.mean[node_type]).all()
+    # Restored statistics normalise the next graph exactly as the saved ones would.
+    restored = RunningNormalizer(update=False)
+    restored.load(snapshot)
+    original = RunningNormalizer(update=False)
+    original.load(stats)
+    assert torch.equal(graph(restored).x, graph(original).x)
 
 
 def test_another_architecture_is_refused(tmp_path: Path) -> None:

@@ -136,17 +136,16 @@ def test_categorical_ids_use_a_stable_hash() -> None:
         "from tamiyo_bus.policy.registry import bucket, registry_digest;"
         "print(bucket('layer_kind', 'conv2d'), registry_digest())"
     )
-    outputs = {
-        subprocess.run(
-            [sys.executable, "-c", code],
-            env={"PYTHONHASHSEED": str(seed), "PATH": ""},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for seed in (1, 2)
-    }
-    assert outputs == {f"{bucket('layer_kind', 'conv2d')} {registry_digest()}\n"}
+    # A fresh interpreter with another string-hash salt computes the same bucket and
+    # the same registry digest.
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONHASHSEED": "12345", "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert child.stdout == f"{bucket('layer_kind', 'conv2d')} {registry_digest()}\n"
 
 
 def test_structure_is_cached_until_seed_placement_changes() -> None:
@@ -177,7 +176,9 @@ def test_running_statistics_are_updated_off_the_step_path() -> None:
     after = normalizer.snapshot
     column = FEATURE_SPECS["global"].values.index("training_loss")
     assert after.count["global"][column] == 20
-    assert after.mean["global"][column] == pytest.approx(np.mean(np.float32(losses)), rel=1e-5)
+    assert after.mean["global"][column] == pytest.approx(
+        np.mean(np.array(losses, np.float32)), rel=1e-5
+    )
     # The next graph is normalised with the new statistics.
     packet = synthetic.packet(SIZE, builder.topology, rng)
     graph = builder.build(packet, metadata)

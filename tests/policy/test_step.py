@@ -82,13 +82,13 @@ def test_seed_commands_name_a_valid_target(seed: int) -> None:
         assert command.reason == StepReason.POLICY
         if command.command_type != pb.COMMAND_TYPE_SEED:
             continue
-        seed = next(s for s in packet.seed_states if s.seed_id == command.target_seed_id)
+        target = next(s for s in packet.seed_states if s.seed_id == command.target_seed_id)
         spec = next(a for a in ACTION_SPACE if a.seed_operation == command.seed.operation)
-        assert seed.stage in spec.seed_stages
+        assert target.stage in spec.seed_stages
         if command.seed.operation == pb.SEED_OP_GERMINATE:
             assert command.seed.blueprint_id in stack.builder.candidates
         else:
-            assert command.seed.blueprint_id == seed.blueprint_id
+            assert command.seed.blueprint_id == target.blueprint_id
         seen.add(command.seed.operation)
     assert seen  # sampling reached some seed action
 
