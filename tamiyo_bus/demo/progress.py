@@ -1,7 +1,9 @@
 """The demo's progress bar: one line, redrawn a few times a second.
 
 Shows epoch and step, live loss (smoothed) and the last validation accuracy, live
-seeds, and the decision latency (p50 and max over the last 200 decisions). On a
+seeds, the decision latency (p50 and max over the last 200 decisions) and the share
+of those decisions the policy made in time (the rest were NO_OPs for a missed
+deadline, a busy worker or an open inference breaker). On a
 terminal it redraws in place; otherwise (CI logs) it prints one line per epoch.
 """
 
@@ -13,10 +15,12 @@ import time
 from collections import deque
 from typing import TextIO
 
+from tamiyo_bus.demo.recorder import NOT_DECIDED
 from tamiyo_bus.tolaria.trainer import EpochRecord, StepRecord
 
 BAR_WIDTH = 24
 REDRAW_S = 0.2
+WINDOW = 200  # decisions the latency and policy share are computed over
 
 
 class ProgressBar:
@@ -27,7 +31,8 @@ class ProgressBar:
         self.interactive = stream.isatty()
         self._loss = math.nan
         self._accuracy = math.nan
-        self._latencies: deque[float] = deque(maxlen=200)
+        self._latencies: deque[float] = deque(maxlen=WINDOW)
+        self._decided: deque[bool] = deque(maxlen=WINDOW)
         self._last_draw = 0.0
         self._record: StepRecord | None = None
         self._started = time.monotonic()
@@ -37,8 +42,9 @@ class ProgressBar:
         self._loss = (
             record.loss if math.isnan(self._loss) else 0.95 * self._loss + 0.05 * record.loss
         )
-        if not math.isnan(record.decision_ms):
+        if record.command is not None:
             self._latencies.append(record.decision_ms)
+            self._decided.append(record.command.reason not in NOT_DECIDED)
         now = time.monotonic()
         if self.interactive and now - self._last_draw >= REDRAW_S:
             self._last_draw = now
@@ -67,7 +73,8 @@ class ProgressBar:
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
         latencies = sorted(self._latencies)
         decision = (
-            f"decision p50 {latencies[len(latencies) // 2]:.2f} ms max {latencies[-1]:.1f} ms"
+            f"decision p50 {latencies[len(latencies) // 2]:.2f} ms max {latencies[-1]:.1f} ms, "
+            f"policy {sum(self._decided) / len(self._decided):.0%}"
             if latencies
             else "decision -"
         )

@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from leyline_pb import leyline_pb2 as pb
+from tamiyo_bus.step import StepReason
 from tamiyo_bus.tolaria.trainer import EpochRecord, StepRecord
+
+NOT_DECIDED = frozenset(
+    {
+        StepReason.TIMEOUT_INFERENCE,
+        StepReason.INFERENCE_BUSY,
+        StepReason.INFERENCE_ERROR,
+        StepReason.INFERENCE_BREAKER_OPEN,
+    }
+)
+"""Reasons of a NO_OP the policy did not choose: late, busy, failed or not asked."""
 
 
 def describe(command: pb.AdaptationCommand) -> str:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.demo.recorder import RunRecorder, describe
+from tamiyo_bus.demo.recorder import NOT_DECIDED, RunRecorder, describe
 from tamiyo_bus.kasmina.executor import Kasmina
 
 S = pb.SeedLifecycleStage
@@ -38,6 +38,7 @@ class RunSummary:
     final_val_accuracy: float
     best_val_accuracy: float
     decisions: int
+    policy_decisions: int  # decisions the policy made in time (not a deadline/breaker NO_OP)
     decision_ms: dict[str, float]
     step_deadline_ms: float
     deadline_misses: int  # decisions answered NO_OP because the deadline passed
@@ -77,7 +78,8 @@ class RunSummary:
             f"  accuracy      val {self.final_val_accuracy:.2%} "
             f"(best {self.best_val_accuracy:.2%}), val loss {self.final_val_loss:.4f}, "
             f"train loss {self.final_train_loss:.4f}",
-            f"  decisions     {self.decisions:,}: p50 {d['p50']:.2f} ms, p95 {d['p95']:.2f} ms, "
+            f"  decisions     {self.decisions:,} ({self.policy_decisions:,} by the policy in "
+            f"time): p50 {d['p50']:.2f} ms, p95 {d['p95']:.2f} ms, "
             f"p99 {d['p99']:.2f} ms, max {d['max']:.2f} ms; deadline {self.step_deadline_ms:g} ms "
             f"missed {self.deadline_misses}",
             f"  step cost     training p50 {self.train_ms['p50']:.2f} ms; Tamiyo+Kasmina p50 "
@@ -132,6 +134,7 @@ def summarise(
         final_val_accuracy=last.val_accuracy if last else math.nan,
         best_val_accuracy=max((e.val_accuracy for e in epochs), default=math.nan),
         decisions=len(decisions),
+        policy_decisions=sum(c.reason not in NOT_DECIDED for _, c in decisions),
         decision_ms=_percentiles([r.decision_ms for r, _ in decisions]),
         step_deadline_ms=step_deadline_ms,
         deadline_misses=reasons.get("timeout_inference", 0),

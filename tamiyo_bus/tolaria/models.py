@@ -19,6 +19,7 @@ from tamiyo_bus.kasmina.site import SeedSite
 from tamiyo_bus.policy.topology import ActivationSpec, HostTopology, LayerSpec, ParameterSpec
 
 MODELS = ("mlp", "cnn")
+POOLED = 4  # the CNN's feature map side before its head
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,11 @@ class HostMLP(HostModel):
 
 
 class HostCNN(HostModel):
-    """3x3 conv -> GELU blocks with seed sites, global average pooling, linear head."""
+    """3x3 conv -> GELU blocks with seed sites, 4x4 average pooling, linear head.
+
+    Pooling to 4x4 rather than to 1x1 keeps where a stroke is, which is most of what
+    distinguishes one 8x8 digit from another.
+    """
 
     def __init__(
         self, image_shape: tuple[int, int, int], channels: Sequence[int], classes: int
@@ -84,13 +89,13 @@ class HostCNN(HostModel):
         self.seed_sites = nn.ModuleList(
             SeedSite(f"conv{i}", i, width, "conv2d") for i, width in enumerate(channels)
         )
-        self.head = nn.Linear(widths[-1], classes)
+        self.head = nn.Linear(widths[-1] * POOLED * POOLED, classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.view(-1, *self.image_shape)
         for block, site in zip(self.blocks, self.seed_sites, strict=True):
             x = site(nn.functional.gelu(block(x)))
-        out: Tensor = self.head(x.mean(dim=(2, 3)))
+        out: Tensor = self.head(nn.functional.adaptive_avg_pool2d(x, POOLED).flatten(1))
         return out
 
     def host_layers(self) -> list[HostLayer]:

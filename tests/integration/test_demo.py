@@ -46,4 +46,4 @@ def test_demo_runs_end_to_end_and_writes_its_report(
 
 def summary_lines(summary: dict[str, object]) -> list[str]:
     """A few figures that must appear in the printed summary."""
-    return [f"{summary['steps']:,} steps", f"decisions     {summary['decisions']:,}:"]
+    return [f"{summary['steps']:,} steps", f"decisions     {summary['decisions']:,} ("]
