@@ -64,7 +64,7 @@ SIZES = [
     synthetic.StateSize(5, 3, 2, 4, 7),
     synthetic.StateSize(9, 6, 5, 2, 11),
     synthetic.REFERENCE_SIZE,
-    synthetic.StateSize(30, 20, 12, 25, 40),
+    synthetic.LARGE_SIZE,
 ]
 
 
@@ -74,9 +74,8 @@ def test_fast_policy_matches_reference_on_random_graphs(size: synthetic.StateSiz
 
 
 def test_fast_policy_matches_reference_at_full_size() -> None:
-    """The specification's dimensions (256 / 4 x 32), reference and large states."""
-    for seed, size in enumerate((synthetic.REFERENCE_SIZE, synthetic.LARGE_SIZE)):
-        compare(PolicyConfig(), random_graph(size, seed), seed)
+    """The specification's dimensions (256 / 4 x 32) on the reference state."""
+    compare(PolicyConfig(), random_graph(synthetic.REFERENCE_SIZE, seed=0), seed=0)
 
 
 def test_structure_indices_are_reused_while_topology_is_unchanged() -> None:
