@@ -27,6 +27,7 @@ from oona.connection import open_redis
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.envelope import SINGLE_FIELD, make_envelope, seal
 from oona.keys import Keyring, Signer
+from oona.replies import entries
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from oona.streams import Stream
@@ -150,7 +151,7 @@ async def _dead_letters(bus: Bus, keyring: Keyring, report: Report) -> None:
     sub = Subscription("poison-check", "worker", (stream,), ALL_TYPES)
     consumer = Consumer(bus, sub, refuse_poison, keyring)
     await _drain_until(consumer, lambda: bus.metrics.count("dead_lettered") >= 2)
-    records = await bus.redis.xrange(bus.dead_letter_key(stream))
+    records = entries(await bus.redis.xrange(bus.dead_letter_key(stream)))
     for _, record in records[-2:]:
         print(
             "      dead letter: reason={reason} attempts={attempts} group={group} "
