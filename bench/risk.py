@@ -191,8 +191,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20_000)
     parser.add_argument("--json", action="store_true", help="print one final JSON line")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     figures = bench(args.iterations)
-    print(f"risk engine per decision, {args.iterations} decisions, {SEEDS} seeds")
+    print(
+        f"risk engine per decision, {args.iterations} decisions, {SEEDS} seeds "
+        f"(1-min load average {load_before:.2f} on {os.cpu_count()} cores)"
+    )
     print(f"{'figure':<34}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
     for label, key in (
         ("(a) RiskGate.gate", "gate_ms"),
@@ -219,6 +223,7 @@ def main() -> None:
                 "device": "cpu",
                 "python": platform.python_version(),
                 "platform": platform.platform(),
+                "loadavg_1m": round(load_before, 2),  # other work on the machine skews p95
             },
         }
         print(json.dumps(line))
