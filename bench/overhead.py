@@ -46,6 +46,7 @@ from oona.events import BufferedEventSink
 from oona.keys import Keyring, Signer
 from tamiyo_bus.demo.assembly import RunSpec, assemble, build_model, resolve_device
 from tamiyo_bus.demo.recorder import RunRecorder
+from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.risk import BreakerBankSettings, RiskSettings
 from tamiyo_bus.step import StepReason
 from tamiyo_bus.tolaria.data import load
@@ -95,7 +96,9 @@ class Mode:
             )  # fmt: skip
             self.trainer = run.trainer
             self.data = run.data
+            self.kasmina: Kasmina | None = run.kasmina
         else:
+            self.kasmina = None
             self.data = load(spec.dataset, spec.seed).to(device)
             model = build_model(spec, self.data, device)
             self.trainer = Tolaria(
@@ -154,6 +157,11 @@ class Mode:
                 added_within_decision_p95=bool(added <= p95),
                 live_seeds_at_end=records[-1].live_seeds,
             )
+        if self.kasmina is not None:
+            out.update(
+                kasmina_apply_ms_p95=round(self.kasmina.apply_latency_p95_ms(), 3),
+                kasmina_finalize_ms_p95=round(self.kasmina.finalize_latency_p95_ms(), 3),
+            )
         return out
 
 
@@ -201,6 +209,15 @@ def print_table(results: dict[str, dict[str, object]]) -> None:
                 f"{f['tamiyo_ms_p50']:>11.2f} {seeds:>5}"
             )
     print("(ms; added = mean step with Tamiyo - mean plain step; ratio = mean / plain mean)")
+    for name, result in results.items():
+        modes = result["modes"]
+        assert isinstance(modes, dict)
+        for mode, f in modes.items():
+            if "kasmina_apply_ms_p95" in f:
+                print(
+                    f"{name} {mode}: Kasmina apply p95 {f['kasmina_apply_ms_p95']:.3f} ms, "
+                    f"finalize p95 {f['kasmina_finalize_ms_p95']:.3f} ms"
+                )
 
 
 def main() -> int:

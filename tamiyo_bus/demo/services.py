@@ -184,11 +184,10 @@ class AsyncSide:
         self._spawn(lambda: delivery.run(self._stop))
 
     def _spawn(self, factory: Callable[[], Awaitable[None]]) -> None:
-        async def spawn() -> None:
-            async def wrapped() -> None:
-                await factory()
+        """Start ``factory()`` as a task on the services' loop; shutdown awaits it."""
 
-            self._tasks.append(asyncio.create_task(wrapped()))
+        async def spawn() -> None:
+            self._tasks.append(asyncio.ensure_future(factory()))
 
         self.call(spawn())
 
