@@ -17,7 +17,7 @@ class KasminaSettings:
 
     slots_per_layer: int = 1
     embargo_steps: int = 50  # a culled slot stays embargoed this long before it resets
-    pause_steps: int = 50  # a PAUSE command freezes blending and germination this long
+    pause_steps: int = 10  # a PAUSE freezes blending and germination; a new PAUSE restarts it
     loss_ema_decay: float = 0.9  # smoothing of the training loss the stability gate reads
     telemetry_queue_max_items: int = 4_096  # steps of telemetry held for the publisher
     latency_window_steps: int = 4_096  # apply/finalize latencies kept for percentiles
