@@ -35,8 +35,15 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(PY) tools/genproto.py
 
+# Every benchmark, each ending with one JSON line (see docs/benchmarks.md).
 bench: $(STAMP)
 	$(PY) bench/bus.py --json
+	$(PY) bench/crypto.py --json
+	$(PY) bench/step.py --json
+	$(PY) bench/risk.py --json
+	$(PY) bench/reports.py --json
+	$(PY) bench/fastpath.py --json
+	$(PY) bench/overhead.py --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
