@@ -114,13 +114,17 @@ def _lifecycle(history: Sequence[LifecycleEvent], seed_ids: Sequence[str], end: 
                 )
             )
         lanes.append(svg.Lane(seed_id, segments))
-    legend = [(_stage_name(stage), color) for stage, color in STAGE_COLORS.items()]
+    legend = [
+        (_stage_name(stage), color)
+        for stage, color in STAGE_COLORS.items()
+        if stage != S.SEED_STAGE_RESETTING  # one step long: too thin to need a key
+    ]
     return svg.timeline(
         lanes,
         title="Seed lifecycle per layer (slot)",
         x_label="optimiser step",
         x_max=float(end),
-        legend=legend[:6],
+        legend=legend,
     )
 
 

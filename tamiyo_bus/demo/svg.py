@@ -124,7 +124,7 @@ def _no_data(title: str) -> str:
 def _legend(names: Sequence[tuple[str, str]], right: float) -> list[str]:
     parts, x = [], right
     for name, color in reversed(names):
-        x -= 12 + 7 * len(name)
+        x -= 12 + 6.5 * len(name)
         parts.append(
             f'<rect x="{x:.0f}" y="25" width="10" height="10" fill="{color}"/>'
             f'<text x="{x + 13:.0f}" y="34" class="k">{escape(name)}</text>'

@@ -298,15 +298,18 @@ class Kasmina:
                 "wrong_stage",
                 f"{pb.SeedOperation.Name(op)} does not apply to {S.Name(seed.stage)}",
             )
+        why = pb.SeedOperation.Name(op).removeprefix("SEED_OP_").lower()
+        if command.reason:
+            why = f"{why} ({command.reason})"
         if op == pb.SEED_OP_GERMINATE:
-            self._germinate(seed, command.seed)
+            self._germinate(seed, command.seed, why)
             return
         gate = check_gate(op, seed.stage, self._gate_inputs(seed), self.settings.gates)
         if not gate.passed:
             raise _Refusal(f"gate_{gate.gate}", gate.detail)
         if op == pb.SEED_OP_START_BLENDING:
             self._start_blending(seed, command.seed)
-        self._move(seed, target, command.reason or pb.SeedOperation.Name(op))
+        self._move(seed, target, why)
 
     def _gate_inputs(self, seed: Seed, added_parameters: int = 0) -> GateInputs:
         live = self.live_seeds
@@ -323,7 +326,7 @@ class Kasmina:
             live_seeds=len(live),
         )
 
-    def _germinate(self, seed: Seed, order: pb.SeedCommand) -> None:
+    def _germinate(self, seed: Seed, order: pb.SeedCommand, why: str) -> None:
         if self.step < self.paused_until_step:
             raise _Refusal("paused", f"until step {self.paused_until_step}")
         try:
@@ -363,7 +366,7 @@ class Kasmina:
         seed.germinated_step = self.step
         seed.gradient_norm = math.nan
         seed.isolation_violations = 0
-        self._move(seed, S.SEED_STAGE_GERMINATED, "germinate")
+        self._move(seed, S.SEED_STAGE_GERMINATED, why)
 
     def _start_blending(self, seed: Seed, order: pb.SeedCommand) -> None:
         if order.blend_method not in SUPPORTED_METHODS:
