@@ -1,9 +1,10 @@
 """The lean SystemStatePacket Tolaria builds after each optimiser step.
 
 Lean means: what the policy's features read and nothing that costs more than a few
-tensor reductions. Gradient norms of every host parameter come from one fused
-``_foreach_norm`` and one host transfer; per-layer norms are derived from them.
-Activation statistics are left out (their features then read as absent).
+tensor reductions. The per-parameter gradient norms are the ones the trainer computed
+for gradient clipping anyway (one fused ``_foreach_norm``); the packet costs one host
+transfer of them, and per-layer norms are derived from them. Activation statistics
+are left out (their features then read as absent).
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ class PacketBuilder:
     def __init__(self, model: HostModel, training_run_id: str) -> None:
         self.training_run_id = training_run_id
         named = named_host_parameters(model)
-        self._parameters = [p for _, p in named]
+        self.parameters = [p for _, p in named]
+        """Every host parameter, in topology order (the order norms are given in)."""
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        if {id(p) for p in self.parameters} != trainable:
+            raise ValueError("the host's layers must hold exactly its trainable parameters")
         self._parameter_keys = [f"parameter/{pid}/gradient_norm" for pid, _ in named]
         layer_ids = [pid.split(".", 1)[0] for pid, _ in named]
         self._layer_keys = [f"layer/{layer}/gradient_norm" for layer in dict.fromkeys(layer_ids)]
@@ -40,8 +45,10 @@ class PacketBuilder:
         validation_loss: float,
         validation_accuracy: float,
         metrics: dict[str, float],
+        parameter_norms: torch.Tensor | None = None,
     ) -> pb.SystemStatePacket:
-        """The packet of ``step``; ``metrics`` are the trainer's global measurements."""
+        """The packet of ``step``; ``metrics`` are the trainer's global measurements and
+        ``parameter_norms`` the gradient norm of each of ``parameters`` (in order)."""
         packet = pb.SystemStatePacket(
             version=PACKET_VERSION,
             packet_id=new_message_id(),
@@ -55,10 +62,8 @@ class PacketBuilder:
         )
         out = packet.training_metrics
         out.update(metrics)
-        grads = [p.grad for p in self._parameters]
-        if all(g is not None for g in grads):
-            norms = torch.stack(torch._foreach_norm([g for g in grads if g is not None]))
-            values = norms.tolist()
+        if parameter_norms is not None:
+            values = parameter_norms.tolist()
             layer_sq = [0.0] * len(self._layer_keys)
             for key, layer, value in zip(self._parameter_keys, self._layer_of, values, strict=True):
                 out[key] = value

@@ -123,13 +123,13 @@ class Tolaria:
         self.kasmina = kasmina
         self.controller = controller
         self.observers = tuple(observers)
-        self.host_parameters = [p for p in model.parameters() if p.requires_grad]
+        self.packets = PacketBuilder(model, training_run_id)
+        self.host_parameters = self.packets.parameters
         self.host_parameter_count = sum(p.numel() for p in self.host_parameters)
         self.optimizer = torch.optim.AdamW(
             self.host_parameters, lr=lr.learning_rate, weight_decay=settings.weight_decay
         )
         lr.attach(self.optimizer, 1.0)
-        self.packets = PacketBuilder(model, training_run_id)
         self.device = data.train_x.device
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.step = 0
@@ -139,6 +139,7 @@ class Tolaria:
         self._last_hook_ms = math.nan
         self._samples_per_s = math.nan
         self._loss = self._loss_ema = self._grad_norm = self._train_ms = math.nan
+        self._parameter_norms: torch.Tensor | None = None
 
     # --------------------------------------------------------------- the loop
 
@@ -215,9 +216,7 @@ class Tolaria:
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
         loss.backward()  # type: ignore[no-untyped-call]
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.host_parameters, self.settings.grad_clip_norm
-        )
+        grad_norm = self._clip_gradients()
         self.optimizer.step()
         if self.kasmina is not None:
             self.kasmina.step_seeds()
@@ -227,7 +226,7 @@ class Tolaria:
         trained = time.perf_counter()
         train_ms = (trained - started) * 1000.0
         self._samples_per_s = len(y) / max(trained - started, 1e-9)
-        self._loss, self._grad_norm, self._train_ms = loss_value, float(grad_norm), train_ms
+        self._loss, self._grad_norm, self._train_ms = loss_value, grad_norm, train_ms
         decay = self.settings.loss_ema_decay
         self._loss_ema = (
             loss_value
@@ -271,6 +270,24 @@ class Tolaria:
             observer.on_step(record)
         return loss_value, hits
 
+    def _clip_gradients(self) -> float:
+        """Clip the host's gradients to ``grad_clip_norm``; returns the norm before.
+
+        The per-parameter norms are computed once (one fused ``_foreach_norm``) and
+        serve both the clipping and the packet's ``parameter/*/gradient_norm``, so
+        reporting them costs the step nothing extra.
+        """
+        grads = [p.grad for p in self.host_parameters if p.grad is not None]
+        if len(grads) != len(self.host_parameters):
+            self._parameter_norms = None
+            return float(torch.nn.utils.clip_grad_norm_(grads, self.settings.grad_clip_norm))
+        norms = torch.stack(torch._foreach_norm(grads))
+        total = torch.linalg.vector_norm(norms)
+        scale = (self.settings.grad_clip_norm / (total + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, scale)
+        self._parameter_norms = norms
+        return float(total)
+
     def state_packet(self) -> pb.SystemStatePacket:
         """The SystemStatePacket of the current step (also usable before the first one,
         e.g. to warm Tamiyo up: gradient metrics are then absent)."""
@@ -291,6 +308,7 @@ class Tolaria:
                 MODEL_PARAMETERS_METRIC: float(self._model_parameters()),
                 **self.kasmina.step_metrics(),
             },
+            parameter_norms=self._parameter_norms,
         )
         self.kasmina.fill_seed_states(packet)
         return packet
