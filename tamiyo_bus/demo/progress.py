@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import TextIO
 
-from tamiyo_bus.demo.recorder import NOT_DECIDED
+from tamiyo_bus.demo.recorder import policy_decided
 from tamiyo_bus.tolaria.trainer import EpochRecord, StepRecord
 
 BAR_WIDTH = 24
@@ -44,7 +44,7 @@ class ProgressBar:
         )
         if record.command is not None:
             self._latencies.append(record.decision_ms)
-            self._decided.append(record.command.reason not in NOT_DECIDED)
+            self._decided.append(policy_decided(record.command))
         now = time.monotonic()
         if self.interactive and now - self._last_draw >= REDRAW_S:
             self._last_draw = now

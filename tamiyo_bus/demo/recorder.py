@@ -21,6 +21,13 @@ NOT_DECIDED = frozenset(
     }
 )
 """Reasons of a NO_OP the policy did not choose: late, busy, failed or not asked."""
+REPLACED_REASON = "risk_replaced_reason"  # the risk gate keeps the proposal's reason here
+
+
+def policy_decided(command: pb.AdaptationCommand) -> bool:
+    """Whether the policy made this decision in time; the risk gate may have changed the
+    command since (its original reason is then in the annotations)."""
+    return command.annotations.get(REPLACED_REASON, command.reason) not in NOT_DECIDED
 
 
 def describe(command: pb.AdaptationCommand) -> str:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.demo.recorder import NOT_DECIDED, RunRecorder, describe
+from tamiyo_bus.demo.recorder import RunRecorder, describe, policy_decided
 from tamiyo_bus.kasmina.executor import Kasmina
 
 S = pb.SeedLifecycleStage
@@ -134,7 +134,7 @@ def summarise(
         final_val_accuracy=last.val_accuracy if last else math.nan,
         best_val_accuracy=max((e.val_accuracy for e in epochs), default=math.nan),
         decisions=len(decisions),
-        policy_decisions=sum(c.reason not in NOT_DECIDED for _, c in decisions),
+        policy_decisions=sum(policy_decided(c) for _, c in decisions),
         decision_ms=_percentiles([r.decision_ms for r, _ in decisions]),
         step_deadline_ms=step_deadline_ms,
         deadline_misses=reasons.get("timeout_inference", 0),
