@@ -16,14 +16,15 @@ from collections import deque
 from typing import Protocol
 
 from leyline_pb import leyline_pb2 as pb
+from oona.priorities import EventKind, priority_for
 
 log = logging.getLogger(__name__)
 
-MESSAGE_REJECTED = "message_rejected"
-COMMAND_REJECTED = "command_rejected"
-POLICY_UPDATE_REJECTED = "policy_update_rejected"
-POLICY_UPDATE_APPLIED = "policy_update_applied"
-POLICY_ROLLED_BACK = "policy_rolled_back"
+MESSAGE_REJECTED = EventKind.MESSAGE_REJECTED
+COMMAND_REJECTED = EventKind.COMMAND_REJECTED
+POLICY_UPDATE_REJECTED = EventKind.POLICY_UPDATE_REJECTED
+POLICY_UPDATE_APPLIED = EventKind.POLICY_UPDATE_APPLIED
+POLICY_ROLLED_BACK = EventKind.POLICY_ROLLED_BACK
 
 _LOG_LEVELS = {
     pb.TELEMETRY_LEVEL_DEBUG: logging.DEBUG,
@@ -43,9 +44,13 @@ class EventSink(Protocol):
 def make_event(
     name: str, level: pb.TelemetryLevel.ValueType, **attributes: str | int
 ) -> pb.TelemetryEvent:
-    """A TelemetryEvent with string attributes."""
+    """A TelemetryEvent with string attributes and the priority the one mapping
+    (oona.priorities) gives its name."""
     return pb.TelemetryEvent(
-        name=name, level=level, attributes={k: str(v) for k, v in attributes.items()}
+        name=str(name),
+        level=level,
+        priority=priority_for(name),
+        attributes={k: str(v) for k, v in attributes.items()},
     )
 
 

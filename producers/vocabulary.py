@@ -12,8 +12,8 @@ hub's normalisation each is prefixed with its source: ``tamiyo.breaker_opened``.
 from __future__ import annotations
 
 from leyline_pb import leyline_pb2 as pb
+from oona.priorities import EventKind
 from tamiyo_bus.risk.breakers import STATE_VALUE
-from tamiyo_bus.risk.priorities import EventKind
 
 SOURCE_TAMIYO = "tamiyo"
 SOURCE_TOLARIA = "tolaria"

@@ -32,6 +32,7 @@ import torch
 
 from leyline_pb import leyline_pb2 as pb
 from oona.errors import RejectedMessage
+from oona.priorities import EventKind
 from tamiyo_bus.kasmina.blending import SUPPORTED_METHODS, alpha_at
 from tamiyo_bus.kasmina.lifecycle import (
     ACTIVE,
@@ -50,7 +51,6 @@ from tamiyo_bus.kasmina.telemetry import (
     TelemetryOutbox,
 )
 from tamiyo_bus.reports.windows import SEED_PARAMETERS_METRIC
-from tamiyo_bus.risk.priorities import EventKind
 from tamiyo_bus.security.commands import CommandVerifier
 from tamiyo_bus.urza.adapters import INIT_SCALE, build_adapter
 from tamiyo_bus.urza.blueprint import Blueprint

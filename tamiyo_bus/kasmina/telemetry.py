@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
+from oona.priorities import EventKind, level_for, priority_for
 from producers.vocabulary import (
     EVENT_SEED_TRANSITION,
     LABEL_LAYER,
@@ -25,7 +26,6 @@ from producers.vocabulary import (
     add_event,
     add_metric,
 )
-from tamiyo_bus.risk.priorities import EventKind, level_for, priority_for
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,12 @@
 The step path talks to ``RiskStage`` (or ``RiskGate`` directly); see docs/risk.md.
 """
 
+from oona.priorities import EventKind, priority_for
 from tamiyo_bus.risk.breakers import BreakerBankSettings, BreakerName, RiskBreakers
 from tamiyo_bus.risk.conservative import ConservativeMode, ConservativeSettings
 from tamiyo_bus.risk.engine import Category, CategoryRule, Weights
 from tamiyo_bus.risk.gate import GateResult, RiskGate, RiskSettings, breaker_reason
 from tamiyo_bus.risk.gating import GatingSettings, Restriction
-from tamiyo_bus.risk.priorities import EventKind, priority_for
 from tamiyo_bus.risk.signals import Signal, Thresholds
 from tamiyo_bus.risk.stage import InferenceOutcome, RiskStage
 from tamiyo_bus.risk.tracker import SignalTracker, TrackerSettings

@@ -19,7 +19,8 @@ from typing import Protocol
 
 from oona.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from oona.events import EventSink
-from tamiyo_bus.risk.priorities import INFERENCE_BREAKER, EventKind, risk_event
+from oona.priorities import INFERENCE_BREAKER, EventKind
+from tamiyo_bus.risk.priorities import risk_event
 
 
 class BreakerName(StrEnum):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from leyline_pb import leyline_pb2 as pb
 from oona.breaker import BreakerState
 from oona.events import EventSink
+from oona.priorities import EventKind
 from tamiyo_bus.risk.adaptive import AdaptiveSettings, AdaptiveThresholds
 from tamiyo_bus.risk.breakers import BreakerBankSettings, BreakerName, MetricsSink, RiskBreakers
 from tamiyo_bus.risk.conservative import (
@@ -37,7 +38,7 @@ from tamiyo_bus.risk.gating import (
     apply_restriction,
     restriction,
 )
-from tamiyo_bus.risk.priorities import EventKind, risk_event
+from tamiyo_bus.risk.priorities import risk_event
 from tamiyo_bus.risk.signals import INDEX, SIGNALS, ScoreTable, Signal, Thresholds, score_all
 
 CONSERVATIVE_REASON = "conservative_mode"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.risk.priorities import EventKind, level_for, priority_for, risk_event
+from oona.priorities import EventKind, level_for, priority_for
+from tamiyo_bus.risk.priorities import risk_event
 
 CRITICAL, HIGH, NORMAL = (
     pb.MESSAGE_PRIORITY_CRITICAL,
@@ -31,7 +32,11 @@ CRITICAL, HIGH, NORMAL = (
         (EventKind.CONSERVATIVE_ENTERED, "", NORMAL),
         (EventKind.CONSERVATIVE_EXITED, "", NORMAL),
         (EventKind.RISK_CATEGORY_CHANGED, "", NORMAL),
-        ("message_rejected", "", NORMAL),  # events from elsewhere map too
+        (EventKind.MESSAGE_REJECTED, "", HIGH),
+        (EventKind.COMMAND_REJECTED, "", HIGH),
+        (EventKind.POLICY_UPDATE_REJECTED, "", HIGH),
+        (EventKind.POLICY_UPDATE_APPLIED, "", NORMAL),
+        ("some_other_event", "", NORMAL),  # names from elsewhere map too
     ],
 )
 def test_priority_mapping(kind: str, breaker: str, priority: int) -> None:

@@ -10,7 +10,13 @@ from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
 from oona.consumer import Consumer, Subscription
 from oona.envelope import SINGLE_FIELD, make_envelope, seal
-from oona.events import MESSAGE_REJECTED, BufferedEventSink
+from oona.events import (
+    COMMAND_REJECTED,
+    MESSAGE_REJECTED,
+    POLICY_UPDATE_APPLIED,
+    BufferedEventSink,
+    make_event,
+)
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from oona.streams import Stream
@@ -79,3 +85,10 @@ async def test_every_rejection_reason_is_counted_emitted_and_dead_lettered_once(
     assert consumer.retries_scheduled == 0
     assert (await observed.redis.xpending(key, "hub"))["pending"] == 0
     assert metrics.count("retried") == 0
+
+
+def test_security_events_carry_the_priority_of_the_one_mapping() -> None:
+    rejected = make_event(COMMAND_REJECTED, pb.TELEMETRY_LEVEL_WARNING, reason="stale")
+    applied = make_event(POLICY_UPDATE_APPLIED, pb.TELEMETRY_LEVEL_INFO)
+    assert rejected.priority == pb.MESSAGE_PRIORITY_HIGH
+    assert applied.priority == pb.MESSAGE_PRIORITY_NORMAL
