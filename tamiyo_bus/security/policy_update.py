@@ -29,6 +29,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from leyline_pb import leyline_pb2 as pb
+from oona.breaker import CircuitBreaker
 from oona.bus import Bus
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.errors import RejectedMessage
@@ -213,7 +214,9 @@ def _check_tensors(
 class PolicyUpdateTransaction:
     """Validates PolicyUpdates and installs them into a PolicyHolder, all or nothing.
 
-    Each rejection is counted as ``policy_updates_rejected{reason}``, emitted as a
+    With a `breaker` (the risk engine's policy-update breaker), repeated rejections
+    open it and, while open, updates are refused as ``breaker_open`` until its
+    half-open trial. Each rejection is counted as ``policy_updates_rejected{reason}``, emitted as a
     ``policy_update_rejected`` event and raised as RejectedMessage; the running policy
     is then exactly as it was. Success is counted, emitted as
     ``policy_update_applied`` with the old and new versions, and returns the policy.
@@ -227,9 +230,11 @@ class PolicyUpdateTransaction:
         *,
         metrics: BusMetrics | None = None,
         events: EventSink | None = None,
+        breaker: CircuitBreaker | None = None,
         clock_ns: Clock = time.time_ns,
     ) -> None:
         self.holder = holder
+        self.breaker = breaker
         self.keyring = keyring
         self.settings = settings or PolicyUpdateSettings()
         self.metrics = metrics or BusMetrics()
@@ -254,11 +259,17 @@ class PolicyUpdateTransaction:
         with self.holder.lock:
             running = self.holder.current()
             try:
+                if self.breaker is not None and not self.breaker.allow():
+                    raise RejectedMessage("breaker_open", "the policy-update breaker is open")
                 new = self._validate_and_build(update, running, received_at_ns)
             except RejectedMessage as rejection:
+                if self.breaker is not None and rejection.reason != "breaker_open":
+                    self.breaker.record_failure()
                 self._rejected(update, running, rejection)
                 raise
             old = self.holder.install(new)
+        if self.breaker is not None:
+            self.breaker.record_success()
         self.metrics.inc("policy_updates_applied")
         self.metrics.set_gauge("policy_version", float(new.version))
         self.events.emit(

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from leyline_pb import leyline_pb2 as pb
+from oona.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from oona.bus import Bus
 from oona.errors import RejectedMessage
 from oona.events import (
@@ -251,3 +252,20 @@ async def test_listener_applies_a_published_update_and_dead_letters_a_bad_one_on
     assert policy_events == [POLICY_UPDATE_APPLIED, POLICY_UPDATE_REJECTED, POLICY_UPDATE_REJECTED]
     assert bus.metrics.count("rejected") == 3  # each also counted and evented by the bus
     assert bus.metrics.count("policy_updates_rejected", reason="not_newer") == 1
+
+
+def test_repeated_rejections_open_the_policy_update_breaker(
+    signer: Signer, keyring: Keyring
+) -> None:
+    holder = make_holder(version=1)
+    breaker = CircuitBreaker("policy_update", BreakerSettings(failure_threshold=2))
+    transaction = PolicyUpdateTransaction(holder, keyring, breaker=breaker)
+    stranger = Signer.generate()
+    for _ in range(2):
+        with pytest.raises(RejectedMessage, match="unknown_key"):
+            transaction.apply(_update(stranger, version=2, seed=1))
+
+    assert breaker.state is BreakerState.OPEN
+    with pytest.raises(RejectedMessage, match="breaker_open"):
+        transaction.apply(_update(signer, version=2, seed=1))  # valid, but refused for now
+    assert holder.current().version == 1
