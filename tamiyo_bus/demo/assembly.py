@@ -11,6 +11,8 @@ integration tests run exactly the same composition:
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -101,13 +103,21 @@ class Tamiyo:
     builder: GraphBuilder
     policy: ServingPolicy
 
-    def warm_up(self, packet: pb.SystemStatePacket, rounds: int = WARM_UP_ROUNDS) -> None:
+    def warm_up(self, packet: pb.SystemStatePacket, rounds: int = WARM_UP_ROUNDS) -> float:
         """Run graph build and inference on ``packet`` a few times before training, off
         the step path: first calls allocate and are several times slower, and a first
-        step that misses its deadline would count against the inference breaker."""
+        step that misses its deadline would count against the inference breaker.
+
+        Returns the median time of the second half of the rounds (ms): what a decision
+        costs on this machine, to compare with the step deadline before training.
+        """
         metadata = self.catalog.resolve(self.builder.candidates, CATALOG_PREFETCH_S).metadata
+        times_ms = []
         for _ in range(rounds):
+            started = time.perf_counter()
             self.policy.decide(self.builder.build(packet, metadata))
+            times_ms.append((time.perf_counter() - started) * 1000.0)
+        return statistics.median(times_ms[rounds // 2 :])
 
 
 def build_tamiyo(
@@ -172,6 +182,7 @@ class Run:
     kasmina: Kasmina
     tamiyo: Tamiyo
     trainer: Tolaria
+    warm_decision_ms: float  # graph build + inference, median after warm-up
 
     @property
     def host_parameters(self) -> int:
@@ -243,5 +254,7 @@ def assemble(
         controller=tamiyo.controller,
         observers=observers,
     )
-    tamiyo.warm_up(trainer.state_packet())
-    return Run(spec, run_id, device, data, model, topology, lr, kasmina, tamiyo, trainer)
+    decision_ms = tamiyo.warm_up(trainer.state_packet())
+    return Run(
+        spec, run_id, device, data, model, topology, lr, kasmina, tamiyo, trainer, decision_ms
+    )

@@ -157,6 +157,15 @@ def run(args: argparse.Namespace) -> int:
             f"{built.host_parameters:,} parameters, {len(built.kasmina.seeds)} seed slots, "
             f"{steps:,} steps\n"
         )
+        budget_ms = spec.step.step_deadline_ms - spec.step.finish_reserve_ms
+        if built.warm_decision_ms > budget_ms:
+            print(
+                f"  note: a decision takes about {built.warm_decision_ms:.1f} ms on this machine, "
+                f"more than the {budget_ms:.1f} ms the {spec.step.step_deadline_ms:g} ms step "
+                "deadline leaves it:\n        most steps will be NO_OPs and the inference "
+                "breaker will keep the policy out\n        (a longer --step-deadline-ms lets "
+                "it decide).\n"
+            )
         started = time.perf_counter()
         built.trainer.run()
         wall_s = time.perf_counter() - started
