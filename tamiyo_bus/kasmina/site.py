@@ -108,7 +108,11 @@ class SeedSite(nn.Module):
             above.append(grad)
 
         def compare(grad: Tensor) -> None:
-            differs = (grad != above[0]).any() if above else torch.ones((), dtype=torch.bool)
+            differs = (
+                (grad != above[0]).any()
+                if above
+                else torch.ones((), dtype=torch.bool, device=grad.device)
+            )
             pending = self._pending_violation
             self._pending_violation = differs if pending is None else pending | differs
 
