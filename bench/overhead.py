@@ -66,8 +66,8 @@ class Host:
 
 
 HOSTS = (
-    Host("demo", RunSpec(), 300),
-    Host("heavy", RunSpec(width=1024, depth=3, batch_size=256), 40),
+    Host("demo", RunSpec(), 120),
+    Host("heavy", RunSpec(width=1024, depth=3, batch_size=256), 16),
 )
 
 
@@ -229,8 +229,11 @@ def print_table(results: dict[str, dict[str, object]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one final JSON line")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=20, help="untimed steps per block")
+    parser.add_argument(
+        "--rounds", type=int, default=8,
+        help="interleaved rounds (many short blocks: a burst of load hits every mode alike)",
+    )  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per block")
     parser.add_argument("--cadences", default="1,4,16", help="decision cadences to measure")
     parser.add_argument("--hosts", default="demo,heavy")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
