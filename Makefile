@@ -24,8 +24,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tamiyo-bus demo
 
+# One torch thread per test process: on a small shared machine two threads per
+# process make the torch-heavy tests several times slower.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

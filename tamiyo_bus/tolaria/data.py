@@ -70,7 +70,7 @@ def _split(
 
 def digits(seed: int = 0, val_fraction: float = 0.2) -> Dataset:
     # Imported here: scikit-learn takes about a second to import; only digits needs it.
-    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = torch.tensor(bunch.data, dtype=torch.float32)
