@@ -104,7 +104,9 @@ async def test_unacked_reports_are_retried_then_parked_kept_and_retried_on_comma
     ids = _reports(reporter, 4)
     background.start("tamiyo", ReportDelivery(reporter, bus, keyring, FAST_DELIVERY).run)
 
-    await async_wait_until(lambda: _all(reporter, ReportState.PARKED, ids))  # Simic is down
+    await async_wait_until(  # Simic is down; the count follows the state change
+        lambda: _all(reporter, ReportState.PARKED, ids) and bus.metrics.count("reports_parked") == 4
+    )
 
     assert bus.metrics.count("reports_published") == 4 * 3  # every attempt reached the bus
     assert bus.metrics.count("reports_republished") == 4 * 2
