@@ -60,6 +60,9 @@ BlueprintLookup = Callable[[Sequence[str]], Mapping[str, BlueprintInfo]]
 @dataclass(frozen=True, slots=True)
 class TrackerSettings:
     loss_ewma_alpha: float = 0.1  # weight of the newest loss in its moving average
+    # Loss rises are relative to max(|moving average|, this floor) (loss units): once a
+    # loss is nearly zero, a tiny uptick is not a spike.
+    loss_reference_floor: float = 0.05
     loss_window_steps: int = 20  # losses in the volatility window
     timeout_window_decisions: int = 50  # decisions over which deadline misses are counted
 
@@ -107,7 +110,9 @@ class SignalTracker:
         self._losses.append(loss)
         alpha = self.settings.loss_ewma_alpha
         self._loss_ewma = loss if ewma is None else ewma + alpha * (loss - ewma)
-        return 0.0 if ewma is None else relative_rise(loss, ewma)
+        if ewma is None:
+            return 0.0
+        return relative_rise(loss, ewma, floor=self.settings.loss_reference_floor)
 
     def _count_timeout(self, timed_out: bool) -> int:
         window = self._timeouts
@@ -118,11 +123,13 @@ class SignalTracker:
         return self._timeout_count
 
 
-def relative_rise(value: float, reference: float) -> float:
-    """(value - reference) / |reference|; a rise from a zero reference reads as +inf."""
-    if reference == 0.0:
-        return math.inf if value > 0.0 else 0.0
-    return (value - reference) / abs(reference)
+def relative_rise(value: float, reference: float, *, floor: float = 0.0) -> float:
+    """(value - reference) / max(|reference|, floor); a rise from a zero reference with
+    no floor reads as +inf."""
+    scale = max(abs(reference), floor)
+    if scale == 0.0:
+        return math.inf if value > reference else 0.0
+    return (value - reference) / scale
 
 
 def loss_volatility(losses: deque[float]) -> float:

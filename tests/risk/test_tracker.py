@@ -12,6 +12,7 @@ from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.risk import RiskSettings, Signal, SignalTracker, Thresholds, TrackerSettings
 from tamiyo_bus.risk.adaptive import AdaptiveSettings, AdaptiveThresholds, adapted_pair
 from tamiyo_bus.risk.signals import ScoreTable
+from tamiyo_bus.risk.tracker import relative_rise
 
 from .helpers import NO_METADATA, germinate, make_gate, static
 
@@ -146,3 +147,10 @@ def test_gate_uses_adapted_thresholds() -> None:
 def test_thresholds_replace_keeps_units_in_names() -> None:
     changed = dataclasses.replace(Thresholds(), hook_latency_ms_base=4.0)
     assert changed.pair(Signal.HOOK_LATENCY) == (4.0, 20.0)
+
+
+def test_a_tiny_uptick_of_a_near_zero_loss_is_not_a_spike() -> None:
+    tracker_settings = TrackerSettings(loss_reference_floor=0.05)
+    assert relative_rise(0.003, 0.001, floor=tracker_settings.loss_reference_floor) < 0.05
+    assert relative_rise(0.5, 0.001, floor=tracker_settings.loss_reference_floor) > 0.5
+    assert relative_rise(1.2, 1.0, floor=0.05) == pytest.approx(0.2)
