@@ -28,6 +28,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import percentile
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus, Outgoing
 from oona.connection import open_redis
@@ -123,11 +124,6 @@ async def fixed_rate_latency(
         await consumer.poll_once()
     producer.join()
     return latencies
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def main_async(args: argparse.Namespace, url: str, server_name: str) -> dict[str, object]:

@@ -30,6 +30,7 @@ from cryptography.hazmat.backends.openssl.backend import backend as openssl_back
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import percentile
 from leyline_pb import leyline_pb2 as pb
 from oona.envelope import (
     BATCH_FIELD,
@@ -63,11 +64,6 @@ def per_second(operation: Callable[[], object], count: int) -> float:
     for _ in range(count):
         operation()
     return count / (time.perf_counter() - started)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def envelope(payload: bytes = PAYLOAD) -> pb.BusEnvelope:

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
+from bench.common import percentile
 from consumers.hub.service import HubSettings, TelemetryHub
 from consumers.nissa.rules import Alert
 from consumers.nissa.service import Nissa, NissaSettings
@@ -119,11 +120,6 @@ def _kasmina(url: str, prefix: str, key: bytes, count: int, delay_s: float, gap_
     asyncio.run(main())
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def fast_path(
     url: str, signer: Signer, key: bytes, rate: float, seconds: float, criticals: int
 ) -> dict[str, object]:
@@ -170,7 +166,7 @@ async def fast_path(
         "criticals_sent": criticals,
         "alerts_raised": len(latencies_ms),
         "critical_p50_ms": round(statistics.median(latencies_ms), 3) if latencies_ms else None,
-        "critical_p99_ms": round(_percentile(latencies_ms, 0.99), 3) if latencies_ms else None,
+        "critical_p99_ms": round(percentile(latencies_ms, 0.99), 3) if latencies_ms else None,
         "critical_max_ms": round(max(latencies_ms), 3) if latencies_ms else None,
         "hub_packets_received": received,
         "hub_packets_shed": shed,

@@ -35,6 +35,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import percentile
 from consumers.simic import ReportStore, SimicIntake
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
@@ -52,11 +53,6 @@ from tamiyo_bus.reports.windows import WindowSettings
 
 CRITICAL = pb.MESSAGE_PRIORITY_CRITICAL
 NORMAL = pb.MESSAGE_PRIORITY_NORMAL
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
 def sample_report() -> bytes:

@@ -24,6 +24,7 @@ from oona.envelope import BATCH_FIELD, SINGLE_FIELD, make_envelope, seal, seal_b
 from oona.errors import StreamFull
 from oona.keys import Signer
 from oona.metrics import BusMetrics
+from oona.replies import text
 from oona.retention import GroupPosition, format_id, parse_id, safe_min_id
 from oona.settings import OonaSettings
 from oona.streams import dead_letter_key, lane_for, stream_key
@@ -205,7 +206,7 @@ class Bus:
                     lowest = parse_id(summary["min"])
                 positions.append(
                     GroupPosition(
-                        name=name.decode() if isinstance(name, bytes) else str(name),
+                        name=text(name),
                         last_delivered=parse_id(group["last-delivered-id"]),
                         lowest_pending=lowest,
                     )
@@ -241,8 +242,7 @@ class Bus:
                 return {}
             lag: dict[str, int] = {}
             for group in groups:
-                name = group["name"]
-                name = name.decode() if isinstance(name, bytes) else str(name)
+                name = text(group["name"])
                 undelivered = group.get("lag")
                 if undelivered is None:  # the server cannot tell after deletions: count
                     after = "(" + group["last-delivered-id"].decode()

@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus, Outgoing
@@ -31,9 +25,9 @@ from oona.replies import entries
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from oona.streams import Stream
+from tamiyo_bus.hung_consumer import hold_then_kill
 
 ALL_TYPES = frozenset(pb.MessageType.values())
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -104,19 +98,10 @@ async def _killed_consumer(bus: Bus, keyring: Keyring, signer: Signer, report: R
     jobs = [Outgoing(pb.MESSAGE_TYPE_FIELD_REPORT, f"report-{i}".encode(), stream=stream)
             for i in range(50)]  # fmt: skip
     await bus.publish_many(jobs, batch_signed=False)
-    public_hex = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "tamiyo_bus.hung_consumer", bus.settings.redis_url,
-         bus.settings.key_prefix, stream, public_hex],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    assert victim.stdout is not None
-    held = (await asyncio.to_thread(victim.stdout.readline)).strip()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    victim.stdout.close()
-    report.check(held == "50", f"consumer pid {victim.pid} held {held} entries, then was killed")
+    pid, held = await hold_then_kill(
+        bus.settings.redis_url, bus.settings.key_prefix, stream, signer.public_key()
+    )
+    report.check(held == 50, f"consumer pid {pid} held {held} entries, then was killed")
 
     seen: Counter[bytes] = Counter()
 

@@ -3,14 +3,7 @@ rejections, and the breaker that only IO can open."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
-
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from leyline_pb import leyline_pb2 as pb
 from oona.breaker import BreakerState
@@ -20,6 +13,7 @@ from oona.envelope import SINGLE_FIELD, make_envelope, seal
 from oona.errors import RejectedMessage
 from oona.keys import Keyring, Signer
 from oona.streams import Stream
+from tamiyo_bus.hung_consumer import hold_then_kill
 
 from .helpers import Recorder, poll_until, subscription
 
@@ -80,18 +74,10 @@ async def test_killed_consumers_entries_are_claimed_and_processed_exactly_once(
     await bus.publish_many(
         [Outgoing(TELEMETRY, p, stream=Stream.NORMAL) for p in payloads], batch_signed=False
     )
-    public_hex = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "tamiyo_bus.hung_consumer", bus.settings.redis_url,
-         bus.settings.key_prefix, Stream.NORMAL, public_hex],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    assert victim.stdout is not None
-    held = await asyncio.to_thread(victim.stdout.readline)
-    assert held.strip() == "40"  # the victim holds every entry, pending, mid-batch
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    victim.stdout.close()
+    _, held = await hold_then_kill(
+        bus.settings.redis_url, bus.settings.key_prefix, Stream.NORMAL, signer.public_key()
+    )
+    assert held == 40  # the victim holds every entry, pending, mid-batch
 
     processed: list[bytes] = []
 
