@@ -9,7 +9,8 @@ Read top to bottom, :meth:`StepController.evaluate_step` is the whole step path:
    (``inference_busy``): nothing queues behind a slow decision.
 3. Hand the packet to the worker (blueprint metadata under the Urza deadline, graph
    build, policy forward, masked choice) and wait at most until the step deadline,
-   less the reserve for the steps below.
+   less the reserve for the steps below. While the gate's Urza breaker is open the
+   worker does not wait on Urza at all: it decides from the cached metadata.
 4. Late: answer NO_OP (``timeout_inference``) at once. The worker's result, when it
    comes, is discarded; the worker never touches shared state itself, so a late
    decision cannot change anything.
@@ -86,6 +87,11 @@ class CommandGate(Protocol):
         breaker is open (the step then answers NO_OP ``breaker.inference``)."""
         ...
 
+    def urza_wait_allowed(self) -> bool:
+        """Asked once per step: False while the Urza breaker is open (the step then
+        decides from cached blueprint metadata without waiting on Urza)."""
+        ...
+
     def review(
         self, proposal: pb.AdaptationCommand, context: GateContext
     ) -> pb.AdaptationCommand: ...
@@ -105,6 +111,7 @@ class StepStats:
 class _Job:
     packet: pb.SystemStatePacket
     deadline_ns: int
+    urza_wait: bool
     done: threading.Event
     finished: bool = False
     abandoned: bool = False
@@ -152,7 +159,8 @@ class StepController:
         if self._gate is not None and not self._gate.inference_allowed():
             self.stats.refused += 1
             return self._finish(packet, started, None, StepReason.INFERENCE_BREAKER_OPEN)
-        job = self._submit(packet, deadline)
+        urza_wait = self._gate is None or self._gate.urza_wait_allowed()
+        job = self._submit(packet, deadline, urza_wait)
         if job is None:
             self.stats.busy += 1
             return self._finish(packet, started, None, StepReason.INFERENCE_BUSY)
@@ -209,7 +217,9 @@ class StepController:
 
     # ------------------------------------------------------------ the worker
 
-    def _submit(self, packet: pb.SystemStatePacket, deadline_ns: int) -> _Job | None:
+    def _submit(
+        self, packet: pb.SystemStatePacket, deadline_ns: int, urza_wait: bool
+    ) -> _Job | None:
         with self._lock:
             if self._job is not None:
                 return None
@@ -217,7 +227,7 @@ class StepController:
             # caller's packet, which the trainer is free to reuse.
             snapshot = pb.SystemStatePacket()
             snapshot.CopyFrom(packet)
-            self._job = job = _Job(snapshot, deadline_ns, threading.Event())
+            self._job = job = _Job(snapshot, deadline_ns, urza_wait, threading.Event())
         self._wake.set()
         return job
 
@@ -240,7 +250,7 @@ class StepController:
                 continue
             outcome: PolicyDecision | BaseException
             try:
-                outcome = self._decide(job.packet, job.deadline_ns)
+                outcome = self._decide(job)
             except Exception as error:
                 outcome = error
             with self._lock:
@@ -253,15 +263,16 @@ class StepController:
                 self._idle.notify_all()
             job.done.set()
 
-    def _decide(self, packet: pb.SystemStatePacket, deadline_ns: int) -> PolicyDecision:
+    def _decide(self, job: _Job) -> PolicyDecision:
         """Runs on the worker thread; reads shared state, never writes it."""
         start = time.perf_counter_ns()
         s = self.settings
+        packet = job.packet
         blueprint_ids = self._builder.candidates + tuple(
             seed.blueprint_id for seed in packet.seed_states if seed.blueprint_id
         )
-        slack_ns = deadline_ns - start - int(s.inference_budget_ms * _NS_PER_MS)
-        wait_s = min(s.urza_deadline_ms / 1000.0, max(slack_ns, 0) / 1e9)
+        slack_ns = job.deadline_ns - start - int(s.inference_budget_ms * _NS_PER_MS)
+        wait_s = min(s.urza_deadline_ms / 1000.0, max(slack_ns, 0) / 1e9) if job.urza_wait else 0.0
         resolution = self._catalog.resolve(tuple(dict.fromkeys(blueprint_ids)), wait_s)
         graph = self._builder.build(packet, resolution.metadata)
         built = time.perf_counter_ns()
@@ -274,6 +285,7 @@ class StepController:
             inference=inference,
             graph=graph,
             urza_timed_out=resolution.timed_out,
+            urza_waited=job.urza_wait,
             build_ms=(built - start) / _NS_PER_MS,
             inference_ms=(time.perf_counter_ns() - built) / _NS_PER_MS,
         )

@@ -5,6 +5,7 @@ integration tests run exactly the same composition:
 
     Urza store -> CachedCatalog (deadline, cache) -> GraphBuilder (host topology)
     ServingPolicy -> PolicyHolder -> StepController (deadline, risk gate, signing)
+    the async side's bus IO breaker -> the risk gate's BUS_IO breaker (one breaker)
     CommandVerifier (trusted keys) -> Kasmina (seed sites of the host) <- LRController
     Tolaria (host model, dataset, optimiser) calls all of it every step
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from leyline_pb import leyline_pb2 as pb
+from oona.breaker import CircuitBreaker
 from oona.events import EventSink, LogEventSink
 from oona.keys import Keyring, Signer
 from tamiyo_bus.decision_telemetry import TelemetryPublisher
@@ -30,7 +32,7 @@ from tamiyo_bus.policy.reference import architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import ServingPolicy
 from tamiyo_bus.policy.topology import HostTopology
-from tamiyo_bus.risk import RiskGate, RiskSettings, RiskStage
+from tamiyo_bus.risk import BreakerName, RiskGate, RiskSettings, RiskStage
 from tamiyo_bus.risk.step_gate import RiskCommandGate
 from tamiyo_bus.security.commands import CommandSigner, CommandVerifier
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
@@ -131,8 +133,14 @@ def build_tamiyo(
     seed: int,
     telemetry: TelemetryPublisher | None = None,
     events: EventSink | None = None,
+    bus_io_breaker: CircuitBreaker | None = None,
 ) -> Tamiyo:
-    """Tamiyo running ``holder``'s policy, with the risk gate and signing."""
+    """Tamiyo running ``holder``'s policy, with the risk gate and signing.
+
+    ``bus_io_breaker`` is the IO breaker of the bus the run's telemetry and field
+    reports travel on: the risk gate adopts it, so a server outage that opens it puts
+    the run in conservative mode (and its recovery is seen the same way).
+    """
     catalog = CachedCatalog(
         store,
         deadline_ms=settings.urza_deadline_ms,
@@ -155,6 +163,8 @@ def build_tamiyo(
         return dict(catalog.resolve(ids, 0.0).metadata)
 
     gate = RiskCommandGate(RiskStage(RiskGate(risk, events or LogEventSink())), blueprints)
+    if bus_io_breaker is not None:
+        gate.stage.gate.breakers.adopt(BreakerName.BUS_IO, bus_io_breaker)
     controller = StepController(
         policy=holder,
         builder=builder,
@@ -212,6 +222,7 @@ def assemble(
     holder: PolicyHolder | None = None,
     telemetry: TelemetryPublisher | None = None,
     events: EventSink | None = None,
+    bus_io_breaker: CircuitBreaker | None = None,
 ) -> Run:
     """The whole in-process step path for ``spec``; nothing has run yet. Without
     ``holder`` Tamiyo starts from ``initial_policy``."""
@@ -237,7 +248,7 @@ def assemble(
     tamiyo = build_tamiyo(
         topology=topology, store=store, signer=signer, settings=spec.step, risk=spec.risk,
         holder=holder or initial_policy(device, spec.seed), seed=spec.seed,
-        telemetry=telemetry, events=events,
+        telemetry=telemetry, events=events, bus_io_breaker=bus_io_breaker,
     )  # fmt: skip
     trainer = Tolaria(
         model,

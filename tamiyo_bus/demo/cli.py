@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             spec, run_id=run_id, signer=signer, keyring=keyring, store=store,
             observers=observers, holder=holder, telemetry=decisions,
             events=TelemetryEventSink(tamiyo_producer, run=run_id),
+            bus_io_breaker=side.io_breaker,
         )  # fmt: skip
         side.forward_kasmina(built.kasmina.outbox)
         steps = spec.epochs * spec.steps_per_epoch(built.data)

@@ -29,6 +29,7 @@ from consumers.weatherlight.services import (
     default_services,
 )
 from consumers.weatherlight.supervisor import ServiceContext, ServiceRun, ServiceSpec
+from oona.breaker import CircuitBreaker
 from oona.bus import Bus
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
@@ -164,6 +165,12 @@ class AsyncSide:
             settings=settings.supervisor,
         )
         await self.weatherlight.start(START_TIMEOUT_S)
+
+    @property
+    def io_breaker(self) -> CircuitBreaker:
+        """The IO breaker of the bus the run's telemetry and field reports use."""
+        assert self.bus is not None, "start() first"
+        return self.bus.io.breaker
 
     @property
     def status_url(self) -> str | None:

@@ -5,8 +5,9 @@ it runs the policy (an open inference breaker: the step answers NO_OP
 ``breaker.inference`` without running it), and hands every stamped, unsigned proposal
 to ``review(proposal, context)`` before it signs it. ``RiskCommandGate`` is that gate:
 it maps the step path's outcome onto the inference breaker, records Urza timeouts on
-the Urza breaker, reads the risk head's expected severity and the feature coverage
-from the decision, and returns the gated command. The context is typed by the
+the Urza breaker (and, while that breaker is open, tells the step not to wait on
+Urza, through ``urza_wait_allowed()``), reads the risk head's expected severity and
+the feature coverage from the decision, and returns the gated command. The context is typed by the
 protocols below, so this module depends on the step path's shape, not on its imports.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from leyline_pb import leyline_pb2 as pb
+from oona.breaker import BreakerState
 from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.risk.gate import GateResult, breaker_reason
 from tamiyo_bus.risk.stage import InferenceOutcome, RiskStage
@@ -49,6 +51,9 @@ class DecisionView(Protocol):
 
     @property
     def urza_timed_out(self) -> bool: ...
+
+    @property
+    def urza_waited(self) -> bool: ...
 
 
 class StepContext(Protocol):
@@ -84,6 +89,12 @@ class RiskCommandGate:
         """Whether the step may run the policy (reserves the trial call when half-open)."""
         return self.stage.inference_allowed()
 
+    def urza_wait_allowed(self) -> bool:
+        """Whether the step may wait on Urza for missing metadata: not while the Urza
+        breaker is open. Half-open, steps wait again, and the first outcome closes or
+        re-opens the breaker (steps are sequential, so trials are too)."""
+        return self._urza.state is not BreakerState.OPEN
+
     def review(self, proposal: pb.AdaptationCommand, context: StepContext) -> pb.AdaptationCommand:
         decision = context.decision
         outcome = (
@@ -91,7 +102,7 @@ class RiskCommandGate:
             if decision is not None
             else _NO_DECISION.get(context.reason, InferenceOutcome.FAILED)
         )
-        if decision is not None:
+        if decision is not None and decision.urza_waited:
             if decision.urza_timed_out:
                 self._urza.record_failure()
             else:

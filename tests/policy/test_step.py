@@ -207,6 +207,9 @@ class RecordingGate:
     def inference_allowed(self) -> bool:
         return True
 
+    def urza_wait_allowed(self) -> bool:
+        return True
+
     def review(self, proposal: pb.AdaptationCommand, context: GateContext) -> pb.AdaptationCommand:
         self.contexts.append(context)
         replaced = pb.AdaptationCommand()

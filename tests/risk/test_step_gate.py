@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
 import torch
 
 from leyline_pb import leyline_pb2 as pb
+from oona.breaker import BreakerState
 from oona.events import BufferedEventSink
 from oona.keys import Signer
 from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetryPublisher
@@ -21,14 +23,19 @@ from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.reference import architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import Inference, ServingPolicy
-from tamiyo_bus.risk import Category, RiskGate, RiskSettings, RiskStage, Signal
+from tamiyo_bus.risk import BreakerName, Category, RiskGate, RiskSettings, RiskStage, Signal
 from tamiyo_bus.risk.signals import INDEX, ScoreTable, Thresholds
 from tamiyo_bus.risk.step_gate import RiskCommandGate
 from tamiyo_bus.security.commands import CommandSigner
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
 from tamiyo_bus.settings import StepSettings
 from tamiyo_bus.step import StepController
-from tamiyo_bus.urza_client import BlueprintMetadata, CachedCatalog, StaticBlueprintCatalog
+from tamiyo_bus.urza_client import (
+    BlueprintCatalog,
+    BlueprintMetadata,
+    CachedCatalog,
+    StaticBlueprintCatalog,
+)
 
 from .helpers import Clock, germinate
 
@@ -68,12 +75,24 @@ def rig(
     catalogue: list[BlueprintMetadata],
     deadline_ms: float,
     telemetry: TelemetryPublisher | None = None,
+    *,
+    urza: BlueprintCatalog | None = None,
+    urza_deadline_ms: float = 10.0,
 ) -> tuple[StepController, RiskCommandGate, BufferedEventSink, Clock, list[pb.SystemStatePacket]]:
+    """Without ``urza`` the catalogue is served from memory and prefetched."""
     host = synthetic.topology(SIZE)
     static = StaticBlueprintCatalog(catalogue)
-    settings = StepSettings(step_deadline_ms=deadline_ms, normalizer_update=False)
-    catalog = CachedCatalog(static, deadline_ms=10.0, ttl_s=3600.0, max_stale_s=3600.0)
-    assert catalog.prefetch(static.ids(), timeout_s=5.0)
+    settings = StepSettings(
+        step_deadline_ms=deadline_ms,
+        inference_budget_ms=min(deadline_ms / 2, 1_000.0),
+        urza_deadline_ms=urza_deadline_ms,
+        normalizer_update=False,
+    )
+    catalog = CachedCatalog(
+        urza or static, deadline_ms=urza_deadline_ms, ttl_s=3600.0, max_stale_s=3600.0
+    )
+    if urza is None:
+        assert catalog.prefetch(static.ids(), timeout_s=5.0)
     clock, sink = Clock(), BufferedEventSink()
     gate = RiskCommandGate(
         RiskStage(RiskGate(RiskSettings(), sink, clock=clock)),
@@ -191,6 +210,56 @@ def test_wedged_policy_opens_the_inference_breaker_then_recovers() -> None:
     # The policy answered (the trial call closes the breaker), but the recent deadline
     # misses still count in the timeouts signal's window: the decision is held.
     assert command.command_type == pb.COMMAND_TYPE_NO_OP and command.reason == "timeouts"
+    assert [e.name for e in sink.drain() if e.name.startswith("breaker")] == [
+        "breaker_half_open",
+        "breaker_closed",
+    ]
+
+
+class HeldUrza:
+    """Urza that answers from ``catalogue`` only once released."""
+
+    def __init__(self, catalogue: list[BlueprintMetadata]) -> None:
+        self.static = StaticBlueprintCatalog(catalogue)
+        self.release = threading.Event()
+        self.asked = threading.Event()
+
+    def lookup(self, blueprint_ids: Sequence[str]) -> Mapping[str, BlueprintMetadata]:
+        self.asked.set()
+        self.release.wait(30.0)
+        return self.static.lookup(blueprint_ids)
+
+
+def test_an_open_urza_breaker_skips_the_wait_until_half_open(policy: ServingPolicy) -> None:
+    urza = HeldUrza(safe_catalogue())
+    urza_deadline_ms = 20_000.0  # a step that waited on Urza would take this long
+    controller, gate, sink, clock, packets = rig(
+        policy, safe_catalogue(), 60_000.0, urza=urza, urza_deadline_ms=urza_deadline_ms
+    )
+    breaker = gate.stage.gate.breakers[BreakerName.URZA]
+    for _ in range(breaker.settings.failure_threshold):
+        breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    sink.drain()
+
+    started = time.perf_counter()
+    controller.evaluate_step(packets[0])
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    assert controller.wait_idle(5.0)
+    # Decided from the (empty) cache without waiting: Urza has not answered yet, the
+    # decision lacked metadata, and that is no new failure of Urza's.
+    assert urza.asked.is_set() and not urza.release.is_set()
+    assert elapsed_ms < urza_deadline_ms / 2
+    assert controller.stats.decisions == 1 and controller.stats.timeouts == 0
+    assert breaker.state is BreakerState.OPEN
+    assert not [e.name for e in sink.drain() if e.name.startswith("breaker")]
+
+    urza.release.set()  # Urza recovers; after the cool-down a step waits on it again
+    clock.now += breaker.settings.cooldown_ms / 1000.0
+    command = controller.evaluate_step(packets[1])
+    assert controller.wait_idle(5.0)
+    assert command.reason != "timeout_urza"
+    assert breaker.state is BreakerState.CLOSED
     assert [e.name for e in sink.drain() if e.name.startswith("breaker")] == [
         "breaker_half_open",
         "breaker_closed",
