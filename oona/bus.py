@@ -24,7 +24,7 @@ from oona.envelope import BATCH_FIELD, SINGLE_FIELD, make_envelope, seal, seal_b
 from oona.errors import StreamFull
 from oona.keys import Signer
 from oona.metrics import BusMetrics
-from oona.replies import text
+from oona.replies import group_lag, text, undelivered_after
 from oona.retention import GroupPosition, format_id, parse_id, safe_min_id
 from oona.settings import OonaSettings
 from oona.streams import dead_letter_key, lane_for, stream_key
@@ -240,16 +240,13 @@ class Bus:
                 groups = await self.redis.xinfo_groups(self.key(stream))
             except aioredis.ResponseError:
                 return {}
-            lag: dict[str, int] = {}
+            counted: dict[str, int] = {}
             for group in groups:
-                name = text(group["name"])
-                undelivered = group.get("lag")
-                if undelivered is None:  # the server cannot tell after deletions: count
-                    after = "(" + group["last-delivered-id"].decode()
+                if group.get("lag") is None:  # the server cannot tell after deletions
+                    after = undelivered_after(group)
                     later: Any = await self.redis.xrange(self.key(stream), after, "+")
-                    undelivered = len(later)
-                lag[name] = int(undelivered) + int(group["pending"])
-            return lag
+                    counted[after] = len(later)
+            return {text(g["name"]): group_lag(g, counted.__getitem__) for g in groups}
 
         lag = await self.io.run(read)
         for group, value in lag.items():

@@ -3,6 +3,7 @@ shape a command can return. Normalising here keeps the rest of Oona precisely ty
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 RawEntry = tuple[str, dict[bytes, bytes]]
@@ -21,3 +22,21 @@ def entries(reply: Any) -> list[RawEntry]:
 def stream_batches(reply: Any) -> list[tuple[str, list[RawEntry]]]:
     """[(key, entries)] from XREADGROUP."""
     return [(text(key), entries(batch)) for key, batch in reply or []]
+
+
+def group_lag(group: Any, count_after: Callable[[str], int]) -> int:
+    """Entries a consumer group has not acked (not yet delivered plus pending), from one
+    XINFO GROUPS entry.
+
+    After deletions the server cannot tell how many entries are undelivered (its
+    ``lag`` is nil); then ``count_after(undelivered_after(group))`` counts them.
+    """
+    undelivered = group.get("lag")
+    if undelivered is None:
+        undelivered = count_after(undelivered_after(group))
+    return int(undelivered) + int(group["pending"])
+
+
+def undelivered_after(group: Any) -> str:
+    """The exclusive XRANGE start of a group's undelivered entries."""
+    return "(" + text(group["last-delivered-id"])

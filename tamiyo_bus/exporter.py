@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -18,6 +18,7 @@ from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from oona.connection import resolve_url
+from oona.replies import entries, group_lag, text
 from oona.settings import OonaSettings
 
 
@@ -48,15 +49,23 @@ class BusCollector(Collector):
             stream = key.removeprefix(self.stream_prefix)
             length.add_metric([stream], float(self.client.xlen(key)))
             groups: Any = self.client.xinfo_groups(key)
+            count_after = self._counter(key)
             for group in groups:
-                name = group["name"].decode()
-                undelivered = group.get("lag") or 0
-                lag.add_metric([stream, name], float(int(undelivered) + int(group["pending"])))
+                name = text(group["name"])
+                lag.add_metric([stream, name], float(group_lag(group, count_after)))
                 pending.add_metric([stream, name], float(group["pending"]))
         for raw_key in self.client.scan_iter(match=self.dead_prefix + "*", _type="stream"):
             key = raw_key.decode()
             dead.add_metric([key.removeprefix(self.dead_prefix)], float(self.client.xlen(key)))
         yield from (length, lag, pending, dead)
+
+    def _counter(self, key: str) -> Callable[[str], int]:
+        """Counts the entries of ``key`` after an exclusive start id."""
+
+        def count(after: str) -> int:
+            return len(entries(self.client.xrange(key, after, "+")))
+
+        return count
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,3 +38,22 @@ async def test_exporter_reports_lengths_lag_and_dead_letters(bus: Bus, keyring: 
     assert value("oona_group_lag_entries", stream="normal", group="g") == 1
     assert value("oona_group_pending_entries", stream="normal", group="g") == 0
     assert value("oona_dead_letter_entries", stream="normal") == 4
+
+
+async def test_exporter_counts_the_lag_the_server_cannot_tell_after_deletions(bus: Bus) -> None:
+    for _ in range(4):
+        await bus.publish(pb.MESSAGE_TYPE_TELEMETRY, b"x", stream=Stream.NORMAL)
+    key = bus.key(Stream.NORMAL)
+    await bus.redis.xgroup_create(key, "late", id="0")
+    second = (await bus.redis.xrange(key))[1][0]
+    await bus.redis.xdel(key, second)  # a tombstone ahead of the group: lag is nil
+    (info,) = await bus.redis.xinfo_groups(key)
+    assert info["lag"] is None
+
+    client = redis.Redis.from_url(bus.settings.redis_url)
+    families = {f.name: f for f in BusCollector(client, bus.settings.key_prefix).collect()}
+    client.close()
+    (sample,) = [
+        s for s in families["oona_group_lag_entries"].samples if s.labels["group"] == "late"
+    ]
+    assert sample.value == 3 == (await bus.group_lag(Stream.NORMAL))["late"]
