@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import percentile
+from bench.common import machine, percentile
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus, Outgoing
 from oona.connection import open_redis
@@ -163,12 +162,7 @@ async def main_async(args: argparse.Namespace, url: str, server_name: str) -> di
             "batch_signed_envelopes_per_entry": 64,
         },
         "server": server_name,
-        "machine": {
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "device": "cpu",
-        },
+        "machine": machine(),
     }
 
 

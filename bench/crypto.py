@@ -17,8 +17,6 @@ machine (cores, python, cryptography and OpenSSL versions).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +28,7 @@ from cryptography.hazmat.backends.openssl.backend import backend as openssl_back
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import percentile
+from bench.common import machine, percentile
 from leyline_pb import leyline_pb2 as pb
 from oona.envelope import (
     BATCH_FIELD,
@@ -171,14 +169,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "command_samples": args.commands,
             "command_bytes": len(command(0).SerializeToString()),
         },
-        "machine": {
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cryptography": cryptography.__version__,
-            "openssl": openssl_backend.openssl_version_text(),
-            "device": "cpu",
-        },
+        "machine": machine(
+            cryptography=cryptography.__version__,
+            openssl=openssl_backend.openssl_version_text(),
+        ),
     }
 
 

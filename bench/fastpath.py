@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
-from bench.common import percentile
+from bench.common import machine, percentile
 from consumers.hub.service import HubSettings, TelemetryHub
 from consumers.nissa.rules import Alert
 from consumers.nissa.service import Nissa, NissaSettings
@@ -292,8 +291,7 @@ def main() -> None:
             "sizes": {"seconds_per_load": args.seconds, "criticals_per_load": args.criticals,
                       "metrics_per_packet": 3, "seeds": SEEDS, "envelopes_per_entry": 64},
             "server": server_name,
-            "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version(), "device": "cpu"},
+            "machine": machine(),
         })  # fmt: skip
         print(orjson.dumps(result).decode())
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,12 +35,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import orjson
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine, percentile
 from oona.breaker import BreakerSettings
 from oona.events import BufferedEventSink
 from oona.keys import Keyring, Signer
@@ -73,7 +72,8 @@ HOSTS = (
 
 
 def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.array(values), q)) if values else float("nan")
+    """Nearest-rank percentile, q in 0..100; NaN for an empty sample."""
+    return percentile(values, q / 100) if values else float("nan")
 
 
 class Mode:
@@ -264,16 +264,13 @@ def main() -> int:
         "hosts": results,
         "step_deadline_ms": deadline,
         "seconds": round(time.perf_counter() - started, 1),
-        "machine": {
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(
+            torch_threads=torch.get_num_threads(),
+            device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            torch=torch.__version__,
+            load_average_before=[round(x, 2) for x in load_before],
+            load_average_after=[round(x, 2) for x in os.getloadavg()],
+        ),
     }
     if args.json:
         print(orjson.dumps(summary).decode())

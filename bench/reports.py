@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import percentile
+from bench.common import machine, percentile
 from consumers.simic import ReportStore, SimicIntake
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
@@ -243,13 +242,7 @@ def run(args: argparse.Namespace, url: str, server_name: str, root: Path) -> dic
             "step_calls": args.step_calls,
         },
         "server": server_name,
-        "machine": {
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "device": "cpu",
-            "wal_dir": str(root),
-        },
+        "machine": machine(wal_dir=str(root)),
     }
 
 

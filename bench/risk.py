@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine, percentiles
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
 from oona.metrics import BusMetrics
@@ -49,15 +49,6 @@ BLUEPRINTS = 8
 class Blueprint:
     risk: float
     quarantined: bool
-
-
-def percentiles(samples_ns: list[int]) -> dict[str, float]:
-    ordered = sorted(samples_ns)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
-
-    return {"p50": round(at(0.50), 4), "p95": round(at(0.95), 4), "p99": round(at(0.99), 4)}
 
 
 def packet(step: int, loss: float, hook_ms: float, quarantine: bool) -> pb.SystemStatePacket:
@@ -179,8 +170,8 @@ def bench(iterations: int) -> dict[str, object]:
         decide_ns.append(time.perf_counter_ns() - start)
         conservative_steps += result.conservative
     return {
-        "gate_ms": percentiles(gate_ns),
-        "decide_ms": percentiles(decide_ns),
+        "gate_ms": percentiles(gate_ns, scale=1e-6),
+        "decide_ms": percentiles(decide_ns, scale=1e-6),
         "categories": categories,
         "conservative_fraction": round(conservative_steps / iterations, 3),
     }
@@ -217,14 +208,7 @@ def main() -> None:
             "budget_p95_ms": BUDGET_P95_MS,
             "budget_met": ok,
             "sizes": {"iterations": args.iterations, "seeds": SEEDS, "blueprints": BLUEPRINTS},
-            "machine": {
-                "cores": os.cpu_count(),
-                "cpu": platform.processor() or platform.machine(),
-                "device": "cpu",
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "loadavg_1m": round(load_before, 2),  # other work on the machine skews p95
-            },
+            "machine": machine(loadavg_1m_before=round(load_before, 2)),
         }
         print(json.dumps(line))
 

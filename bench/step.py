@@ -23,8 +23,6 @@ GPU is present) (a) and (b) are measured again on the device. Prints a table; wi
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import sys
 import time
@@ -39,6 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine
+from bench.common import percentiles as shared_percentiles
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
 from oona.keys import Signer
@@ -65,18 +65,8 @@ LIFTED_DEADLINE_MS = 1_000.0
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
-
-    # min: what the code does when the machine is quiet (a shared box is often not).
-    return {
-        "min": round(ordered[0] * 1e3, 4),
-        "p50": round(at(0.50), 4),
-        "p95": round(at(0.95), 4),
-        "p99": round(at(0.99), 4),
-    }
+    """In ms, with the minimum: what the code does when the machine is quiet."""
+    return shared_percentiles(samples_s, scale=1e3, with_min=True)
 
 
 def timed(call: Callable[[], object], iterations: int, sync: Callable[[], None]) -> list[float]:
@@ -306,14 +296,11 @@ def main() -> int:
             },
             "sizes": {k: asdict(v) for k, v in sizes.items()},
             "dims": {"sage": 256, "gat": 128, "gat_heads": 4},
-            "machine": {
-                "cores": os.cpu_count(),
-                "threads": args.threads,
-                "device": torch.cuda.get_device_name(0) if "cuda" in devices else "cpu",
-                "cpu": platform.processor() or platform.machine(),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
+            "machine": machine(
+                threads=args.threads,
+                device=torch.cuda.get_device_name(0) if "cuda" in devices else "cpu",
+                torch=torch.__version__,
+            ),
         }
         print(orjson.dumps(line).decode())
     return 0

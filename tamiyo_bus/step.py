@@ -13,7 +13,9 @@ Read top to bottom, :meth:`StepController.evaluate_step` is the whole step path:
    worker does not wait on Urza at all: it decides from the cached metadata.
 4. Late: answer NO_OP (``timeout_inference``) at once. The worker's result, when it
    comes, is discarded; the worker never touches shared state itself, so a late
-   decision cannot change anything.
+   decision cannot change anything. The forward stops at its next layer boundary
+   once the step has stopped waiting, so a late decision does not go on taking CPU
+   time from the training step.
 5. Turn the decision into a command, stamp it (unique time-ordered id, issue time,
    issuer, policy version, step, run, reason code), let the gate (the risk engine)
    review it, sign it.
@@ -40,6 +42,7 @@ from tamiyo_bus.decision import PolicyDecision, propose_command
 from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetryPublisher
 from tamiyo_bus.policy.actions import ACTION_SPACE, NO_OP_ACTION
 from tamiyo_bus.policy.graph import GraphBuilder
+from tamiyo_bus.policy.network import InferenceCancelled
 from tamiyo_bus.policy.serving import ServingPolicy
 from tamiyo_bus.security.commands import stamp_command
 from tamiyo_bus.security.policy_update import RunningPolicy
@@ -105,6 +108,7 @@ class StepStats:
     errors: int = 0
     refused: int = 0  # steps the inference breaker kept the policy from running
     late_results_discarded: int = 0
+    late_forwards_stopped: int = 0  # of those, forwards stopped between layers
 
 
 @dataclass(eq=False, slots=True)
@@ -257,6 +261,7 @@ class StepController:
                 job.finished = True
                 if job.abandoned:
                     self.stats.late_results_discarded += 1
+                    self.stats.late_forwards_stopped += isinstance(outcome, InferenceCancelled)
                 else:
                     job.outcome = outcome
                 self._job = None
@@ -278,7 +283,10 @@ class StepController:
         built = time.perf_counter_ns()
         running = self._policy.current()
         inference = _serving(running).decide(
-            graph, greedy=not s.sample_actions, generator=self._generator
+            graph,
+            greedy=not s.sample_actions,
+            generator=self._generator,
+            cancelled=lambda: job.abandoned,
         )
         return PolicyDecision(
             policy_version=running.version,

@@ -26,6 +26,7 @@ ReferencePolicy it was packed from.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -319,15 +320,21 @@ class FastPolicy:
 
     # ---------------------------------------------------------------- forward
 
-    def __call__(self, graph: PolicyGraph) -> PolicyOutput:
+    def __call__(self, graph: PolicyGraph, cancelled: Cancelled | None = None) -> PolicyOutput:
         with torch.inference_mode():
-            h = self.embed(graph)
+            h = self.embed(graph, cancelled)
             s = graph.structure
             out: PolicyOutput = self.heads(h, s.rows(SEED), s.rows(BLUEPRINT))
             return out
 
-    def embed(self, graph: PolicyGraph) -> Tensor:
-        """Final node embeddings, stacked in schema order ([N, gat_dim])."""
+    def embed(self, graph: PolicyGraph, cancelled: Cancelled | None = None) -> Tensor:
+        """Final node embeddings, stacked in schema order ([N, gat_dim]).
+
+        ``cancelled`` is asked before each layer: once it answers True (the step that
+        wanted this decision has stopped waiting for it) the forward stops with
+        :class:`InferenceCancelled`, so a late decision stops taking CPU time from the
+        training step within about a layer's time.
+        """
         s = graph.structure
         index = self._index(s)
         types = [(i, s.rows(t)) for i, t in enumerate(NODE_TYPES) if s.counts[i]]
@@ -335,6 +342,7 @@ class FastPolicy:
         h = torch.mm(x, self.encoder.T).relu_()
 
         for layer, stacked in enumerate(self.sage_stacked):
+            _check(cancelled)
             type_means = F.embedding_bag(
                 index.nodes, h, index.type_offsets, mode="mean", include_last_offset=True
             )
@@ -364,6 +372,7 @@ class FastPolicy:
         edge_attr = graph.edge_attr.to(self.device, non_blocking=True)
         edge_logits = torch.mm(edge_attr, self.edge_weights).view(-1).take(index.edge_columns)
         for layer, layout in enumerate(self.layouts):
+            _check(cancelled)
             gi = index.gat[layer]
             heads, c = layout.heads, layout.head_dim
             buffer = torch.empty(gi.size, device=self.device)
@@ -397,6 +406,18 @@ class FastPolicy:
             )
             h = F.elu_(out).add_(skip)
         return h
+
+
+class InferenceCancelled(Exception):
+    """The forward was stopped between layers because its result is no longer wanted."""
+
+
+Cancelled = Callable[[], bool]
+
+
+def _check(cancelled: Cancelled | None) -> None:
+    if cancelled is not None and cancelled():
+        raise InferenceCancelled
 
 
 def _conv(hetero: nn.Module, relation: int) -> Any:

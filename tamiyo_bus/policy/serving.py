@@ -18,7 +18,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from tamiyo_bus.policy.actions import PolicyAction, log_prob, select_action
 from tamiyo_bus.policy.graph import PolicyGraph
-from tamiyo_bus.policy.network import FastPolicy
+from tamiyo_bus.policy.network import Cancelled, FastPolicy
 from tamiyo_bus.policy.reference import PolicyConfig, ReferencePolicy
 
 COMPILE_STATE = "eager-fused"  # no torch.compile: see FastPolicy (per-kernel cost, not FLOPs)
@@ -60,9 +60,13 @@ class ServingPolicy(ReferencePolicy):
         *,
         greedy: bool = True,
         generator: torch.Generator | None = None,
+        cancelled: Cancelled | None = None,
     ) -> Inference:
-        """Forward pass, masked choice and its log-probability, all without autograd."""
-        out = self.fast(graph)
+        """Forward pass, masked choice and its log-probability, all without autograd.
+
+        Raises :class:`InferenceCancelled` once ``cancelled()`` is True (see FastPolicy).
+        """
+        out = self.fast(graph, cancelled)
         with torch.inference_mode():
             if out.value.device.type != "cpu":
                 out = out.to("cpu")

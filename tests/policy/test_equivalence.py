@@ -12,7 +12,7 @@ from tamiyo_bus.policy import synthetic
 from tamiyo_bus.policy.actions import PolicyOutput
 from tamiyo_bus.policy.features import RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
-from tamiyo_bus.policy.network import FastPolicy
+from tamiyo_bus.policy.network import FastPolicy, InferenceCancelled
 from tamiyo_bus.policy.reference import PolicyConfig, ReferencePolicy
 from tests.policy.helpers import SMALL
 
@@ -94,3 +94,19 @@ def test_structure_indices_are_reused_while_topology_is_unchanged() -> None:
     fast(second)
     assert first.structure.derived == derived  # nothing rebuilt for the second step
     assert builder.structure_builds == 1
+
+
+def test_a_cancelled_forward_stops_between_layers_and_an_uncancelled_one_is_unchanged() -> None:
+    graph = random_graph(synthetic.REFERENCE_SIZE, seed=5)
+    fast = FastPolicy(ReferencePolicy(SMALL))
+    asked: list[int] = []
+
+    def after_two_layers() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    with pytest.raises(InferenceCancelled):
+        fast(graph, after_two_layers)
+    assert len(asked) == 3  # stopped at the third layer boundary, not at the end
+    expected = fast(graph).action_logits
+    assert torch.equal(fast(graph, lambda: False).action_logits, expected)

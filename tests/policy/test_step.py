@@ -102,6 +102,7 @@ def test_hung_policy_returns_signed_noop_within_the_deadline_and_late_result_is_
     policy.release.clear()
     policy.entered.clear()
     late_before = stack.controller.stats.late_results_discarded
+    stopped_before = stack.controller.stats.late_forwards_stopped
 
     start = time.perf_counter()
     command = stack.controller.evaluate_step(stack.packet(2))
@@ -123,6 +124,8 @@ def test_hung_policy_returns_signed_noop_within_the_deadline_and_late_result_is_
     policy.release.set()
     assert stack.controller.wait_idle(10.0)
     assert stack.controller.stats.late_results_discarded == late_before + 1
+    # released after the step gave up on it: the forward stopped at its first layer
+    assert stack.controller.stats.late_forwards_stopped == stopped_before + 1
     assert stack.builder.normalizer.observed == observed_before
     stack.publisher.wait_idle(5.0)
     assert [r.reason for r in stack.sink.records[-2:]] == [

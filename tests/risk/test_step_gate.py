@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -49,11 +50,9 @@ class HangingPolicy(ServingPolicy):
         super().__init__()
         self.release = threading.Event()
 
-    def decide(
-        self, graph: PolicyGraph, *, greedy: bool = True, generator: torch.Generator | None = None
-    ) -> Inference:
+    def decide(self, graph: PolicyGraph, **kwargs: Any) -> Inference:
         self.release.wait(30.0)
-        return super().decide(graph, greedy=greedy, generator=generator)
+        return super().decide(graph, **kwargs)
 
 
 @pytest.fixture(scope="module")
