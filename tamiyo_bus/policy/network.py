@@ -330,10 +330,10 @@ class FastPolicy:
     def embed(self, graph: PolicyGraph, cancelled: Cancelled | None = None) -> Tensor:
         """Final node embeddings, stacked in schema order ([N, gat_dim]).
 
-        ``cancelled`` is asked before each layer: once it answers True (the step that
-        wanted this decision has stopped waiting for it) the forward stops with
-        :class:`InferenceCancelled`, so a late decision stops taking CPU time from the
-        training step within about a layer's time.
+        ``cancelled`` is asked before each layer and each of its per-type GEMMs: once
+        it answers True (the step that wanted this decision has stopped waiting for
+        it) the forward stops with :class:`InferenceCancelled`, so a late decision
+        stops taking CPU time from the training step within a fraction of a layer.
         """
         s = graph.structure
         index = self._index(s)
@@ -362,6 +362,7 @@ class FastPolicy:
             )
             out = torch.empty_like(h)
             for i, rows in types:
+                _check(cancelled)
                 start = index.sage_slot_offsets[i]
                 block = means[start : start + s.counts[i] * (int(_N_PARTIAL[i]) + 1)]
                 torch.addmm(
@@ -377,6 +378,7 @@ class FastPolicy:
             heads, c = layout.heads, layout.head_dim
             buffer = torch.empty(gi.size, device=self.device)
             for i, rows in types:
+                _check(cancelled)
                 width = layout.row_width[i]
                 view = buffer[gi.bases[i] : gi.bases[i] + s.counts[i] * width].view(-1, width)
                 torch.mm(h[rows], self.gat_weights[layer][i].T, out=view)

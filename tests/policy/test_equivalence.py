@@ -107,6 +107,6 @@ def test_a_cancelled_forward_stops_between_layers_and_an_uncancelled_one_is_unch
 
     with pytest.raises(InferenceCancelled):
         fast(graph, after_two_layers)
-    assert len(asked) == 3  # stopped at the third layer boundary, not at the end
+    assert len(asked) == 3  # stopped at the third check, not at the end
     expected = fast(graph).action_logits
     assert torch.equal(fast(graph, lambda: False).action_logits, expected)
