@@ -143,6 +143,7 @@ def bench_forward(
         "forward_ms": fast,
         "speedup_p50": round(ref["p50"] / fast["p50"], 2),
         "speedup_p95": round(ref["p95"] / fast["p95"], 2),
+        "packed_weights_mb": round(policy.fast.packed_bytes / 1e6, 2),
         "nodes": graphs[0].structure.num_nodes,
         "edges": graphs[0].structure.num_edges,
     }

@@ -217,6 +217,15 @@ class FastPolicy:
         edge = torch.stack(edge_blocks, dim=2)  # [R, EDGE_DIM, layers, H]
         self.edge_weights = self._put(edge.permute(1, 0, 2, 3).reshape(EDGE_DIM, -1))
 
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of packed weights one forward reads, each once: at the specification's
+        dimensions this, not the arithmetic, sets a CPU forward's floor."""
+        tensors = [self.encoder, self.edge_weights, *self.sage_complete, *self.sage_bias]
+        tensors += [*self.gat_bias, *(t for layer in self.sage_stacked for t in layer)]
+        tensors += [t for layer in self.gat_weights for t in layer]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     # ---------------------------------------------------------------- indices
 
     def _index(self, structure: GraphStructure) -> _Index:
