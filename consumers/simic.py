@@ -47,6 +47,11 @@ class SimicSettings:
     group: str = "simic"
     consumer: str = "simic-1"
 
+    @classmethod
+    def under(cls, data_dir: Path) -> SimicSettings:
+        """The store at ``<data_dir>/simic/field_reports.sqlite3``."""
+        return cls(db_path=data_dir / "simic" / "field_reports.sqlite3")
+
 
 class MalformedReport(ValueError):
     """A payload that is not a FieldReport with a report id (dead-lettered by Oona)."""

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from consumers.nissa.rules import load_rules
+from consumers.simic import SimicSettings
 from consumers.weatherlight.services import (
     Weatherlight,
     WeatherlightSettings,
@@ -56,7 +57,8 @@ def build_settings(args: argparse.Namespace) -> WeatherlightSettings:
     if args.rules is not None:
         state = replace(state, rules=load_rules(args.rules))
     nissa = replace(base.nissa, host=args.host, port=args.port, state=state)
-    return replace(base, nissa=nissa)
+    simic = SimicSettings.under(OonaSettings.from_env().data_dir)
+    return replace(base, nissa=nissa, simic=simic)
 
 
 async def serve(args: argparse.Namespace, signer: Signer, keyring: Keyring) -> int:
@@ -105,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
-        "serve", help="Weatherlight: run the telemetry hub, Nissa and the stream drain, supervised"
+        "serve",
+        help="Weatherlight: run the stream drain, the telemetry hub, Nissa and Simic's "
+        "field-report intake, supervised",
     )
     parser.add_argument("--host", default="127.0.0.1", help="Nissa's HTTP address")
     parser.add_argument("--port", type=int, default=9108, help="Nissa's HTTP port (0: any)")

@@ -1,21 +1,25 @@
 """The registry of services Weatherlight supervises, and Weatherlight itself.
 
-Each entry is a `ServiceSpec(name, run)`; adding a service (the Simic consumer,
-Tamiyo's policy-update listener) is one more line in `default_services`, with a run
-function of the same shape as `hub_service` below: open a bus client from the context,
-run the component until `context.stop` is set, close the client.
+Each entry is a `ServiceSpec(name, run)`; adding a service is one more line in
+`default_services`, with a run function of the same shape as `hub_service` below: open
+a bus client from the context, run the component until `context.stop` is set, close
+the client. Simic's field-report intake runs when its settings say where its store is
+(`serve` puts it under TAMIYO_DATA_DIR, the demo in the run directory). Tamiyo's
+policy-update listener is not here: it swaps the policy of the process that runs the
+step path, so it runs there (the demo adds it to its own Weatherlight).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prometheus_client.registry import Collector
 
 from consumers.hub.service import HubSettings, TelemetryHub
 from consumers.nissa.service import Nissa, NissaSettings
+from consumers.simic import ReportStore, SimicIntake, SimicSettings
 from consumers.weatherlight.drain import DrainCollector, DrainStats, drain_service
 from consumers.weatherlight.supervisor import (
     ServiceContext,
@@ -30,6 +34,7 @@ from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 
 NISSA = "nissa"
+SIMIC = "simic"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class WeatherlightSettings:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     hub: HubSettings = field(default_factory=HubSettings)
     nissa: NissaSettings = field(default_factory=NissaSettings)
+    simic: SimicSettings | None = None  # None: no field-report intake in this process
 
 
 def hub_service(settings: HubSettings) -> ServiceRun:
@@ -74,13 +80,32 @@ def nissa_service(settings: NissaSettings, collectors: Sequence[Collector] = ())
     return run
 
 
+def simic_service(settings: SimicSettings) -> ServiceRun:
+    """Simic's intake: stores field reports durably, then acks them."""
+
+    async def run(context: ServiceContext) -> None:
+        bus = context.connect()
+        store = ReportStore(settings.db_path)
+        try:
+            named = replace(settings, consumer=context.consumer_name)
+            await SimicIntake(bus, context.keyring, store, named).run(context.stop)
+        finally:
+            store.close()
+            await bus.close()
+
+    return run
+
+
 def default_services(settings: WeatherlightSettings) -> list[ServiceSpec]:
     drain = DrainStats()
-    return [
+    specs = [
         ServiceSpec("drain", drain_service(drain)),
         ServiceSpec("telemetry-hub", hub_service(settings.hub)),
         ServiceSpec(NISSA, nissa_service(settings.nissa, (DrainCollector(drain),))),
     ]
+    if settings.simic is not None:
+        specs.append(ServiceSpec(SIMIC, simic_service(settings.simic)))
+    return specs
 
 
 class Weatherlight:

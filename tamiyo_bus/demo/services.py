@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from consumers.simic import ReportStore, SimicIntake, SimicSettings
+from consumers.simic import SimicSettings
 from consumers.weatherlight.services import (
     Weatherlight,
     WeatherlightSettings,
@@ -47,22 +47,6 @@ from tamiyo_bus.security.policy_update import (
 T = TypeVar("T")
 START_TIMEOUT_S = 60.0
 FORWARD_INTERVAL_S = 0.05
-
-
-def simic_service(db_path: Path) -> ServiceRun:
-    """Simic's intake as a supervised service (stores reports, acks them)."""
-
-    async def run(context: ServiceContext) -> None:
-        bus = context.connect()
-        store = ReportStore(db_path)
-        try:
-            settings = SimicSettings(db_path=db_path, consumer=context.consumer_name)
-            await SimicIntake(bus, context.keyring, store, settings).run(context.stop)
-        finally:
-            store.close()
-            await bus.close()
-
-    return run
 
 
 def policy_listener_service(holder: PolicyHolder) -> ServiceRun:
@@ -150,10 +134,9 @@ class AsyncSide:
             self.producers[source] = producer
         base = WeatherlightSettings()
         nissa = replace(base.nissa, host=self.settings.nissa_host, port=self.settings.nissa_port)
-        settings = replace(base, nissa=nissa)
+        settings = replace(base, nissa=nissa, simic=SimicSettings(db_path=self.simic_db))
         specs = [
             *default_services(settings),
-            ServiceSpec("simic", simic_service(self.simic_db)),
             ServiceSpec("tamiyo-policy", policy_listener_service(self.holder)),
         ]
         self.weatherlight = Weatherlight(

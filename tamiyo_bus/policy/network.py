@@ -220,7 +220,8 @@ class FastPolicy:
     @property
     def packed_bytes(self) -> int:
         """Bytes of packed weights one forward reads, each once: at the specification's
-        dimensions this, not the arithmetic, sets a CPU forward's floor."""
+        dimensions the forward's memory traffic, the other half of its CPU cost besides
+        the arithmetic (docs/benchmarks.md)."""
         tensors = [self.encoder, self.edge_weights, *self.sage_complete, *self.sage_bias]
         tensors += [*self.gat_bias, *(t for layer in self.sage_stacked for t in layer)]
         tensors += [t for layer in self.gat_weights for t in layer]
