@@ -10,7 +10,8 @@ Read top to bottom, :meth:`StepController.evaluate_step` is the whole step path:
 3. Hand the packet to the worker (blueprint metadata under the Urza deadline, graph
    build, policy forward, masked choice) and wait at most until the step deadline,
    less the reserve for the steps below. While the gate's Urza breaker is open the
-   worker does not wait on Urza at all: it decides from the cached metadata.
+   worker does not wait on Urza at all: it decides from the cached metadata. Meanwhile
+   the gate extracts the packet's own risk signals (time this thread would only wait).
 4. Late: answer NO_OP (``timeout_inference``) at once. The worker's result, when it
    comes, is discarded; the worker never touches shared state itself, so a late
    decision cannot change anything. The forward stops at its next layer boundary
@@ -95,6 +96,12 @@ class CommandGate(Protocol):
         decides from cached blueprint metadata without waiting on Urza)."""
         ...
 
+    def prepare(self, packet: pb.SystemStatePacket) -> None:
+        """Called once the policy is deciding on ``packet``, before the step waits for
+        it: review what does not depend on the decision now, in time the caller's
+        thread would spend waiting."""
+        ...
+
     def review(
         self, proposal: pb.AdaptationCommand, context: GateContext
     ) -> pb.AdaptationCommand: ...
@@ -168,6 +175,8 @@ class StepController:
         if job is None:
             self.stats.busy += 1
             return self._finish(packet, started, None, StepReason.INFERENCE_BUSY)
+        if self._gate is not None:
+            self._gate.prepare(packet)
         job.done.wait(max(deadline - time.perf_counter_ns(), 0) / 1e9)
         outcome = self._collect(job)
         if outcome is None:

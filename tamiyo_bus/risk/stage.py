@@ -15,7 +15,7 @@ from enum import StrEnum
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.risk.gate import GateResult, RiskGate
-from tamiyo_bus.risk.tracker import BlueprintLookup, SignalTracker
+from tamiyo_bus.risk.tracker import BlueprintLookup, PacketSignals, SignalTracker
 
 
 class InferenceOutcome(StrEnum):
@@ -38,6 +38,13 @@ class RiskStage:
         self.tracker = tracker or SignalTracker()
         self._inference = gate.breakers[BreakerName.INFERENCE]
         self._epoch: int | None = None
+        self._prepared: tuple[pb.SystemStatePacket, PacketSignals] | None = None
+
+    def prepare(self, packet: pb.SystemStatePacket, blueprints: BlueprintLookup) -> None:
+        """Extract ``packet``'s own signals now, ahead of ``decide(packet, ...)`` for the
+        same packet: the step path calls this while the policy decides, when its thread
+        would only wait, so only the decision's part is left after the decision."""
+        self._prepared = (packet, self.tracker.observe_packet(packet, blueprints=blueprints))
 
     def inference_allowed(self) -> bool:
         """Whether to run the policy now (reserves the trial call when half-open)."""
@@ -67,8 +74,13 @@ class RiskStage:
             and proposed.seed.operation == pb.SEED_OP_GERMINATE
             else ""
         )
-        signals = self.tracker.observe(
-            packet,
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] is packet:
+            seen = prepared[1]
+        else:
+            seen = self.tracker.observe_packet(packet, blueprints=blueprints)
+        signals = self.tracker.complete(
+            seen,
             blueprints=blueprints,
             proposed_blueprint_id=proposed_blueprint,
             feature_coverage=feature_coverage,

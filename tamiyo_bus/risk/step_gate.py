@@ -89,6 +89,10 @@ class RiskCommandGate:
         """Whether the step may run the policy (reserves the trial call when half-open)."""
         return self.stage.inference_allowed()
 
+    def prepare(self, packet: pb.SystemStatePacket) -> None:
+        """The packet's own risk signals, extracted while the policy decides."""
+        self.stage.prepare(packet, self._blueprints)
+
     def urza_wait_allowed(self) -> bool:
         """Whether the step may wait on Urza for missing metadata: not while the Urza
         breaker is open. Half-open, steps wait again, and the first outcome closes or

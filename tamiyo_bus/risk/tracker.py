@@ -67,8 +67,20 @@ class TrackerSettings:
     timeout_window_decisions: int = 50  # decisions over which deadline misses are counted
 
 
+@dataclass(frozen=True, slots=True)
+class PacketSignals:
+    """What a step's packet says on its own, before the decision is known."""
+
+    values: dict[Signal, float]
+    live_blueprints: tuple[str, ...]  # of the seeds still in the model
+    blueprint_risk: float  # highest risk among them (0 when Urza knows none)
+    quarantined: int  # how many of them are quarantined
+
+
 class SignalTracker:
-    """One per training run; ``observe`` is called once per decision on the step path."""
+    """One per training run, once per decision on the step path: ``observe``, or its two
+    halves ``observe_packet`` (what the packet says, e.g. while the policy decides) then
+    ``complete`` (what the decision adds)."""
 
     def __init__(self, settings: TrackerSettings = TrackerSettings()) -> None:
         self.settings = settings
@@ -87,15 +99,46 @@ class SignalTracker:
         timed_out: bool = False,
     ) -> dict[Signal, float]:
         """Raw signal values for this step (signals without an observation are left out)."""
+        seen = self.observe_packet(packet, blueprints=blueprints)
+        return self.complete(
+            seen,
+            blueprints=blueprints,
+            proposed_blueprint_id=proposed_blueprint_id,
+            feature_coverage=feature_coverage,
+            timed_out=timed_out,
+        )
+
+    def observe_packet(
+        self, packet: pb.SystemStatePacket, *, blueprints: BlueprintLookup
+    ) -> PacketSignals:
+        """The packet's signals; advances the loss statistics (once per step)."""
         metrics = packet.training_metrics
         values: dict[Signal, float] = {
             signal: metrics[key] for key, signal in METRIC_SIGNALS if key in metrics
         }
         values[Signal.LOSS_DELTA] = self._loss_delta(packet.training_loss)
         values[Signal.LOSS_VOLATILITY] = loss_volatility(self._losses)
-        risk, quarantined = blueprint_exposure(
-            packet.seed_states, blueprints, proposed_blueprint_id
-        )
+        live = live_blueprints(packet.seed_states)
+        risk, quarantined = exposure(live, blueprints)
+        return PacketSignals(values, live, risk, quarantined)
+
+    def complete(
+        self,
+        seen: PacketSignals,
+        *,
+        blueprints: BlueprintLookup,
+        proposed_blueprint_id: str = "",
+        feature_coverage: float | None = None,
+        timed_out: bool = False,
+    ) -> dict[Signal, float]:
+        """``seen`` plus what the decision adds: the proposed germination's blueprint, the
+        feature coverage and whether inference missed its deadline (counted once)."""
+        values = dict(seen.values)
+        risk, quarantined = seen.blueprint_risk, seen.quarantined
+        if proposed_blueprint_id and proposed_blueprint_id not in seen.live_blueprints:
+            proposed_risk, proposed_quarantined = exposure((proposed_blueprint_id,), blueprints)
+            risk = max(risk, proposed_risk)
+            quarantined += proposed_quarantined
         values[Signal.BLUEPRINT_RISK] = risk
         values[Signal.BLUEPRINT_QUARANTINE] = float(quarantined)
         if feature_coverage is not None:
@@ -144,23 +187,25 @@ def loss_volatility(losses: deque[float]) -> float:
     return math.sqrt(variance) / abs(mean)
 
 
-def blueprint_exposure(
-    seeds: Iterable[pb.SeedState], blueprints: BlueprintLookup, proposed_blueprint_id: str
-) -> tuple[float, int]:
-    """(highest risk, number quarantined) over the distinct blueprints of the seeds still
-    in the model plus the proposed germination's, looked up once. Blueprints Urza did not
-    answer for are skipped."""
-    live: dict[str, None] = {proposed_blueprint_id: None} if proposed_blueprint_id else {}
+def live_blueprints(seeds: Iterable[pb.SeedState]) -> tuple[str, ...]:
+    """The distinct blueprints of the seeds still in the model, in seed order."""
+    live: dict[str, None] = {}
     for seed in seeds:
         blueprint_id = seed.blueprint_id
         if blueprint_id and seed.stage not in _GONE:
             live[blueprint_id] = None
-    if not live:
+    return tuple(live)
+
+
+def exposure(blueprint_ids: Sequence[str], blueprints: BlueprintLookup) -> tuple[float, int]:
+    """(highest risk, number quarantined) over ``blueprint_ids``, looked up once.
+    Blueprints Urza did not answer for are skipped."""
+    if not blueprint_ids:
         return 0.0, 0
     risk = 0.0
     quarantined = 0
-    metadata = blueprints(tuple(live))
-    for blueprint_id in live:
+    metadata = blueprints(blueprint_ids)
+    for blueprint_id in blueprint_ids:
         meta = metadata.get(blueprint_id)
         if meta is not None:
             risk = max(risk, meta.risk)

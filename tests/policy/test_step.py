@@ -206,12 +206,16 @@ def test_an_inference_error_is_a_signed_noop() -> None:
 class RecordingGate:
     def __init__(self) -> None:
         self.contexts: list[GateContext] = []
+        self.prepared: list[pb.SystemStatePacket] = []
 
     def inference_allowed(self) -> bool:
         return True
 
     def urza_wait_allowed(self) -> bool:
         return True
+
+    def prepare(self, packet: pb.SystemStatePacket) -> None:
+        self.prepared.append(packet)
 
     def review(self, proposal: pb.AdaptationCommand, context: GateContext) -> pb.AdaptationCommand:
         self.contexts.append(context)
@@ -231,6 +235,7 @@ def test_the_gate_reviews_each_command_before_it_is_signed() -> None:
     assert command.command_type == pb.COMMAND_TYPE_NO_OP
     stack.signer.verify(command)
     (context,) = gate.contexts
+    assert gate.prepared == [context.packet]  # prepared while the policy decided
     assert context.reason == StepReason.POLICY
     assert context.decision is not None
     assert 0.0 <= context.decision.inference.expected_severity <= 1.0

@@ -24,7 +24,15 @@ from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.reference import architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import Inference, ServingPolicy
-from tamiyo_bus.risk import BreakerName, Category, RiskGate, RiskSettings, RiskStage, Signal
+from tamiyo_bus.risk import (
+    BreakerName,
+    Category,
+    InferenceOutcome,
+    RiskGate,
+    RiskSettings,
+    RiskStage,
+    Signal,
+)
 from tamiyo_bus.risk.signals import INDEX, ScoreTable, Thresholds
 from tamiyo_bus.risk.step_gate import RiskCommandGate
 from tamiyo_bus.security.commands import CommandSigner
@@ -263,3 +271,33 @@ def test_an_open_urza_breaker_skips_the_wait_until_half_open(policy: ServingPoli
         "breaker_half_open",
         "breaker_closed",
     ]
+
+
+def test_signals_prepared_while_the_policy_decides_gate_exactly_as_unprepared() -> None:
+    catalogue = {m.blueprint_id: m for m in safe_catalogue((2,))}
+    host = synthetic.topology(SIZE)
+    rng = random.Random(11)
+    packets = [synthetic.packet(SIZE, host, rng, step=100 + i) for i in range(12)]
+    for i, packet in enumerate(packets):
+        packet.training_loss = 1.0 + (3.0 if i == 6 else 0.0)  # one loss spike
+
+    def lookup(ids: Sequence[str]) -> dict[str, BlueprintMetadata]:
+        return {i: catalogue[i] for i in ids if i in catalogue}
+
+    def run(prepared: bool) -> list[tuple[str, str, bool]]:
+        stage = RiskStage(RiskGate(RiskSettings(), BufferedEventSink(), clock=Clock()))
+        out = []
+        for i, packet in enumerate(packets):
+            if prepared:
+                stage.prepare(packet, lookup)
+            proposal = germinate(f"bp{i % 8}")
+            result = stage.decide(
+                packet, proposal, outcome=InferenceOutcome.COMPLETED,
+                policy_expected_severity=0.1, blueprints=lookup, feature_coverage=0.9,
+            )  # fmt: skip
+            out.append((result.category.name, result.reason, result.conservative))
+        return out
+
+    unprepared = run(prepared=False)
+    assert run(prepared=True) == unprepared
+    assert {reason for _, reason, _ in unprepared} >= {"loss_delta", "blueprint_quarantine"}
