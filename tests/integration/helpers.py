@@ -4,20 +4,21 @@ Tolaria/Kasmina/Urza assembly for the integration tests."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from leyline_pb import leyline_pb2 as pb
 from oona.keys import Keyring, Signer
+from tamiyo_bus.demo.recorder import RunRecorder
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.security.commands import CommandSigner, CommandVerifier, stamp_command
 from tamiyo_bus.tolaria.data import Dataset, load
 from tamiyo_bus.tolaria.lr import LRController, LRSettings
 from tamiyo_bus.tolaria.models import HostModel, build_host
-from tamiyo_bus.tolaria.trainer import EpochRecord, StepRecord, Tolaria, TolariaSettings
+from tamiyo_bus.tolaria.trainer import Tolaria, TolariaSettings
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
 
 RUN_ID = "test-run"
@@ -87,18 +88,6 @@ def lifecycle_rule(seed_id: str, blueprint_id: str, alpha_steps: int = 10) -> Ru
 
 
 @dataclass
-class Recorder:
-    steps: list[StepRecord] = field(default_factory=list)
-    epochs: list[EpochRecord] = field(default_factory=list)
-
-    def on_step(self, record: StepRecord) -> None:
-        self.steps.append(record)
-
-    def on_epoch_end(self, record: EpochRecord) -> None:
-        self.epochs.append(record)
-
-
-@dataclass
 class Assembly:
     model: HostModel
     data: Dataset
@@ -140,7 +129,7 @@ def trainer(
     controller: ScriptedController | None,
     *,
     max_steps: int,
-    observers: tuple[Recorder, ...] = (),
+    observers: tuple[RunRecorder, ...] = (),
     decision_every_steps: int = 1,
 ) -> Tolaria:
     settings = TolariaSettings(

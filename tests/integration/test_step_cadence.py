@@ -8,8 +8,8 @@ from pathlib import Path
 
 from leyline_pb import leyline_pb2 as pb
 from oona.keys import Signer
+from tamiyo_bus.demo.recorder import RunRecorder
 from tests.integration.helpers import (
-    Recorder,
     ScriptedController,
     assemble,
     lifecycle_rule,
@@ -23,7 +23,7 @@ STEPS = 140
 def test_every_step_decides_verifies_applies_and_finalizes(tmp_path: Path, signer: Signer) -> None:
     parts = assemble(tmp_path, signer)
     controller = ScriptedController(signer, lifecycle_rule("block1.s0", "mlp-res-16"))
-    recorder = Recorder()
+    recorder = RunRecorder()
     trainer(parts, controller, max_steps=STEPS, observers=(recorder,)).run()
     kasmina = parts.kasmina
 
@@ -70,7 +70,7 @@ def test_decision_cadence_asks_every_nth_step_but_finalizes_every_step(
 ) -> None:
     parts = assemble(tmp_path, signer)
     controller = ScriptedController(signer, lifecycle_rule("block0.s0", "lowrank-4", 8))
-    recorder = Recorder()
+    recorder = RunRecorder()
     trainer(parts, controller, max_steps=60, observers=(recorder,), decision_every_steps=4).run()
     assert [p.global_step for p in controller.packets] == list(range(0, 60, 4))
     assert parts.kasmina.stats.finalized == 60
