@@ -27,13 +27,12 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, percentile
+from bench.common import bus_server, machine, percentile
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus, Outgoing
 from oona.connection import open_redis
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.keys import Keyring, Signer
-from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 
 PAYLOAD = b"x" * 200
@@ -174,19 +173,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2_000.0, help="offered rate for (d)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of (d)")
     args = parser.parse_args()
-    url = os.environ.get("TAMIYO_REDIS_URL", "")
-    server: EmbeddedServer | None = None
-    if not url:
-        server = EmbeddedServer().start()
-        url = server.url
-        server_name = server.version()
-    else:
-        server_name = url
-    try:
+    with bus_server() as (url, server_name, _):
         result = asyncio.run(main_async(args, url, server_name))
-    finally:
-        if server is not None:
-            server.cleanup()
     rows = [
         ("(a) raw redis-py pipelined XADD", f"{result['raw_xadd_msgs_per_s']:,} msg/s"),
         ("(b) Oona batch-signed publish", f"{result['oona_batch_publish_msgs_per_s']:,} msg/s"),

@@ -1,11 +1,31 @@
-"""Helpers the benchmark scripts share: percentiles and the machine a figure came from."""
+"""Helpers the benchmark scripts share: the server, percentiles and the machine a figure
+came from."""
 
 from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+from oona.server import EmbeddedServer
+from oona.settings import ENV_REDIS_URL
+
+
+@contextmanager
+def bus_server() -> Iterator[tuple[str, str, EmbeddedServer | None]]:
+    """(url, server name, the embedded server or None): TAMIYO_REDIS_URL when set, else
+    an embedded server started here and removed afterwards."""
+    url = os.environ.get(ENV_REDIS_URL, "")
+    if url:
+        yield url, url, None
+        return
+    server = EmbeddedServer().start()
+    try:
+        yield server.url, server.version(), server
+    finally:
+        server.cleanup()
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
-from bench.common import machine, percentile
+from bench.common import bus_server, machine, percentile
 from consumers.hub.service import HubSettings, TelemetryHub
 from consumers.nissa.rules import Alert
 from consumers.nissa.service import Nissa, NissaSettings
@@ -51,7 +51,6 @@ from oona.bus import Bus
 from oona.connection import open_redis
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.keys import Keyring, Signer
-from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from oona.streams import Stream
 from producers.telemetry import ProducerSettings, TelemetryProducer
@@ -256,21 +255,11 @@ def main() -> None:
     parser.add_argument("--criticals", type=int, default=200, help="CRITICAL events per load")
     parser.add_argument("--hub-packets", type=int, default=100_000)
     args = parser.parse_args()
-    url = os.environ.get("TAMIYO_REDIS_URL", "")
-    server: EmbeddedServer | None = None
-    if not url:
-        server = EmbeddedServer().start()
-        url = server.url
-        server_name = server.version()
-        if len(os.sched_getaffinity(0)) > 1:  # keep the server off the hub's core
+    with bus_server() as (url, server_name, server):
+        if server is not None and len(os.sched_getaffinity(0)) > 1:
+            # keep the server off the hub's core
             os.sched_setaffinity(server.pid or 0, set(sorted(os.sched_getaffinity(0))[1:]))
-    else:
-        server_name = url
-    try:
         result = asyncio.run(main_async(args, url))
-    finally:
-        if server is not None:
-            server.cleanup()
     print(f"server: {server_name}; machine: {os.cpu_count()} cores; load average (1 min) "
           f"{result['load_average_1m_before']:.2f} before, "
           f"{result['load_average_1m_after']:.2f} after")  # fmt: skip

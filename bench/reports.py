@@ -34,13 +34,12 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, percentile
+from bench.common import bus_server, machine, percentile
 from consumers.simic import ReportStore, SimicIntake
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
 from oona.connection import open_redis
 from oona.keys import Keyring, Signer
-from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.delivery import ReportDelivery
@@ -254,19 +253,11 @@ def main() -> None:
     parser.add_argument("--step-calls", type=int, default=20_000)
     parser.add_argument("--dir", default=None, help="where the logs go (default: a temp dir)")
     args = parser.parse_args()
-    url = os.environ.get("TAMIYO_REDIS_URL", "")
-    server: EmbeddedServer | None = None
-    if not url:
-        server = EmbeddedServer().start()
-        url, server_name = server.url, server.version()
-    else:
-        server_name = url
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-reports-", dir=args.dir) as tmp:
-            result = run(args, url, server_name, Path(tmp))
-    finally:
-        if server is not None:
-            server.cleanup()
+    with (
+        bus_server() as (url, server_name, _),
+        tempfile.TemporaryDirectory(prefix="bench-reports-", dir=args.dir) as tmp,
+    ):
+        result = run(args, url, server_name, Path(tmp))
     print(f"server: {server_name}; machine: {os.cpu_count()} cores")
     raw = result["raw_write_fsync"]
     print(f"  {'(a) raw write + fsync':<46} {raw['records_per_s']:>9,}/s "
