@@ -20,9 +20,10 @@ class PolicyDecision:
     inference: Inference
     graph: PolicyGraph
     urza_timed_out: bool
-    # Whether the step waited on Urza for missing metadata (False while the Urza breaker
-    # was open: the decision used the cache alone, and says nothing of Urza's health).
-    urza_waited: bool
+    # Whether the step could wait on Urza for missing metadata (False while the Urza
+    # breaker was open: the decision used the cache alone, and says nothing of Urza's
+    # health).
+    urza_wait_allowed: bool
     build_ms: float
     inference_ms: float
 

@@ -14,9 +14,9 @@ Read top to bottom, :meth:`StepController.evaluate_step` is the whole step path:
    the gate extracts the packet's own risk signals (time this thread would only wait).
 4. Late: answer NO_OP (``timeout_inference``) at once. The worker's result, when it
    comes, is discarded; the worker never touches shared state itself, so a late
-   decision cannot change anything. The forward stops at its next layer boundary
-   once the step has stopped waiting, so a late decision does not go on taking CPU
-   time from the training step.
+   decision cannot change anything. The forward stops before its next layer or
+   per-type GEMM once the step has stopped waiting, so a late decision does not go on
+   taking CPU time from the training step.
 5. Turn the decision into a command, stamp it (unique time-ordered id, issue time,
    issuer, policy version, step, run, reason code), let the gate (the risk engine)
    review it, sign it.
@@ -302,7 +302,7 @@ class StepController:
             inference=inference,
             graph=graph,
             urza_timed_out=resolution.timed_out,
-            urza_waited=job.urza_wait,
+            urza_wait_allowed=job.urza_wait,
             build_ms=(built - start) / _NS_PER_MS,
             inference_ms=(time.perf_counter_ns() - built) / _NS_PER_MS,
         )

@@ -7,8 +7,9 @@ to ``review(proposal, context)`` before it signs it. ``RiskCommandGate`` is that
 it maps the step path's outcome onto the inference breaker, records Urza timeouts on
 the Urza breaker (and, while that breaker is open, tells the step not to wait on
 Urza, through ``urza_wait_allowed()``), reads the risk head's expected severity and
-the feature coverage from the decision, and returns the gated command. The context is typed by the
-protocols below, so this module depends on the step path's shape, not on its imports.
+the feature coverage from the decision, and returns the gated command. The context is
+typed by the protocols below, so this module depends on the step path's shape, not on
+its imports.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class DecisionView(Protocol):
     def urza_timed_out(self) -> bool: ...
 
     @property
-    def urza_waited(self) -> bool: ...
+    def urza_wait_allowed(self) -> bool: ...
 
 
 class StepContext(Protocol):
@@ -106,7 +107,7 @@ class RiskCommandGate:
             if decision is not None
             else _NO_DECISION.get(context.reason, InferenceOutcome.FAILED)
         )
-        if decision is not None and decision.urza_waited:
+        if decision is not None and decision.urza_wait_allowed:
             if decision.urza_timed_out:
                 self._urza.record_failure()
             else:
