@@ -3,8 +3,11 @@
 The step path must never wait on the blueprint library for long: ``CachedCatalog``
 answers from its cache at once, runs misses (and refreshes of stale entries) on its
 own daemon thread, and waits for a miss at most the time it is given. A lookup that
-outlives the wait is not cancelled (a library call cannot be), but it is never queued
-behind either: while one is in flight, no second one starts.
+outlives the wait is not cancelled (a library call cannot be), and lookups do not pile
+up behind it: while one is in flight, ids it does not cover join the one next lookup,
+which starts when it ends. A step that asks for such ids waits (as long as it is given)
+on that next lookup, so it is not answered "missing" merely because another step's
+lookup happened to be in flight.
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ class CachedCatalog:
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._pending: _Lookup | None = None
+        self._pending: _Lookup | None = None  # in flight
+        self._next: _Lookup | None = None  # starts when the one in flight ends
         self._wake = threading.Event()
         self.stats = CatalogStats()
         threading.Thread(target=self._run, name="tamiyo-urza", daemon=True).start()
@@ -121,7 +125,7 @@ class CachedCatalog:
         known, missing, stale = self._partition(blueprint_ids, now)
         if missing or stale:
             lookup = self._start((*missing, *stale))
-            if missing and lookup is not None:
+            if missing:
                 lookup.done.wait(max(wait_s, 0.0))
                 known, missing, _ = self._partition(blueprint_ids, self._clock())
         if missing:
@@ -146,14 +150,23 @@ class CachedCatalog:
                     known[blueprint_id] = entry.metadata
         return known, missing, stale
 
-    def _start(self, blueprint_ids: tuple[str, ...]) -> _Lookup | None:
-        """Start a lookup unless one is in flight; return the lookup to wait on."""
+    def _start(self, blueprint_ids: tuple[str, ...]) -> _Lookup:
+        """The lookup that will fetch ``blueprint_ids``: the one in flight if it covers
+        them, else a new one (started now if none is in flight, else the next one, with
+        these ids added)."""
         with self._lock:
-            if self._pending is not None:
-                return self._pending if set(blueprint_ids) <= set(self._pending.ids) else None
-            self._pending = _Lookup(blueprint_ids)
-            self._wake.set()
-            return self._pending
+            if self._pending is None:
+                self._pending = _Lookup(blueprint_ids)
+                self._wake.set()
+                return self._pending
+            uncovered = [i for i in blueprint_ids if i not in self._pending.ids]
+            if not uncovered:
+                return self._pending
+            if self._next is None:
+                self._next = _Lookup(tuple(uncovered))
+            else:
+                self._next.ids = tuple(dict.fromkeys((*self._next.ids, *uncovered)))
+            return self._next
 
     def _run(self) -> None:
         while True:
@@ -177,5 +190,7 @@ class CachedCatalog:
                 if found is not None:
                     for blueprint_id in lookup.ids:
                         self._cache[blueprint_id] = _Entry(found.get(blueprint_id), finished)
-                self._pending = None
+                self._pending, self._next = self._next, None
+                if self._pending is not None:
+                    self._wake.set()
             lookup.done.set()

@@ -263,9 +263,9 @@ def test_an_open_urza_breaker_skips_the_wait_until_half_open(policy: ServingPoli
 
     urza.release.set()  # Urza recovers; after the cool-down a step waits on it again
     clock.now += breaker.settings.cooldown_ms / 1000.0
-    # The same blueprints as the first step: the lookup that step started covers them,
-    # so this step waits on it whether or not it has finished yet.
-    command = controller.evaluate_step(packets[0])
+    # Another packet: whatever blueprints the first step's lookup did not cover are
+    # fetched after it, and this step waits for them.
+    command = controller.evaluate_step(packets[1])
     assert controller.wait_idle(5.0)
     assert command.reason != "timeout_urza"
     assert breaker.state is BreakerState.CLOSED
