@@ -105,6 +105,21 @@ class RiskBreakers:
         leaves CLOSED and comes back to it only through a transition."""
         return not self._not_closed
 
+    def none_open(self) -> bool:
+        """Whether no breaker is OPEN: each is closed, or has cooled down and lets its next
+        call through as a trial.
+
+        Conservative mode counts a step as healthy on this, not on ``all_closed``: a
+        breaker whose calls conservative mode itself stops (learning) or that sees a call
+        only now and then (policy updates) would otherwise never get its trial, and the
+        mode would never end. A failed trial re-opens the breaker, which enters the mode
+        again. Reading ``state`` moves a cooled-down breaker to HALF_OPEN; only breakers
+        not closed are read, so this is O(1) while all are closed.
+        """
+        return all(
+            self._breakers[name].state is not BreakerState.OPEN for name in tuple(self._not_closed)
+        )
+
     def states(self) -> dict[BreakerName, BreakerState]:
         return {name: b.state for name, b in self._breakers.items()}
 

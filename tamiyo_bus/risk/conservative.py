@@ -5,7 +5,7 @@ when ``enter_high_risk_steps`` (K) of the last ``enter_window_steps`` decisions 
 ``high_risk_category`` (ORANGE) or worse. Left only when both hold: ``cooldown_s`` has
 passed since the last trigger (a trigger while on restarts the cool-down) **and** the
 last ``exit_healthy_steps`` (N) decisions were healthy (category at most
-``healthy_max_category`` with every breaker closed). Any unhealthy decision resets that
+``healthy_max_category`` with no breaker open). Any unhealthy decision resets that
 streak, so an alternating signal keeps the mode on instead of flapping.
 
 One call changes the mode at most once: the call that enters returns at once, and the
@@ -107,14 +107,17 @@ class ConservativeMode:
                 return None
             return self._enter(cause)
 
-    def observe(self, category: Category, reason: str, breakers_closed: bool) -> Transition | None:
-        """Account one gated decision; returns the mode change it caused, if any."""
+    def observe(self, category: Category, reason: str, breakers_healthy: bool) -> Transition | None:
+        """Account one gated decision; returns the mode change it caused, if any.
+
+        ``breakers_healthy``: no breaker is open (a cooled-down one awaiting its trial
+        call counts as healthy, see ``RiskBreakers.none_open``)."""
         s = self.settings
         high = category >= s.high_risk_category
         with self._lock:
             if not self._active:
                 return self._observe_off(category, reason, high)
-            if high or not breakers_closed or category > s.healthy_max_category:
+            if high or not breakers_healthy or category > s.healthy_max_category:
                 if high:
                     self._retrigger()
                 else:

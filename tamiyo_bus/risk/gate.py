@@ -152,7 +152,7 @@ class RiskGate:
                     risk_event(EventKind.EMERGENCY, signal=found.reason, score=_r(found.worst))
                 )
             self._category = found.category
-        change = self.conservative.observe(found.category, found.reason, self.breakers.all_closed())
+        change = self.conservative.observe(found.category, found.reason, self.breakers.none_open())
         if change is not None:
             events.append(_mode_event(change))
         conservative = self.conservative.active

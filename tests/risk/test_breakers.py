@@ -123,3 +123,34 @@ def test_gate_exports_decisions_and_conservative_mode_as_metrics() -> None:
     gauges = metrics.snapshot()["gauges"]
     assert isinstance(gauges, dict)
     assert gauges["risk_conservative_mode"] == [{"labels": {}, "value": 1.0}]
+
+
+def test_conservative_mode_ends_while_a_paused_breaker_awaits_its_trial() -> None:
+    """Learning is paused while the mode is on, so the learning breaker gets no call
+    until the mode ends: once it has cooled down it counts as healthy, or the mode
+    would never end. Its trial then decides: a failure enters the mode again."""
+    clock, sink = Clock(), BufferedEventSink()
+    settings = RiskSettings()
+    gate = RiskGate(settings, sink, clock=clock)
+    learning = gate.breakers[BreakerName.LEARNING]
+    for _ in range(settings.breakers.learning.failure_threshold):
+        learning.record_failure()
+    assert gate.conservative.learning_paused
+    healthy_steps = settings.conservative.exit_healthy_steps
+    for _ in range(healthy_steps):
+        assert gate.gate(germinate(), {}, None).conservative  # still open: not healthy
+    clock.now = max(settings.breakers.learning.cooldown_ms / 1000, settings.conservative.cooldown_s)
+    results = [gate.gate(germinate(), {}, None) for _ in range(healthy_steps)]
+    assert [r.conservative for r in results] == [True] * (healthy_steps - 1) + [False]
+    assert learning.state is HALF and not gate.conservative.learning_paused
+    assert learning.allow()  # the trial learning step
+    learning.record_failure()
+    assert gate.conservative.active and gate.conservative.cause == "breaker.learning"
+    assert [e.name for e in sink.drain()] == [
+        "breaker_opened",
+        "conservative_entered",
+        "breaker_half_open",
+        "conservative_exited",
+        "breaker_opened",
+        "conservative_entered",
+    ]

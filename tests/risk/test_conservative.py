@@ -24,7 +24,7 @@ def test_red_enters_at_once_and_sets_the_flags() -> None:
     assert (m.germination_allowed, m.learning_paused, m.impala_publishing_enabled) == (
         True, False, True,
     )  # fmt: skip
-    change = m.observe(R, "gradient_norm", breakers_closed=True)
+    change = m.observe(R, "gradient_norm", breakers_healthy=True)
     assert change is not None and change.change is ModeChange.ENTERED
     assert change.cause == "gradient_norm" and m.cause == "gradient_norm"
     assert (m.germination_allowed, m.learning_paused, m.impala_publishing_enabled) == (
@@ -61,7 +61,7 @@ def test_exit_needs_the_streak_even_after_the_cooldown() -> None:
     m.observe(R, "loss_delta", True)
     clock.now = 100.0
     assert m.observe(G, "none", True) is None
-    assert m.observe(G, "none", breakers_closed=False) is None  # open breaker: not healthy
+    assert m.observe(G, "none", breakers_healthy=False) is None  # open breaker: not healthy
     assert m.observe(G, "none", True) is None
     assert m.observe(G, "none", True) is None
     assert m.observe(G, "none", True) is not None  # third healthy in a row
