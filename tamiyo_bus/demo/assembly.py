@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -133,13 +133,15 @@ def build_tamiyo(
     seed: int,
     telemetry: TelemetryPublisher | None = None,
     events: EventSink | None = None,
-    bus_io_breaker: CircuitBreaker | None = None,
+    adopted_breakers: Mapping[BreakerName, CircuitBreaker] | None = None,
 ) -> Tamiyo:
     """Tamiyo running ``holder``'s policy, with the risk gate and signing.
 
-    ``bus_io_breaker`` is the IO breaker of the bus the run's telemetry and field
-    reports travel on: the risk gate adopts it, so a server outage that opens it puts
-    the run in conservative mode (and its recovery is seen the same way).
+    ``adopted_breakers`` are breakers that already guard a dependency (the IO breaker
+    of the bus the run's telemetry and field reports travel on, the policy-update
+    listener's): the risk gate adopts them, so a server outage or a run of rejected
+    PolicyUpdates that opens one puts the run in conservative mode (and its recovery
+    is seen the same way).
     """
     catalog = CachedCatalog(
         store,
@@ -163,8 +165,8 @@ def build_tamiyo(
         return dict(catalog.resolve(ids, 0.0).metadata)
 
     gate = RiskCommandGate(RiskStage(RiskGate(risk, events or LogEventSink())), blueprints)
-    if bus_io_breaker is not None:
-        gate.stage.gate.breakers.adopt(BreakerName.BUS_IO, bus_io_breaker)
+    for name, breaker in (adopted_breakers or {}).items():
+        gate.stage.gate.breakers.adopt(name, breaker)
     controller = StepController(
         policy=holder,
         builder=builder,
@@ -222,7 +224,7 @@ def assemble(
     holder: PolicyHolder | None = None,
     telemetry: TelemetryPublisher | None = None,
     events: EventSink | None = None,
-    bus_io_breaker: CircuitBreaker | None = None,
+    adopted_breakers: Mapping[BreakerName, CircuitBreaker] | None = None,
 ) -> Run:
     """The whole in-process step path for ``spec``; nothing has run yet. Without
     ``holder`` Tamiyo starts from ``initial_policy``."""
@@ -248,7 +250,7 @@ def assemble(
     tamiyo = build_tamiyo(
         topology=topology, store=store, signer=signer, settings=spec.step, risk=spec.risk,
         holder=holder or initial_policy(device, spec.seed), seed=spec.seed,
-        telemetry=telemetry, events=events, bus_io_breaker=bus_io_breaker,
+        telemetry=telemetry, events=events, adopted_breakers=adopted_breakers,
     )  # fmt: skip
     trainer = Tolaria(
         model,

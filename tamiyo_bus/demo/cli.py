@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     holder = initial_policy(device, spec.seed)
     side = AsyncSide(
         oona=oona, signer=signer, keyring=keyring, run_id=run_id, run_dir=run_dir,
-        holder=holder, settings=ServiceSettings(nissa_port=args.nissa_port),
+        holder=holder, policy_update_breaker=spec.risk.breakers.policy_update,
+        settings=ServiceSettings(nissa_port=args.nissa_port),
     )  # fmt: skip
     print(f"tamiyo-bus demo: run {run_id} on {device} (key {signer.key_id}, throw-away)")
     print(f"  server      {server.version() if server else oona.redis_url}")
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             spec, run_id=run_id, signer=signer, keyring=keyring, store=store,
             observers=observers, holder=holder, telemetry=decisions,
             events=TelemetryEventSink(tamiyo_producer, run=run_id),
-            bus_io_breaker=side.io_breaker,
+            adopted_breakers=side.breakers,
         )  # fmt: skip
         side.forward_kasmina(built.kasmina.outbox)
         steps = spec.epochs * spec.steps_per_epoch(built.data)

@@ -29,7 +29,7 @@ from consumers.weatherlight.services import (
     default_services,
 )
 from consumers.weatherlight.supervisor import ServiceContext, ServiceRun, ServiceSpec
-from oona.breaker import CircuitBreaker
+from oona.breaker import BreakerSettings, CircuitBreaker
 from oona.bus import Bus
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
@@ -38,6 +38,7 @@ from producers.vocabulary import SOURCE_KASMINA, SOURCE_TAMIYO, SOURCE_TOLARIA
 from tamiyo_bus.kasmina.telemetry import TelemetryOutbox, to_packet
 from tamiyo_bus.reports.delivery import ReportDelivery
 from tamiyo_bus.reports.reporter import FieldReporter
+from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.security.policy_update import (
     PolicyHolder,
     PolicyUpdateListener,
@@ -49,13 +50,16 @@ START_TIMEOUT_S = 60.0
 FORWARD_INTERVAL_S = 0.05
 
 
-def policy_listener_service(holder: PolicyHolder) -> ServiceRun:
-    """Tamiyo's policy-update listener: signed PolicyUpdates swap the running policy."""
+def policy_listener_service(holder: PolicyHolder, breaker: CircuitBreaker) -> ServiceRun:
+    """Tamiyo's policy-update listener: signed PolicyUpdates swap the running policy;
+    repeated rejections open ``breaker`` (the risk gate's policy-update breaker)."""
 
     async def run(context: ServiceContext) -> None:
         bus = context.connect()
         try:
-            transaction = PolicyUpdateTransaction(holder, context.keyring, metrics=bus.metrics)
+            transaction = PolicyUpdateTransaction(
+                holder, context.keyring, metrics=bus.metrics, breaker=breaker
+            )
             listener = PolicyUpdateListener(
                 bus, transaction, context.keyring, consumer_name=context.consumer_name
             )
@@ -85,6 +89,7 @@ class AsyncSide:
         run_id: str,
         run_dir: Path,
         holder: PolicyHolder,
+        policy_update_breaker: BreakerSettings,
         settings: ServiceSettings | None = None,
     ) -> None:
         self.oona = oona
@@ -93,6 +98,9 @@ class AsyncSide:
         self.run_id = run_id
         self.run_dir = run_dir
         self.holder = holder
+        self.policy_update_breaker = CircuitBreaker(
+            BreakerName.POLICY_UPDATE, policy_update_breaker
+        )
         self.settings = settings or ServiceSettings()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="demo-async", daemon=True)
@@ -137,7 +145,9 @@ class AsyncSide:
         settings = replace(base, nissa=nissa, simic=SimicSettings(db_path=self.simic_db))
         specs = [
             *default_services(settings),
-            ServiceSpec("tamiyo-policy", policy_listener_service(self.holder)),
+            ServiceSpec(
+                "tamiyo-policy", policy_listener_service(self.holder, self.policy_update_breaker)
+            ),
         ]
         self.weatherlight = Weatherlight(
             specs,
@@ -150,10 +160,15 @@ class AsyncSide:
         await self.weatherlight.start(START_TIMEOUT_S)
 
     @property
-    def io_breaker(self) -> CircuitBreaker:
-        """The IO breaker of the bus the run's telemetry and field reports use."""
+    def breakers(self) -> dict[BreakerName, CircuitBreaker]:
+        """The breakers of what these services guard, for the risk gate to adopt: the IO
+        breaker of the bus the run's telemetry and field reports use, and the breaker
+        the policy-update listener counts rejections on."""
         assert self.bus is not None, "start() first"
-        return self.bus.io.breaker
+        return {
+            BreakerName.BUS_IO: self.bus.io.breaker,
+            BreakerName.POLICY_UPDATE: self.policy_update_breaker,
+        }
 
     @property
     def status_url(self) -> str | None:

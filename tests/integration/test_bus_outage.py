@@ -43,7 +43,7 @@ async def test_a_server_outage_puts_the_run_in_conservative_mode_and_recovery_is
             keyring=Keyring.of(signer.public_key()),
             store=UrzaStore.open_seeded(UrzaSettings(db_path=tmp_path / "urza.sqlite")),
             events=events,
-            bus_io_breaker=bus.io.breaker,
+            adopted_breakers={BreakerName.BUS_IO: bus.io.breaker},
         )
         gate = run.tamiyo.risk.stage.gate
         assert gate.breakers[BreakerName.BUS_IO] is bus.io.breaker
