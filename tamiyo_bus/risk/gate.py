@@ -9,8 +9,8 @@ signals that crossed their alarm level, account the decision in conservative mod
 
 Every event goes to the EventSink as it happens; the events a call produced are also
 returned in its GateResult. Cheap by construction: a few dozen float operations, breaker
-health read from a set the transitions keep, and a protobuf copy only when the command
-is replaced.
+health read from a set the transitions keep, and the command restricted in place, never
+copied.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tamiyo_bus.risk.engine import Assessment, Category, CategoryRule, Weights, 
 from tamiyo_bus.risk.gating import (
     GatingSettings,
     Restriction,
-    apply_restriction,
+    restrict,
     restriction,
 )
 from tamiyo_bus.risk.priorities import risk_event
@@ -80,11 +80,11 @@ class RiskSettings:
 
 @dataclass(frozen=True, slots=True)
 class GateResult:
-    command: pb.AdaptationCommand  # the command to sign and issue
+    command: pb.AdaptationCommand  # the command to sign and issue: the proposal, restricted
     category: Category
     reason: str  # reason code of the decision: deciding signal, "conservative_mode" or "none"
     restriction: Restriction
-    changed: bool  # whether ``command`` differs from the proposal
+    changed: bool  # whether the restriction changed the proposal
     conservative: bool  # conservative mode is on after this decision
     events: tuple[pb.TelemetryEvent, ...]
     assessment: Assessment
@@ -133,9 +133,9 @@ class RiskGate:
         """Gate one decision.
 
         ``policy_expected_severity`` is the risk head's expected severity in [0, 1]
-        (``PolicyOutput.expected_severity()``), None when the policy did not run. A
-        proposal that passes unchanged is annotated in place and returned; a restricted
-        one is replaced by a new command with the proposal's identity.
+        (``PolicyOutput.expected_severity()``), None when the policy did not run. The
+        proposal is annotated, and restricted if it must be, in place (see gating.py),
+        and returned as the result's command.
         """
         scores = score_all(signals, self._table)
         if policy_expected_severity is not None:
@@ -160,23 +160,23 @@ class RiskGate:
         reason = found.reason
         if level is Restriction.SAFE_ONLY:
             reason = CONSERVATIVE_REASON
-        replacement = apply_restriction(proposed, level, reason, self.settings.gating)
-        command = proposed if replacement is None else replacement
-        command.annotations["risk_category"] = found.category.name
-        command.annotations["risk_signal"] = found.reason
-        if replacement is not None and reason == CONSERVATIVE_REASON:
-            command.annotations["risk_conservative_cause"] = self.conservative.cause
+        changed = restrict(proposed, level, reason, self.settings.gating)
+        annotations = proposed.annotations
+        annotations["risk_category"] = found.category.name
+        annotations["risk_signal"] = found.reason
+        if changed and reason == CONSERVATIVE_REASON:
+            annotations["risk_conservative_cause"] = self.conservative.cause
         for event in events:
             self._sink.emit(event)
         if self._metrics is not None:
             self._metrics.inc("risk_decisions", category=found.category.name)
             self._metrics.set_gauge("risk_conservative_mode", float(conservative))
         return GateResult(
-            command,
+            proposed,
             found.category,
             reason,
             level,
-            replacement is not None,
+            changed,
             conservative,
             tuple(events),
             found,

@@ -13,9 +13,10 @@ and seed operation has the level from which it is replaced by NO_OP:
     NO_OP            RED    NO_OP
     EMERGENCY        CRITICAL an EMERGENCY command
 
-A replaced command keeps the proposal's identity (id, step, run, policy version) so its
+A restricted command keeps the proposal's identity (id, step, run, policy version) so its
 field report and signature still refer to this decision, takes the deciding reason code
-as its reason, and names what it replaced in its annotations.
+as its reason, and names what it replaced in its annotations. The proposal is changed
+in place.
 """
 
 from __future__ import annotations
@@ -89,67 +90,70 @@ def held_from(command: pb.AdaptationCommand) -> Restriction:
     return Restriction.DOWNGRADE  # learning-rate increases and anything unrecognised
 
 
-def apply_restriction(
+def restrict(
     command: pb.AdaptationCommand,
     level: Restriction,
     reason: str,
     settings: GatingSettings,
-) -> pb.AdaptationCommand | None:
-    """The command to issue at ``level``, or None when ``command`` passes unchanged."""
+) -> bool:
+    """Change ``command`` in place into what ``level`` lets through; True if it changed.
+
+    In place, not into a copy: the step path owns the proposal, and a copy of it would
+    be the largest part of the gate's cost, paid right after the decision.
+    """
     if level is Restriction.EMERGENCY:
-        return replaced(command, pb.COMMAND_TYPE_EMERGENCY, reason)
+        replace(command, pb.COMMAND_TYPE_EMERGENCY, reason)
+        return True
     if level >= held_from(command):
         if command.command_type == pb.COMMAND_TYPE_NO_OP:
-            return None
-        return replaced(command, pb.COMMAND_TYPE_NO_OP, reason)
+            return False
+        replace(command, pb.COMMAND_TYPE_NO_OP, reason)
+        return True
     if (
         level >= Restriction.DOWNGRADE
         and command.command_type == pb.COMMAND_TYPE_SEED
         and command.seed.operation == pb.SEED_OP_START_BLENDING
     ):
-        return slowed_blend(command, reason, settings)
-    return None
+        slow_blend(command, reason, settings)
+        return True
+    return False
 
 
-def replaced(
+def replace(
     command: pb.AdaptationCommand, command_type: pb.CommandType.ValueType, reason: str
-) -> pb.AdaptationCommand:
-    """A payload-free command of ``command_type`` with the proposal's identity."""
-    out = pb.AdaptationCommand(
-        version=command.version,
-        command_id=command.command_id,
-        issued_at_ns=command.issued_at_ns,
-        issued_by=command.issued_by,
-        command_type=command_type,
-        reason=reason,
-        policy_version=command.policy_version,
-        global_step=command.global_step,
-        training_run_id=command.training_run_id,
-    )
-    out.annotations.update(command.annotations)
-    out.annotations["risk_replaced"] = _describe(command)
+) -> None:
+    """Make ``command`` a payload-free command of ``command_type``; its identity (id,
+    issue time, issuer, step, run, policy version) stays."""
+    command.annotations["risk_replaced"] = _describe(command)
     if command.reason:
-        out.annotations["risk_replaced_reason"] = command.reason
-    return out
+        command.annotations["risk_replaced_reason"] = command.reason
+    payload = command.WhichOneof("payload")
+    if payload is not None:
+        command.ClearField(payload)
+    command.ClearField("target_seed_id")
+    command.command_type = command_type
+    command.reason = reason
 
 
-def slowed_blend(
-    command: pb.AdaptationCommand, reason: str, settings: GatingSettings
-) -> pb.AdaptationCommand:
+def slow_blend(command: pb.AdaptationCommand, reason: str, settings: GatingSettings) -> None:
     """The same start of blending with a longer alpha ramp."""
-    out = pb.AdaptationCommand()
-    out.CopyFrom(command)
-    steps = max(command.seed.alpha_steps, 1) * settings.downgrade_alpha_ramp_factor
-    out.seed.alpha_steps = min(steps, settings.max_alpha_steps)
-    out.reason = reason
-    out.annotations["risk_downgraded_alpha_steps"] = str(command.seed.alpha_steps)
+    command.annotations["risk_downgraded_alpha_steps"] = str(command.seed.alpha_steps)
     if command.reason:
-        out.annotations["risk_replaced_reason"] = command.reason
-    return out
+        command.annotations["risk_replaced_reason"] = command.reason
+    steps = max(command.seed.alpha_steps, 1) * settings.downgrade_alpha_ramp_factor
+    command.seed.alpha_steps = min(steps, settings.max_alpha_steps)
+    command.reason = reason
+
+
+# Enum names as plain dicts: protobuf's Name() lookup is Python code the gate would run
+# (cold) right after the decision.
+_COMMAND_TYPE_NAMES = {number: name for name, number in pb.CommandType.items()}
+_SEED_OPERATION_NAMES = {number: name for name, number in pb.SeedOperation.items()}
 
 
 def _describe(command: pb.AdaptationCommand) -> str:
-    name = pb.CommandType.Name(command.command_type)
+    name = _COMMAND_TYPE_NAMES.get(command.command_type, str(command.command_type))
     if command.command_type == pb.COMMAND_TYPE_SEED:
-        return f"{name}/{pb.SeedOperation.Name(command.seed.operation)}"
+        operation = command.seed.operation
+        return f"{name}/{_SEED_OPERATION_NAMES.get(operation, str(operation))}"
     return name

@@ -6,7 +6,7 @@ import pytest
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.risk import GatingSettings, Restriction
-from tamiyo_bus.risk.gating import apply_restriction
+from tamiyo_bus.risk.gating import restrict
 
 from .helpers import command
 
@@ -33,6 +33,15 @@ PROPOSALS = {
     "pause": command(pb.COMMAND_TYPE_PAUSE),
     "no_op": command(pb.COMMAND_TYPE_NO_OP),
 }
+
+
+def proposal(name: str) -> pb.AdaptationCommand:
+    """A fresh copy: ``restrict`` changes its command in place."""
+    out = pb.AdaptationCommand()
+    out.CopyFrom(PROPOSALS[name])
+    return out
+
+
 # proposal: outcome at ALLOW, DOWNGRADE, NO_GERMINATION, SAFE_ONLY, NO_OP
 TABLE = {
     "germinate": (PASS, PASS, HOLD, HOLD, HOLD),
@@ -51,33 +60,36 @@ TABLE = {
 @pytest.mark.parametrize("name", sorted(TABLE))
 @pytest.mark.parametrize("level", [A, D, N, S, X])
 def test_restriction_table(name: str, level: Restriction) -> None:
-    proposal = PROPOSALS[name]
-    out = apply_restriction(proposal, level, "gradient_norm", GatingSettings())
+    out = proposal(name)
+    changed = restrict(out, level, "gradient_norm", GatingSettings())
     expected = TABLE[name][int(level)]
+    assert changed == (expected != PASS)
     if expected == PASS:
-        assert out is None
+        assert out == PROPOSALS[name]
     elif expected == HOLD:
-        assert out is not None and out.command_type == pb.COMMAND_TYPE_NO_OP
+        assert out.command_type == pb.COMMAND_TYPE_NO_OP
         assert out.reason == "gradient_norm"
-        assert not out.HasField("seed") and not out.HasField("optimizer")
+        assert out.WhichOneof("payload") is None and not out.target_seed_id
         assert (out.command_id, out.global_step, out.policy_version, out.training_run_id) == (
             "cmd-1", 42, 7, "run-1",
         )  # fmt: skip
+        replaced_type = pb.CommandType.Name(PROPOSALS[name].command_type)
+        assert out.annotations["risk_replaced"].startswith(replaced_type)
     else:
-        assert out is not None and out.command_type == SEED
+        assert out.command_type == SEED
         assert out.seed.alpha_steps == 200
         assert out.annotations["risk_downgraded_alpha_steps"] == "100"
-        assert proposal.seed.alpha_steps == 100  # the proposal itself is untouched
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_emergency_replaces_everything(name: str) -> None:
-    out = apply_restriction(PROPOSALS[name], E, "loss_delta", GatingSettings())
-    assert out is not None and out.command_type == pb.COMMAND_TYPE_EMERGENCY
+    out = proposal(name)
+    assert restrict(out, E, "loss_delta", GatingSettings())
+    assert out.command_type == pb.COMMAND_TYPE_EMERGENCY
     assert out.reason == "loss_delta"
 
 
 def test_slowed_ramp_is_capped() -> None:
-    proposal = command(SEED, operation=pb.SEED_OP_START_BLENDING, alpha_steps=3000)
-    out = apply_restriction(proposal, D, "hook_latency", GatingSettings(max_alpha_steps=4096))
-    assert out is not None and out.seed.alpha_steps == 4096
+    out = command(SEED, operation=pb.SEED_OP_START_BLENDING, alpha_steps=3000)
+    assert restrict(out, D, "hook_latency", GatingSettings(max_alpha_steps=4096))
+    assert out.seed.alpha_steps == 4096
