@@ -83,6 +83,11 @@ class CircuitBreaker:
             return False
 
     def record_success(self) -> None:
+        if self._state is BreakerState.CLOSED and self._failures == 0:
+            # Nothing to reset: the common case, on the step path, without the lock. A
+            # failure recorded meanwhile is ordered after this success, as it would be
+            # had this call taken the lock first.
+            return
         with self._lock:
             self._failures = 0
             if self._state is BreakerState.HALF_OPEN:

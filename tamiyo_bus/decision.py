@@ -6,12 +6,14 @@ a command only if it arrived in time, so a late decision is simply dropped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.policy.actions import BLEND_METHODS
 from tamiyo_bus.policy.graph import PolicyGraph
 from tamiyo_bus.policy.serving import Inference
+from tamiyo_bus.urza_client import BlueprintMetadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,9 @@ class PolicyDecision:
     # breaker was open: the decision used the cache alone, and says nothing of Urza's
     # health).
     urza_wait_allowed: bool
+    # The blueprint metadata the policy decided with (candidates and the seeds' own),
+    # so the gate judges the proposal by it without another lookup.
+    blueprints: Mapping[str, BlueprintMetadata]
     build_ms: float
     inference_ms: float
 

@@ -303,6 +303,7 @@ class StepController:
             graph=graph,
             urza_timed_out=resolution.timed_out,
             urza_wait_allowed=job.urza_wait,
+            blueprints=resolution.metadata,
             build_ms=(built - start) / _NS_PER_MS,
             inference_ms=(time.perf_counter_ns() - built) / _NS_PER_MS,
         )

@@ -116,6 +116,8 @@ class RiskBreakers:
         again. Reading ``state`` moves a cooled-down breaker to HALF_OPEN; only breakers
         not closed are read, so this is O(1) while all are closed.
         """
+        if not self._not_closed:
+            return True
         return all(
             self._breakers[name].state is not BreakerState.OPEN for name in tuple(self._not_closed)
         )

@@ -18,7 +18,7 @@ earliest in SIGNALS order on a tie), or ``none`` when every score is 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -99,17 +99,43 @@ def categorise(worst: float, hot: int, rule: CategoryRule) -> Category:
     return Category.GREEN
 
 
-def assess(scores: Sequence[float], weights: Sequence[float], rule: CategoryRule) -> Assessment:
-    """Category and reason code from per-signal scores (both in SIGNALS order)."""
-    worst = 0.0
-    deciding = -1
-    hot = 0
-    hot_score = rule.hot_score
-    for i, (s, w) in enumerate(zip(scores, weights, strict=True)):
-        weighted = s * w
-        if weighted > worst:
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """The worst weighted score (and its signal's index) and the hot count over some of
+    the signals: the gate tallies the packet's signals before the decision is known and
+    adds the decision's afterwards."""
+
+    worst: float = 0.0
+    deciding: int = -1  # index in SIGNALS; -1 while every score is 0
+    hot: int = 0
+
+
+def tally(
+    indexed_scores: Iterable[tuple[int, float]],
+    weights: Sequence[float],
+    hot_score: float,
+    start: Tally = Tally(),
+) -> Tally:
+    """``start`` plus the (SIGNALS index, score) pairs; each index counted once overall.
+    On a tie the earlier signal in SIGNALS order decides, in whatever order they come."""
+    worst, deciding, hot = start.worst, start.deciding, start.hot
+    for i, s in indexed_scores:
+        weighted = s * weights[i]
+        if weighted > worst or (weighted == worst and i < deciding):
             worst, deciding = weighted, i
         if weighted >= hot_score:
             hot += 1
-    reason = SIGNALS[deciding].value if deciding >= 0 else NO_SIGNAL
-    return Assessment(categorise(worst, hot, rule), reason, worst, hot)
+    return Tally(worst, deciding, hot)
+
+
+def conclude(found: Tally, rule: CategoryRule) -> Assessment:
+    """The category and reason code of a tally of every signal."""
+    reason = SIGNALS[found.deciding].value if found.deciding >= 0 else NO_SIGNAL
+    return Assessment(categorise(found.worst, found.hot, rule), reason, found.worst, found.hot)
+
+
+def assess(scores: Sequence[float], weights: Sequence[float], rule: CategoryRule) -> Assessment:
+    """Category and reason code from per-signal scores (both in SIGNALS order)."""
+    if len(scores) != len(weights):
+        raise ValueError("need one score per weight")
+    return conclude(tally(enumerate(scores), weights, rule.hot_score), rule)

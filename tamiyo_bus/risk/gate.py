@@ -2,7 +2,9 @@
 
     gate(proposed command, raw signal values, policy expected severity) -> GateResult
 
-In order: score every signal (signals.py), categorise (engine.py), raise the events of
+or that call in two halves: ``prepare`` scores the signals the packet gives while the
+policy decides, ``gate_prepared`` adds the decision's own. In order: score every signal
+(signals.py), categorise (engine.py), raise the events of
 signals that crossed their alarm level, account the decision in conservative mode
 (conservative.py), restrict the command (gating.py), export metrics. Breakers
 (breakers.py) are consulted for health and put conservative mode on when one opens.
@@ -31,7 +33,15 @@ from tamiyo_bus.risk.conservative import (
     ModeChange,
     Transition,
 )
-from tamiyo_bus.risk.engine import Assessment, Category, CategoryRule, Weights, assess
+from tamiyo_bus.risk.engine import (
+    Assessment,
+    Category,
+    CategoryRule,
+    Tally,
+    Weights,
+    conclude,
+    tally,
+)
 from tamiyo_bus.risk.gating import (
     GatingSettings,
     Restriction,
@@ -39,7 +49,16 @@ from tamiyo_bus.risk.gating import (
     restriction,
 )
 from tamiyo_bus.risk.priorities import risk_event
-from tamiyo_bus.risk.signals import INDEX, SIGNALS, ScoreTable, Signal, Thresholds, score_all
+from tamiyo_bus.risk.signals import (
+    DECISION_SIGNALS,
+    INDEX,
+    SIGNALS,
+    ScoreTable,
+    Signal,
+    Thresholds,
+    score_all,
+    score_into,
+)
 
 CONSERVATIVE_REASON = "conservative_mode"
 
@@ -52,7 +71,6 @@ ALARMS: tuple[tuple[Signal, EventKind], ...] = (
     (Signal.BLUEPRINT_QUARANTINE, EventKind.BLUEPRINT_QUARANTINED),
 )
 _ALARM_INDEX = tuple((INDEX[signal], kind) for signal, kind in ALARMS)
-_POLICY_RISK = INDEX[Signal.POLICY_RISK]
 _MODE_EVENT = {
     ModeChange.ENTERED: EventKind.CONSERVATIVE_ENTERED,
     ModeChange.EXITED: EventKind.CONSERVATIVE_EXITED,
@@ -76,6 +94,16 @@ class RiskSettings:
     # An alarm event fires when its signal's score reaches this, and re-arms only once
     # the score is back to 0, so a signal hovering near the level raises one event.
     alarm_score: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedScores:
+    """What ``RiskGate.prepare`` made of the signals known before the decision."""
+
+    signals: Mapping[Signal, float]
+    scores: list[float]  # SIGNALS order; DECISION_SIGNALS still 0 (never changed)
+    tally: Tally  # over ``scores``
+    table: ScoreTable  # the thresholds they were scored with, used for the rest too
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,19 +158,49 @@ class RiskGate:
         signals: Mapping[Signal, float],
         policy_expected_severity: float | None,
     ) -> GateResult:
-        """Gate one decision.
+        """Gate one decision: ``prepare`` and ``gate_prepared`` in one call.
 
         ``policy_expected_severity`` is the risk head's expected severity in [0, 1]
         (``PolicyOutput.expected_severity()``), None when the policy did not run. The
         proposal is annotated, and restricted if it must be, in place (see gating.py),
         and returned as the result's command.
         """
-        scores = score_all(signals, self._table)
+        known = {s: v for s, v in signals.items() if s not in DECISION_SIGNALS}
+        decided = {s: v for s, v in signals.items() if s in DECISION_SIGNALS}
+        return self.gate_prepared(proposed, self.prepare(known), decided, policy_expected_severity)
+
+    def prepare(self, signals: Mapping[Signal, float]) -> PreparedScores:
+        """Score and tally the signals known before the decision (none of
+        DECISION_SIGNALS): the step path calls this while the policy decides, so that
+        after the decision only its own few signals are left to score."""
+        if not DECISION_SIGNALS.isdisjoint(signals):
+            raise ValueError("prepare() takes the signals known before the decision")
+        table = self._table
+        scores = score_all(signals, table)
+        found = tally(enumerate(scores), self._weights, self.settings.rule.hot_score)
+        return PreparedScores(signals, scores, found, table)
+
+    def gate_prepared(
+        self,
+        proposed: pb.AdaptationCommand,
+        prepared: PreparedScores,
+        decision_signals: Mapping[Signal, float],
+        policy_expected_severity: float | None,
+    ) -> GateResult:
+        """Gate one decision from its ``prepare``d scores plus ``decision_signals`` (of
+        DECISION_SIGNALS) and the risk head's expected severity (see ``gate``)."""
+        values = dict(decision_signals)
         if policy_expected_severity is not None:
-            scores[_POLICY_RISK] = self._table.score(_POLICY_RISK, policy_expected_severity)
+            values[Signal.POLICY_RISK] = policy_expected_severity
+        scores = list(prepared.scores)
+        decided = score_into(scores, values, prepared.table)
         if self._adaptive is not None:
-            self._adaptive.observe(signals)
-        found = assess(scores, self._weights, self.settings.rule)
+            self._adaptive.observe(prepared.signals)
+            self._adaptive.observe(decision_signals)
+        rule = self.settings.rule
+        found = conclude(
+            tally(decided.items(), self._weights, rule.hot_score, prepared.tally), rule
+        )
         events: list[pb.TelemetryEvent] = []
         self._alarms(scores, found, events)
         if found.category is not self._category:

@@ -39,6 +39,18 @@ class Signal(StrEnum):
 
 SIGNALS: tuple[Signal, ...] = tuple(Signal)
 INDEX: dict[Signal, int] = {signal: i for i, signal in enumerate(SIGNALS)}
+# The signals only the decision completes (the proposed blueprint, the policy's risk
+# head, its inputs' coverage, whether it missed its deadline); the others are known
+# from the step's packet before the policy has decided.
+DECISION_SIGNALS: frozenset[Signal] = frozenset(
+    {
+        Signal.BLUEPRINT_RISK,
+        Signal.BLUEPRINT_QUARANTINE,
+        Signal.POLICY_RISK,
+        Signal.FEATURE_COVERAGE,
+        Signal.TIMEOUTS,
+    }
+)
 
 # The settings field prefix of each signal: the signal's name plus its unit.
 _PREFIX: dict[Signal, str] = {
@@ -167,9 +179,19 @@ def _clip01(t: float) -> float:
 def score_all(values: Mapping[Signal, float], table: ScoreTable) -> list[float]:
     """Scores of every signal in SIGNALS order; a signal absent from ``values`` scores 0."""
     scores = [0.0] * len(SIGNALS)
+    score_into(scores, values, table)
+    return scores
+
+
+def score_into(
+    scores: list[float], values: Mapping[Signal, float], table: ScoreTable
+) -> dict[int, float]:
+    """Write the scores of ``values`` into ``scores`` (SIGNALS order); returns them by
+    SIGNALS index."""
+    scored: dict[int, float] = {}
     bases, inverse_spans = table.bases, table.inverse_spans
     for signal, value in values.items():
         i = INDEX[signal]
         t = (value - bases[i]) * inverse_spans[i]
-        scores[i] = 1.0 if t >= 1.0 else t if t > 0.0 else 0.0  # _clip01, inlined: hot path
-    return scores
+        scores[i] = scored[i] = 1.0 if t >= 1.0 else t if t > 0.0 else 0.0  # _clip01, inlined
+    return scored

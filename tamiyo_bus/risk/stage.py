@@ -10,11 +10,12 @@ the breaker after a few steps instead of being retried forever.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.risk.breakers import BreakerName
-from tamiyo_bus.risk.gate import GateResult, RiskGate
+from tamiyo_bus.risk.gate import GateResult, PreparedScores, RiskGate
 from tamiyo_bus.risk.tracker import BlueprintLookup, PacketSignals, SignalTracker
 
 
@@ -30,6 +31,13 @@ _FAILURES = frozenset({InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY, Infere
 _TIMEOUTS = frozenset({InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY})
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    packet: pb.SystemStatePacket
+    seen: PacketSignals
+    scores: PreparedScores
+
+
 class RiskStage:
     """One per training run, used from the step path's thread."""
 
@@ -38,13 +46,13 @@ class RiskStage:
         self.tracker = tracker or SignalTracker()
         self._inference = gate.breakers[BreakerName.INFERENCE]
         self._epoch: int | None = None
-        self._prepared: tuple[pb.SystemStatePacket, PacketSignals] | None = None
+        self._prepared: _Prepared | None = None
 
     def prepare(self, packet: pb.SystemStatePacket, blueprints: BlueprintLookup) -> None:
-        """Extract ``packet``'s own signals now, ahead of ``decide(packet, ...)`` for the
-        same packet: the step path calls this while the policy decides, when its thread
-        would only wait, so only the decision's part is left after the decision."""
-        self._prepared = (packet, self.tracker.observe_packet(packet, blueprints=blueprints))
+        """Extract and score ``packet``'s own signals now, ahead of ``decide(packet, ...)``
+        for the same packet: the step path calls this while the policy decides, when its
+        thread would only wait, so only the decision's part is left after the decision."""
+        self._prepared = self._prepare(packet, blueprints)
 
     def inference_allowed(self) -> bool:
         """Whether to run the policy now (reserves the trial call when half-open)."""
@@ -60,30 +68,32 @@ class RiskStage:
         blueprints: BlueprintLookup,
         feature_coverage: float | None = None,
     ) -> GateResult:
-        """Record the inference outcome, extract this step's signals and gate ``proposed``."""
+        """Record the inference outcome, complete this step's signals and gate ``proposed``."""
         if outcome is InferenceOutcome.COMPLETED:
             self._inference.record_success()
         elif outcome in _FAILURES:
             self._inference.record_failure()
-        if packet.current_epoch != self._epoch:
-            self._epoch = packet.current_epoch
-            self.gate.new_epoch(packet.current_epoch)
+        prepared, self._prepared = self._prepared, None
+        if prepared is None or prepared.packet is not packet:
+            prepared = self._prepare(packet, blueprints)
         proposed_blueprint = (
             proposed.seed.blueprint_id
             if proposed.command_type == pb.COMMAND_TYPE_SEED
             and proposed.seed.operation == pb.SEED_OP_GERMINATE
             else ""
         )
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None and prepared[0] is packet:
-            seen = prepared[1]
-        else:
-            seen = self.tracker.observe_packet(packet, blueprints=blueprints)
-        signals = self.tracker.complete(
-            seen,
+        decided = self.tracker.decision_signals(
+            prepared.seen,
             blueprints=blueprints,
             proposed_blueprint_id=proposed_blueprint,
             feature_coverage=feature_coverage,
             timed_out=outcome in _TIMEOUTS,
         )
-        return self.gate.gate(proposed, signals, policy_expected_severity)
+        return self.gate.gate_prepared(proposed, prepared.scores, decided, policy_expected_severity)
+
+    def _prepare(self, packet: pb.SystemStatePacket, blueprints: BlueprintLookup) -> _Prepared:
+        if packet.current_epoch != self._epoch:
+            self._epoch = packet.current_epoch
+            self.gate.new_epoch(packet.current_epoch)
+        seen = self.tracker.observe_packet(packet, blueprints=blueprints)
+        return _Prepared(packet, seen, self.gate.prepare(seen.values))

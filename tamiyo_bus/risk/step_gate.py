@@ -22,7 +22,7 @@ from oona.breaker import BreakerState
 from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.risk.gate import GateResult, breaker_reason
 from tamiyo_bus.risk.stage import InferenceOutcome, RiskStage
-from tamiyo_bus.risk.tracker import BlueprintLookup
+from tamiyo_bus.risk.tracker import BlueprintInfo, BlueprintLookup
 
 # The step path's own reason codes for a step without a decision (tamiyo_bus.step).
 _NO_DECISION: dict[str, InferenceOutcome] = {
@@ -55,6 +55,9 @@ class DecisionView(Protocol):
 
     @property
     def urza_wait_allowed(self) -> bool: ...
+
+    @property
+    def blueprints(self) -> Mapping[str, BlueprintInfo]: ...
 
 
 class StepContext(Protocol):
@@ -102,25 +105,29 @@ class RiskCommandGate:
 
     def review(self, proposal: pb.AdaptationCommand, context: StepContext) -> pb.AdaptationCommand:
         decision = context.decision
-        outcome = (
-            InferenceOutcome.COMPLETED
-            if decision is not None
-            else _NO_DECISION.get(context.reason, InferenceOutcome.FAILED)
-        )
-        if decision is not None and decision.urza_wait_allowed:
-            if decision.urza_timed_out:
-                self._urza.record_failure()
-            else:
-                self._urza.record_success()
-        result = self.stage.decide(
-            context.packet,
-            proposal,
-            outcome=outcome,
-            policy_expected_severity=(
-                decision.inference.expected_severity if decision is not None else None
-            ),
-            blueprints=self._blueprints,
-            feature_coverage=mean_coverage(decision.graph.coverage) if decision else None,
-        )
+        if decision is None:
+            result = self.stage.decide(
+                context.packet,
+                proposal,
+                outcome=_NO_DECISION.get(context.reason, InferenceOutcome.FAILED),
+                policy_expected_severity=None,
+                blueprints=self._blueprints,
+            )
+        else:
+            if decision.urza_wait_allowed:
+                if decision.urza_timed_out:
+                    self._urza.record_failure()
+                else:
+                    self._urza.record_success()
+            known = decision.blueprints
+            result = self.stage.decide(
+                context.packet,
+                proposal,
+                outcome=InferenceOutcome.COMPLETED,
+                policy_expected_severity=decision.inference.expected_severity,
+                # The metadata the policy decided with: no lookup after the decision.
+                blueprints=lambda _: known,
+                feature_coverage=mean_coverage(decision.graph.coverage),
+            )
         self.last = result
         return result.command

@@ -71,7 +71,7 @@ class TrackerSettings:
 class PacketSignals:
     """What a step's packet says on its own, before the decision is known."""
 
-    values: dict[Signal, float]
+    values: dict[Signal, float]  # no signals.DECISION_SIGNALS among them
     live_blueprints: tuple[str, ...]  # of the seeds still in the model
     blueprint_risk: float  # highest risk among them (0 when Urza knows none)
     quarantined: int  # how many of them are quarantined
@@ -80,7 +80,7 @@ class PacketSignals:
 class SignalTracker:
     """One per training run, once per decision on the step path: ``observe``, or its two
     halves ``observe_packet`` (what the packet says, e.g. while the policy decides) then
-    ``complete`` (what the decision adds)."""
+    ``decision_signals`` (what the decision adds)."""
 
     def __init__(self, settings: TrackerSettings = TrackerSettings()) -> None:
         self.settings = settings
@@ -100,13 +100,14 @@ class SignalTracker:
     ) -> dict[Signal, float]:
         """Raw signal values for this step (signals without an observation are left out)."""
         seen = self.observe_packet(packet, blueprints=blueprints)
-        return self.complete(
+        decided = self.decision_signals(
             seen,
             blueprints=blueprints,
             proposed_blueprint_id=proposed_blueprint_id,
             feature_coverage=feature_coverage,
             timed_out=timed_out,
         )
+        return {**seen.values, **decided}
 
     def observe_packet(
         self, packet: pb.SystemStatePacket, *, blueprints: BlueprintLookup
@@ -122,7 +123,7 @@ class SignalTracker:
         risk, quarantined = exposure(live, blueprints)
         return PacketSignals(values, live, risk, quarantined)
 
-    def complete(
+    def decision_signals(
         self,
         seen: PacketSignals,
         *,
@@ -131,9 +132,11 @@ class SignalTracker:
         feature_coverage: float | None = None,
         timed_out: bool = False,
     ) -> dict[Signal, float]:
-        """``seen`` plus what the decision adds: the proposed germination's blueprint, the
-        feature coverage and whether inference missed its deadline (counted once)."""
-        values = dict(seen.values)
+        """The signals the decision completes (signals.DECISION_SIGNALS, but the policy's
+        risk head, which the gate reads itself): the blueprints of ``seen`` and of the
+        proposed germination, the feature coverage, and whether inference missed its
+        deadline (counted once)."""
+        values: dict[Signal, float] = {}
         risk, quarantined = seen.blueprint_risk, seen.quarantined
         if proposed_blueprint_id and proposed_blueprint_id not in seen.live_blueprints:
             proposed_risk, proposed_quarantined = exposure((proposed_blueprint_id,), blueprints)
