@@ -4,10 +4,10 @@
 
 or that call in two halves: ``prepare`` scores the signals the packet gives while the
 policy decides, ``gate_prepared`` adds the decision's own. In order: score every signal
-(signals.py), categorise (engine.py), raise the events of
-signals that crossed their alarm level, account the decision in conservative mode
-(conservative.py), restrict the command (gating.py), export metrics. Breakers
-(breakers.py) are consulted for health and put conservative mode on when one opens.
+(signals.py), categorise (engine.py), raise the events of signals that crossed their
+alarm level, account the decision in conservative mode (conservative.py), restrict the
+command (gating.py), export metrics. Breakers (breakers.py) are consulted for health
+and put conservative mode on when one opens.
 
 Every event goes to the EventSink as it happens; the events a call produced are also
 returned in its GateResult. Cheap by construction: a few dozen float operations, breaker
@@ -101,7 +101,7 @@ class PreparedScores:
     """What ``RiskGate.prepare`` made of the signals known before the decision."""
 
     signals: Mapping[Signal, float]
-    scores: list[float]  # SIGNALS order; DECISION_SIGNALS still 0 (never changed)
+    scores: list[float]  # SIGNALS order, DECISION_SIGNALS at 0 (gate_prepared scores a copy)
     tally: Tally  # over ``scores``
     table: ScoreTable  # the thresholds they were scored with, used for the rest too
 

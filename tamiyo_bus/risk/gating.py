@@ -102,12 +102,12 @@ def restrict(
     be the largest part of the gate's cost, paid right after the decision.
     """
     if level is Restriction.EMERGENCY:
-        replace(command, pb.COMMAND_TYPE_EMERGENCY, reason)
+        turn_into(command, pb.COMMAND_TYPE_EMERGENCY, reason)
         return True
     if level >= held_from(command):
         if command.command_type == pb.COMMAND_TYPE_NO_OP:
             return False
-        replace(command, pb.COMMAND_TYPE_NO_OP, reason)
+        turn_into(command, pb.COMMAND_TYPE_NO_OP, reason)
         return True
     if (
         level >= Restriction.DOWNGRADE
@@ -119,10 +119,10 @@ def restrict(
     return False
 
 
-def replace(
+def turn_into(
     command: pb.AdaptationCommand, command_type: pb.CommandType.ValueType, reason: str
 ) -> None:
-    """Make ``command`` a payload-free command of ``command_type``; its identity (id,
+    """Turn ``command`` into a payload-free command of ``command_type``; its identity (id,
     issue time, issuer, step, run, policy version) stays."""
     command.annotations["risk_replaced"] = _describe(command)
     if command.reason:
