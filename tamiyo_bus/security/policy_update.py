@@ -406,14 +406,17 @@ class PolicyUpdateListener:
         settings: PolicyUpdateSettings | None = None,
         *,
         events: EventSink | None = None,
+        breaker: CircuitBreaker | None = None,
         consumer_name: str = "tamiyo",
     ) -> PolicyUpdateListener:
         """The listener as a service starts it: the trusted keys come from `keys`, and
         a missing or unusable key raises KeyConfigError before anything touches the
-        bus."""
+        bus. `breaker` is the risk gate's policy-update breaker (adopted by the gate
+        under ``policy_update``), so repeated rejections put the run in conservative
+        mode."""
         keyring = keys.load_keyring()
         transaction = PolicyUpdateTransaction(
-            holder, keyring, settings, metrics=bus.metrics, events=events
+            holder, keyring, settings, metrics=bus.metrics, events=events, breaker=breaker
         )
         return cls(bus, transaction, keyring, consumer_name=consumer_name)
 

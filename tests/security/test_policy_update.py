@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from leyline_pb import leyline_pb2 as pb
 from oona.breaker import BreakerSettings, BreakerState, CircuitBreaker
@@ -24,6 +25,7 @@ from oona.events import (
     POLICY_UPDATE_REJECTED,
     BufferedEventSink,
 )
+from oona.keyfiles import KeySettings
 from oona.keys import Keyring, Signer
 from oona.signed import POLICY_UPDATE_DOMAIN, sign_message
 from oona.streams import Stream
@@ -269,3 +271,16 @@ def test_repeated_rejections_open_the_policy_update_breaker(
     with pytest.raises(RejectedMessage, match="breaker_open"):
         transaction.apply(_update(signer, version=2, seed=1))  # valid, but refused for now
     assert holder.current().version == 1
+
+
+async def test_the_start_up_listener_counts_rejections_on_the_given_breaker(
+    bus: Bus, signer: Signer
+) -> None:
+    trusted = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    breaker = CircuitBreaker("policy_update", BreakerSettings(failure_threshold=1))
+    listener = PolicyUpdateListener.from_key_settings(
+        bus, make_holder(version=1), KeySettings(trusted_keys=(trusted,)), breaker=breaker
+    )
+    with pytest.raises(RejectedMessage, match="unknown_key"):
+        listener.transaction.apply(_update(Signer.generate(), version=2, seed=1))
+    assert breaker.state is BreakerState.OPEN
