@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -33,13 +34,20 @@ class Learner:
         self.calls += 1
         return (self.model(self.inputs) * scale).pow(2).mean()
 
-    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict())
 
-    def unchanged_since(self, snapshot: tuple[dict[str, torch.Tensor], dict[str, object]]) -> bool:
+    def unchanged_since(self, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> bool:
+        """Weights and optimiser state bit-identical to ``snapshot``."""
         weights, optimizer = snapshot
         same_weights = all(torch.equal(weights[k], v) for k, v in self.model.state_dict().items())
-        return same_weights and repr(optimizer) == repr(self.optimizer.state_dict())
+        now = self.optimizer.state_dict()
+        same_state = now["state"].keys() == optimizer["state"].keys() and all(
+            now["state"][p].keys() == optimizer["state"][p].keys()
+            and all(torch.equal(now["state"][p][k], v) for k, v in optimizer["state"][p].items())
+            for p in optimizer["state"]
+        )
+        return same_weights and same_state and now["param_groups"] == optimizer["param_groups"]
 
 
 def guard(paused: bool = False, threshold: int = 2) -> tuple[LearningGuard, Clock]:
