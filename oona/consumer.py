@@ -424,7 +424,7 @@ class Consumer:
         self.metrics.inc("rejected", stream=stream, reason=failure.reason)
         self.events.emit(
             make_event(
-                MESSAGE_REJECTED, pb.TELEMETRY_LEVEL_WARNING, stream=stream, group=self.sub.group,
+                MESSAGE_REJECTED, pb.MESSAGE_PRIORITY_HIGH, stream=stream, group=self.sub.group,
                 entry_id=entry_id, reason=failure.reason, detail=failure.detail[:500],
             )
         )  # fmt: skip

@@ -27,11 +27,11 @@ from collections import deque
 from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.telemetry import effective_priority
 from oona.bus import Bus, Outgoing
 from oona.errors import BusUnavailable, StreamFull
 from oona.ids import new_message_id
 from oona.streams import Stream, is_urgent
-from producers.vocabulary import effective_priority
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from enum import StrEnum
 
 import torch
 
+from leyline_vocab.events import BreakerName
 from oona.breaker import CircuitBreaker
-from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.risk.gate import RiskGate
 
 log = logging.getLogger(__name__)

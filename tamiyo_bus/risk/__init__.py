@@ -3,8 +3,8 @@
 The step path talks to ``RiskStage`` (or ``RiskGate`` directly); see docs/risk.md.
 """
 
-from oona.priorities import EventKind, priority_for
-from tamiyo_bus.risk.breakers import BreakerBankSettings, BreakerName, RiskBreakers
+from leyline_vocab.events import BreakerName, EventKind, priority_for
+from tamiyo_bus.risk.breakers import BreakerBankSettings, RiskBreakers
 from tamiyo_bus.risk.conservative import ConservativeMode, ConservativeSettings
 from tamiyo_bus.risk.engine import Category, CategoryRule, Weights
 from tamiyo_bus.risk.gate import GateResult, RiskGate, RiskSettings, breaker_reason

@@ -22,11 +22,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import BreakerName, EventKind, event
+from leyline_vocab.telemetry import METRIC_CONSERVATIVE, METRIC_RISK_DECISIONS
 from oona.breaker import BreakerState
 from oona.events import EventSink
-from oona.priorities import EventKind
 from tamiyo_bus.risk.adaptive import AdaptiveSettings, AdaptiveThresholds
-from tamiyo_bus.risk.breakers import BreakerBankSettings, BreakerName, MetricsSink, RiskBreakers
+from tamiyo_bus.risk.breakers import BreakerBankSettings, MetricsSink, RiskBreakers
 from tamiyo_bus.risk.conservative import (
     ConservativeMode,
     ConservativeSettings,
@@ -48,7 +49,6 @@ from tamiyo_bus.risk.gating import (
     restrict,
     restriction,
 )
-from tamiyo_bus.risk.priorities import risk_event
 from tamiyo_bus.risk.signals import (
     DECISION_SIGNALS,
     INDEX,
@@ -207,7 +207,7 @@ class RiskGate:
             events.append(self._category_event(found))
             if found.category is Category.CRITICAL:
                 events.append(
-                    risk_event(EventKind.EMERGENCY, signal=found.reason, score=_r(found.worst))
+                    event(EventKind.EMERGENCY, signal=found.reason, score=_r(found.worst))
                 )
             self._category = found.category
         change = self.conservative.observe(found.category, found.reason, self.breakers.none_open())
@@ -224,11 +224,11 @@ class RiskGate:
         annotations["risk_signal"] = found.reason
         if changed and reason == CONSERVATIVE_REASON:
             annotations["risk_conservative_cause"] = self.conservative.cause
-        for event in events:
-            self._sink.emit(event)
+        for raised in events:
+            self._sink.emit(raised)
         if self._metrics is not None:
-            self._metrics.inc("risk_decisions", category=found.category.name)
-            self._metrics.set_gauge("risk_conservative_mode", float(conservative))
+            self._metrics.inc(METRIC_RISK_DECISIONS, category=found.category.name)
+            self._metrics.set_gauge(METRIC_CONSERVATIVE, float(conservative))
         return GateResult(
             proposed,
             found.category,
@@ -266,7 +266,7 @@ class RiskGate:
             if self._armed[slot] and s >= level:
                 self._armed[slot] = False
                 events.append(
-                    risk_event(
+                    event(
                         kind, signal=SIGNALS[index].value, score=_r(s), category=found.category.name
                     )
                 )
@@ -274,7 +274,7 @@ class RiskGate:
                 self._armed[slot] = True
 
     def _category_event(self, found: Assessment) -> pb.TelemetryEvent:
-        return risk_event(
+        return event(
             EventKind.RISK_CATEGORY_CHANGED,
             previous=self._category.name,
             category=found.category.name,
@@ -291,7 +291,7 @@ class RiskGate:
 
 
 def _mode_event(change: Transition) -> pb.TelemetryEvent:
-    return risk_event(
+    return event(
         _MODE_EVENT[change.change],
         cause=change.cause,
         healthy_steps=change.healthy_steps,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.risk.breakers import BreakerName
+from leyline_vocab.events import BreakerName
 from tamiyo_bus.risk.gate import GateResult, PreparedScores, RiskGate
 from tamiyo_bus.risk.tracker import BlueprintLookup, PacketSignals, SignalTracker
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import BreakerName
 from oona.breaker import BreakerState
-from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.risk.gate import GateResult, breaker_reason
 from tamiyo_bus.risk.stage import InferenceOutcome, RiskStage
 from tamiyo_bus.risk.tracker import BlueprintInfo, BlueprintLookup

@@ -29,18 +29,12 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import EventKind, event
 from oona.breaker import CircuitBreaker
 from oona.bus import Bus
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.errors import RejectedMessage
-from oona.events import (
-    POLICY_ROLLED_BACK,
-    POLICY_UPDATE_APPLIED,
-    POLICY_UPDATE_REJECTED,
-    EventSink,
-    LogEventSink,
-    make_event,
-)
+from oona.events import EventSink, LogEventSink
 from oona.freshness import Clock, FreshnessWindow
 from oona.keyfiles import KeySettings
 from oona.keys import Keyring, Signer
@@ -273,9 +267,8 @@ class PolicyUpdateTransaction:
         self.metrics.inc("policy_updates_applied")
         self.metrics.set_gauge("policy_version", float(new.version))
         self.events.emit(
-            make_event(
-                POLICY_UPDATE_APPLIED,
-                pb.TELEMETRY_LEVEL_INFO,
+            event(
+                EventKind.POLICY_UPDATE_APPLIED,
                 policy_id=new.policy_id,
                 old_version=old.version,
                 new_version=new.version,
@@ -292,9 +285,8 @@ class PolicyUpdateTransaction:
         self.metrics.inc("policy_rollbacks")
         self.metrics.set_gauge("policy_version", float(restored.version))
         self.events.emit(
-            make_event(
-                POLICY_ROLLED_BACK,
-                pb.TELEMETRY_LEVEL_WARNING,
+            event(
+                EventKind.POLICY_ROLLED_BACK,
                 from_version=rolled_back.version,
                 to_version=restored.version,
                 reason=reason,
@@ -352,9 +344,8 @@ class PolicyUpdateTransaction:
     ) -> None:
         self.metrics.inc("policy_updates_rejected", reason=rejection.reason)
         self.events.emit(
-            make_event(
-                POLICY_UPDATE_REJECTED,
-                pb.TELEMETRY_LEVEL_WARNING,
+            event(
+                EventKind.POLICY_UPDATE_REJECTED,
                 reason=rejection.reason,
                 detail=rejection.detail,
                 policy_id=update.policy_id,

@@ -16,9 +16,9 @@ from oona.keys import Keyring, Signer
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from oona.streams import Stream
-from tamiyo_bus.demo.assembly import RunSpec, assemble
 from tamiyo_bus.risk import BreakerName
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
+from weatherlight.demo.assembly import RunSpec, assemble
 
 TELEMETRY = pb.MESSAGE_TYPE_TELEMETRY
 

@@ -15,11 +15,11 @@ from oona.bus import Bus
 from oona.events import BufferedEventSink
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
-from tamiyo_bus.demo.assembly import RunSpec, assemble, initial_policy
-from tamiyo_bus.demo.services import AsyncSide
 from tamiyo_bus.risk import BreakerName
 from tamiyo_bus.security.policy_update import build_policy_update, publish_policy_update
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
+from weatherlight.demo.assembly import RunSpec, assemble, initial_policy
+from weatherlight.demo.services import AsyncSide
 
 REJECTIONS_TO_OPEN = 2
 

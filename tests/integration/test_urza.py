@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from tamiyo_bus.cli import main
 from tamiyo_bus.urza.adapters import build_adapter, parameter_count
 from tamiyo_bus.urza.blueprint import REFERENCE_WIDTH, AdapterKind, ConstructorSpec
 from tamiyo_bus.urza.catalogue import default_catalogue, make_blueprint
 from tamiyo_bus.urza.store import UnknownBlueprint, UrzaSettings, UrzaStore
 from tamiyo_bus.urza_client import CachedCatalog
+from weatherlight.cli import main
 
 
 @pytest.fixture

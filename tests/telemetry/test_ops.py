@@ -10,13 +10,13 @@ import yaml
 
 from consumers.hub.service import HubSettings
 from consumers.nissa.service import NissaSettings
-from consumers.weatherlight.services import Weatherlight, WeatherlightSettings, default_services
+from leyline_vocab.telemetry import add_metric
 from oona.bus import Bus
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from producers.sinks import DecisionTelemetrySink, TelemetryMetricsSink
 from producers.telemetry import TelemetryProducer
-from producers.vocabulary import add_metric
+from weatherlight.services import Weatherlight, WeatherlightSettings, default_services
 
 from .helpers import seed_packet, wait_until
 from .test_nissa import get

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.telemetry import add_metric
 from oona.bus import Bus
 from oona.connection import open_redis
 from oona.envelope import BATCH_FIELD, SINGLE_FIELD
@@ -14,7 +15,6 @@ from oona.settings import OonaSettings
 from oona.streams import Stream
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
 from producers.telemetry import ProducerSettings, TelemetryProducer
-from producers.vocabulary import add_metric
 
 from .helpers import critical_packet, seed_packet, stream_len, wait_until
 

@@ -14,18 +14,6 @@ from consumers.hub.service import HubSettings
 from consumers.nissa.health import HealthSettings
 from consumers.nissa.service import NissaSettings
 from consumers.nissa.state import StateSettings
-from consumers.weatherlight.drain import DrainStats, drain_service
-from consumers.weatherlight.services import (
-    Weatherlight,
-    hub_service,
-    nissa_service,
-)
-from consumers.weatherlight.supervisor import (
-    ServiceContext,
-    ServiceSpec,
-    SupervisorSettings,
-    SystemMode,
-)
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus, Outgoing
 from oona.consumer import Delivery
@@ -33,6 +21,18 @@ from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from oona.streams import Stream
 from producers.telemetry import TelemetryProducer
+from weatherlight.drain import DrainStats, drain_service
+from weatherlight.services import (
+    Weatherlight,
+    hub_service,
+    nissa_service,
+)
+from weatherlight.supervisor import (
+    ServiceContext,
+    ServiceSpec,
+    SupervisorSettings,
+    SystemMode,
+)
 
 from .helpers import critical_packet, wait_until
 from .test_nissa import get

@@ -23,27 +23,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from consumers.simic import SimicSettings
-from consumers.weatherlight.services import (
-    Weatherlight,
-    WeatherlightSettings,
-    default_services,
-)
-from consumers.weatherlight.supervisor import ServiceContext, ServiceRun, ServiceSpec
+from leyline_vocab.events import BreakerName
+from leyline_vocab.telemetry import SOURCE_KASMINA, SOURCE_TAMIYO, SOURCE_TOLARIA
 from oona.breaker import BreakerSettings, CircuitBreaker
 from oona.bus import Bus
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from producers.telemetry import TelemetryProducer
-from producers.vocabulary import SOURCE_KASMINA, SOURCE_TAMIYO, SOURCE_TOLARIA
 from tamiyo_bus.kasmina.telemetry import TelemetryOutbox, to_packet
 from tamiyo_bus.reports.delivery import ReportDelivery
 from tamiyo_bus.reports.reporter import FieldReporter
-from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.security.policy_update import (
     PolicyHolder,
     PolicyUpdateListener,
     PolicyUpdateTransaction,
 )
+from weatherlight.services import (
+    Weatherlight,
+    WeatherlightSettings,
+    default_services,
+)
+from weatherlight.supervisor import ServiceContext, ServiceRun, ServiceSpec
 
 T = TypeVar("T")
 START_TIMEOUT_S = 60.0

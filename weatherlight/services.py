@@ -20,8 +20,10 @@ from prometheus_client.registry import Collector
 from consumers.hub.service import HubSettings, TelemetryHub
 from consumers.nissa.service import Nissa, NissaSettings
 from consumers.simic import ReportStore, SimicIntake, SimicSettings
-from consumers.weatherlight.drain import DrainCollector, DrainStats, drain_service
-from consumers.weatherlight.supervisor import (
+from oona.keys import Keyring, Signer
+from oona.settings import OonaSettings
+from weatherlight.drain import DrainCollector, DrainStats, drain_service
+from weatherlight.supervisor import (
     ServiceContext,
     ServiceRun,
     ServiceSpec,
@@ -30,8 +32,6 @@ from consumers.weatherlight.supervisor import (
     SupervisorCollector,
     SupervisorSettings,
 )
-from oona.keys import Keyring, Signer
-from oona.settings import OonaSettings
 
 NISSA = "nissa"
 SIMIC = "simic"

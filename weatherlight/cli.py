@@ -7,12 +7,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from consumers.weatherlight import serve
-from tamiyo_bus import exporter, selfcheck
-from tamiyo_bus.demo import cli as demo_cli
+from oona import exporter
 from tamiyo_bus.reports import cli as reports_cli
 from tamiyo_bus.security import keytool
 from tamiyo_bus.urza import cli as urza_cli
+from weatherlight import selfcheck, serve
+from weatherlight.demo import cli as demo_cli
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 

@@ -13,12 +13,12 @@ from html import escape
 from pathlib import Path
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.demo import svg
-from tamiyo_bus.demo.recorder import RunRecorder, describe
-from tamiyo_bus.demo.summary import RunSummary
 from tamiyo_bus.kasmina.telemetry import LifecycleEvent
 from tamiyo_bus.risk.engine import Category
 from tamiyo_bus.risk.gate import CONSERVATIVE_REASON
+from weatherlight.demo import svg
+from weatherlight.demo.recorder import RunRecorder, describe
+from weatherlight.demo.summary import RunSummary
 
 S = pb.SeedLifecycleStage
 

@@ -6,7 +6,7 @@ throw-away key pair instead, for local trials only: nothing outside this process
 sign messages it accepts. There is no unsigned mode. Without TAMIYO_REDIS_URL the
 embedded server is started (data under TAMIYO_DATA_DIR).
 
-`python -m consumers.weatherlight.serve [options]` runs the same command without
+`python -m weatherlight.serve [options]` runs the same command without
 loading the rest of the CLI (the trainer's and the policy's modules, torch), which
 starts it several seconds faster.
 """
@@ -25,14 +25,14 @@ from pathlib import Path
 
 from consumers.nissa.rules import load_rules
 from consumers.simic import SimicSettings
-from consumers.weatherlight.services import (
+from oona.keyfiles import KeyConfigError, KeySettings
+from oona.keys import Keyring, Signer
+from oona.settings import OonaSettings
+from weatherlight.services import (
     Weatherlight,
     WeatherlightSettings,
     default_services,
 )
-from oona.keyfiles import KeyConfigError, KeySettings
-from oona.keys import Keyring, Signer
-from oona.settings import OonaSettings
 
 log = logging.getLogger(__name__)
 EXIT_CONFIG_ERROR = 2
@@ -129,7 +129,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m consumers.weatherlight.serve")
+    parser = argparse.ArgumentParser(prog="python -m weatherlight.serve")
     commands = parser.add_subparsers(dest="command")
     register(commands)
     args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])

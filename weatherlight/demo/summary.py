@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.demo.recorder import RunRecorder, describe, policy_decided
 from tamiyo_bus.kasmina.executor import Kasmina
+from weatherlight.demo.recorder import RunRecorder, describe, policy_decided
 
 S = pb.SeedLifecycleStage
 

@@ -48,7 +48,7 @@ async def hold_then_kill(
     it, and return its pid and the number of entries it held pending."""
     public_hex = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
     victim = subprocess.Popen(
-        [sys.executable, "-m", "tamiyo_bus.hung_consumer", url, prefix, stream, public_hex],
+        [sys.executable, "-m", "weatherlight.hung_consumer", url, prefix, stream, public_hex],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip

@@ -15,8 +15,8 @@ import time
 from collections import deque
 from typing import TextIO
 
-from tamiyo_bus.demo.recorder import policy_decided
 from tamiyo_bus.tolaria.trainer import EpochRecord, StepRecord
+from weatherlight.demo.recorder import policy_decided
 
 BAR_WIDTH = 24
 REDRAW_S = 0.2

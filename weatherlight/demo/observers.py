@@ -7,8 +7,8 @@ queue, a telemetry producer's buffer), so observers add microseconds to a step.
 from __future__ import annotations
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.telemetry import LABEL_RUN, SOURCE_TOLARIA, add_metric
 from producers.telemetry import TelemetryProducer
-from producers.vocabulary import LABEL_RUN, SOURCE_TOLARIA, add_metric
 from tamiyo_bus.reports.reporter import FieldReporter
 from tamiyo_bus.tolaria.trainer import EpochRecord, StepRecord
 

@@ -22,25 +22,25 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from leyline_vocab.telemetry import SOURCE_TAMIYO, SOURCE_TOLARIA
 from oona.keys import Keyring, Signer
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink
-from producers.vocabulary import SOURCE_TAMIYO, SOURCE_TOLARIA
 from tamiyo_bus.decision_telemetry import TelemetryPublisher
-from tamiyo_bus.demo.assembly import RunSpec, assemble, initial_policy, resolve_device
-from tamiyo_bus.demo.observers import FieldReportObserver, TolariaTelemetry
-from tamiyo_bus.demo.progress import ProgressBar
-from tamiyo_bus.demo.recorder import RunRecorder
-from tamiyo_bus.demo.report import write_report
-from tamiyo_bus.demo.services import AsyncSide, ServiceSettings
-from tamiyo_bus.demo.summary import summarise
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
 from tamiyo_bus.tolaria.data import DATASETS
 from tamiyo_bus.tolaria.models import MODELS
 from tamiyo_bus.tolaria.trainer import TrainingObserver
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
+from weatherlight.demo.assembly import RunSpec, assemble, initial_policy, resolve_device
+from weatherlight.demo.observers import FieldReportObserver, TolariaTelemetry
+from weatherlight.demo.progress import ProgressBar
+from weatherlight.demo.recorder import RunRecorder
+from weatherlight.demo.report import write_report
+from weatherlight.demo.services import AsyncSide, ServiceSettings
+from weatherlight.demo.summary import summarise
 
 REPORTS_SETTLE_S = 20.0  # at the end, how long to wait for Simic to ack the last reports
 IDLE_WAIT_S = 5.0

@@ -1,19 +1,21 @@
 """The telemetry vocabulary producers and consumers agree on: source names, label keys,
 the event and metric names the status page, the dashboard and the default alert rules
-read, and small packet builders.
+read, breaker gauge values, and small packet builders.
 
-Names are the ones the producers already emit: Tamiyo's risk engine (event kinds of
-tamiyo_bus.risk.priorities, ``risk_*`` metrics through a metrics sink), Kasmina's
-per-step telemetry (``seed_*`` series labelled run/seed/layer, ``seed_transition``
-events) and the decision records turned into packets by producers.sinks. After the
-hub's normalisation each is prefixed with its source: ``tamiyo.breaker_opened``.
+Names are the ones the producers emit: Tamiyo's risk engine (event kinds of
+leyline_vocab.events, ``risk_*`` metrics through a metrics sink), Kasmina's per-step
+telemetry (``seed_*`` series labelled run/seed/layer, ``seed_transition`` events), the
+decision records turned into packets by producers.sinks and the hub's own counters.
+After the hub's normalisation each is prefixed with its source:
+``tamiyo.breaker_opened``.
 """
 
 from __future__ import annotations
 
 from leyline_pb import leyline_pb2 as pb
-from oona.priorities import EventKind
-from tamiyo_bus.risk.breakers import STATE_VALUE
+from leyline_vocab.events import EventKind
+from oona.breaker import BreakerState
+from oona.events import make_event
 
 SOURCE_TAMIYO = "tamiyo"
 SOURCE_TOLARIA = "tolaria"
@@ -36,12 +38,30 @@ METRIC_INFERENCE_LATENCY = "inference_latency"
 METRIC_RISK = "expected_risk_severity"
 METRIC_BREAKER_STATE = "risk_breaker_state"
 METRIC_CONSERVATIVE = "risk_conservative_mode"
+METRIC_BREAKER_TRANSITIONS = "risk_breaker_transitions"
+METRIC_RISK_DECISIONS = "risk_decisions"
 METRIC_SEED_ALPHA = "seed_alpha"
 METRIC_SEED_STAGE = "seed_stage"
 
-# risk_breaker_state gauge values (0 closed, 1 half-open, 2 open) back to state names.
-BREAKER_STATE_NAMES = {value: state.value for state, value in STATE_VALUE.items()}
-BREAKER_OPEN_LEVEL = max(STATE_VALUE.values())
+# The hub's own counters (source "hub").
+HUB_RECEIVED = "packets_received"
+HUB_DUPLICATES = "packets_duplicate"
+HUB_SHED_PACKETS = "packets_shed"
+HUB_SHED_SERIES = "points_shed_series_cap"
+HUB_SHED_EVENTS = "events_shed_cap"
+HUB_LABELS_DROPPED = "labels_dropped"
+HUB_NON_FINITE = "points_non_finite"
+HUB_IGNORED = "messages_ignored"
+HUB_MALFORMED = "packets_malformed"
+
+BREAKER_STATE_VALUE: dict[BreakerState, float] = {
+    BreakerState.CLOSED: 0.0,
+    BreakerState.HALF_OPEN: 1.0,
+    BreakerState.OPEN: 2.0,
+}
+"""The ``risk_breaker_state`` gauge's value for each state."""
+BREAKER_STATE_NAMES = {value: state.value for state, value in BREAKER_STATE_VALUE.items()}
+BREAKER_OPEN_LEVEL = max(BREAKER_STATE_VALUE.values())
 
 _PRIORITY_RANK = {
     pb.MESSAGE_PRIORITY_UNKNOWN: 0,
@@ -84,18 +104,12 @@ def add_metric(
 def add_event(
     packet: pb.TelemetryPacket,
     name: str,
-    level: pb.TelemetryLevel.ValueType = pb.TELEMETRY_LEVEL_INFO,
     *,
-    priority: pb.MessagePriority.ValueType = pb.MESSAGE_PRIORITY_UNKNOWN,
+    priority: pb.MessagePriority.ValueType = pb.MESSAGE_PRIORITY_NORMAL,
     **attributes: str | int | float,
 ) -> None:
-    """Append one event; attribute values are sent as strings."""
-    packet.events.add(
-        name=name,
-        level=level,
-        priority=priority,
-        attributes={k: str(v) for k, v in attributes.items()},
-    )
+    """Append one event (level from its priority; attribute values sent as strings)."""
+    packet.events.append(make_event(name, priority, **attributes))
 
 
 def decision_packet(

@@ -25,7 +25,7 @@ from oona.replies import entries
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from oona.streams import Stream
-from tamiyo_bus.hung_consumer import hold_then_kill
+from weatherlight.hung_consumer import hold_then_kill
 
 ALL_TYPES = frozenset(pb.MessageType.values())
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
-from producers.vocabulary import LABEL_LAYER, LABEL_RUN, LABEL_SEED
+from leyline_vocab.telemetry import LABEL_LAYER, LABEL_RUN, LABEL_SEED
 
 UNIT_SECONDS = "seconds"
 UNIT_BYTES = "bytes"

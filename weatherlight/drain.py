@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from consumers.weatherlight.supervisor import ServiceContext, ServiceRun
 from leyline_pb import leyline_pb2 as pb
 from oona.consumer import Consumer, Delivery, Handler, Subscription
 from oona.streams import Stream, is_urgent
+from weatherlight.supervisor import ServiceContext, ServiceRun
 
 log = logging.getLogger(__name__)
 
