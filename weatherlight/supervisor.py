@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from consumers.nissa.health import ComponentStatus
+from oona.backoff import Backoff
 from oona.bus import Bus
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
@@ -197,7 +197,8 @@ class Supervisor:
         context = ServiceContext(
             spec.name, self.instance, self.oona, self.signer, self.keyring, stop, self
         )
-        backoff_s = self.settings.restart_backoff_base_ms / 1000.0
+        s = self.settings
+        backoff = Backoff(s.restart_backoff_base_ms / 1000.0, s.restart_backoff_max_ms / 1000.0)
         while not stop.is_set():
             status.starts += 1
             status.started_s = self.clock()
@@ -213,15 +214,14 @@ class Supervisor:
                 status.last_error = "returned before shutdown"
                 log.error("service %s returned before shutdown", spec.name)
             if self.clock() - status.started_s >= self.settings.stable_after_s:
-                backoff_s = self.settings.restart_backoff_base_ms / 1000.0
+                backoff.reset()
             status.crashed_s = self.clock()
             status.restarts += 1
             await self._set(status, ServiceState.BACKOFF)
-            delay_s = backoff_s * (0.5 + random.random() / 2)
+            delay_s = backoff.next_s()
             log.warning("restarting %s in %.2f s", spec.name, delay_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay_s)
-            backoff_s = min(backoff_s * 2, self.settings.restart_backoff_max_ms / 1000.0)
         await self._set(status, ServiceState.STOPPED)
 
 

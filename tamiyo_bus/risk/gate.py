@@ -1,9 +1,8 @@
-"""RiskGate: the one call the step path makes per decision.
+"""RiskGate: the risk engine's judgement of one decision, in two halves.
 
-    gate(proposed command, raw signal values, policy expected severity) -> GateResult
-
-or that call in two halves: ``prepare`` scores the signals the packet gives while the
-policy decides, ``gate_prepared`` adds the decision's own. In order: score every signal
+``prepare`` scores the signals the packet gives while the policy decides;
+``gate_prepared`` adds the decision's own (and the risk head's expected severity) and
+returns the GateResult. In order: score every signal
 (signals.py), categorise (engine.py), raise the events of signals that crossed their
 alarm level, account the decision in conservative mode (conservative.py), restrict the
 command (gating.py), export metrics. Breakers (breakers.py) are consulted for health
@@ -152,23 +151,6 @@ class RiskGate:
         self._category = Category.GREEN
         self.breakers.subscribe(self._on_breaker)
 
-    def gate(
-        self,
-        proposed: pb.AdaptationCommand,
-        signals: Mapping[Signal, float],
-        policy_expected_severity: float | None,
-    ) -> GateResult:
-        """Gate one decision: ``prepare`` and ``gate_prepared`` in one call.
-
-        ``policy_expected_severity`` is the risk head's expected severity in [0, 1]
-        (``PolicyOutput.expected_severity()``), None when the policy did not run. The
-        proposal is annotated, and restricted if it must be, in place (see gating.py),
-        and returned as the result's command.
-        """
-        known = {s: v for s, v in signals.items() if s not in DECISION_SIGNALS}
-        decided = {s: v for s, v in signals.items() if s in DECISION_SIGNALS}
-        return self.gate_prepared(proposed, self.prepare(known), decided, policy_expected_severity)
-
     def prepare(self, signals: Mapping[Signal, float]) -> PreparedScores:
         """Score and tally the signals known before the decision (none of
         DECISION_SIGNALS): the step path calls this while the policy decides, so that
@@ -188,7 +170,10 @@ class RiskGate:
         policy_expected_severity: float | None,
     ) -> GateResult:
         """Gate one decision from its ``prepare``d scores plus ``decision_signals`` (of
-        DECISION_SIGNALS) and the risk head's expected severity (see ``gate``)."""
+        DECISION_SIGNALS) and the risk head's expected severity in [0, 1]
+        (``PolicyOutput.expected_severity()``, None when the policy did not run). The
+        proposal is annotated, and restricted if it must be, in place (see gating.py),
+        and returned as the result's command."""
         values = dict(decision_signals)
         if policy_expected_severity is not None:
             values[Signal.POLICY_RISK] = policy_expected_severity

@@ -17,6 +17,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tamiyo_bus.policy.topology import HostTopology
 from tamiyo_bus.urza.blueprint import Blueprint, ConstructorSpec
 from tamiyo_bus.urza.catalogue import default_catalogue
 from tamiyo_bus.urza_client import BlueprintMetadata
@@ -191,3 +192,10 @@ class UrzaStore:
             )
         if cursor.rowcount == 0:
             raise UnknownBlueprint(blueprint_id)
+
+
+def candidate_blueprints(store: UrzaStore, topology: HostTopology) -> tuple[str, ...]:
+    """Every library entry that fits a layer of this host, quarantined ones included: the
+    policy sees them and its masks keep it from choosing them."""
+    kinds = {layer.kind for layer in topology.layers}
+    return tuple(b.blueprint_id for b in store.list() if any(k in kinds for k in b.layer_kinds))

@@ -1,10 +1,9 @@
 """Putting a morphogenetic run together: Urza, Tamiyo, Kasmina and Tolaria in-process.
 
-One place builds the whole step path, so the demo, the overhead benchmark and the
+One place builds the whole run, so the demo, the overhead benchmark and the
 integration tests run exactly the same composition:
 
-    Urza store -> CachedCatalog (deadline, cache) -> GraphBuilder (host topology)
-    ServingPolicy -> PolicyHolder -> StepController (deadline, risk gate, signing)
+    Urza store -> tamiyo_bus.build_tamiyo (policy, cache, risk gate, signing)
     the async side's bus IO breaker -> the risk gate's BUS_IO breaker (one breaker)
     CommandVerifier (trusted keys) -> Kasmina (seed sites of the host) <- LRController
     Tolaria (host model, dataset, optimiser) calls all of it every step
@@ -12,42 +11,30 @@ integration tests run exactly the same composition:
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import BreakerName
 from oona.breaker import CircuitBreaker
-from oona.events import EventSink, LogEventSink
+from oona.events import EventSink
 from oona.keys import Keyring, Signer
-from tamiyo_bus.decision_telemetry import TelemetryPublisher
+from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo, initial_policy
+from tamiyo_bus.decision_telemetry import TelemetrySink
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.kasmina.settings import KasminaSettings
-from tamiyo_bus.policy.features import RunningNormalizer
-from tamiyo_bus.policy.graph import GraphBuilder
-from tamiyo_bus.policy.reference import architecture_id
-from tamiyo_bus.policy.registry import registry_digest
-from tamiyo_bus.policy.serving import ServingPolicy
 from tamiyo_bus.policy.topology import HostTopology
-from tamiyo_bus.risk import BreakerName, RiskGate, RiskSettings, RiskStage
-from tamiyo_bus.risk.step_gate import RiskCommandGate
-from tamiyo_bus.security.commands import CommandSigner, CommandVerifier
-from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
+from tamiyo_bus.risk import RiskSettings
+from tamiyo_bus.risk.breakers import MetricsSink
+from tamiyo_bus.security.commands import CommandVerifier
+from tamiyo_bus.security.policy_update import PolicyHolder
 from tamiyo_bus.settings import StepSettings
-from tamiyo_bus.step import StepController
 from tamiyo_bus.tolaria.data import Dataset, load
 from tamiyo_bus.tolaria.lr import LRController, LRSettings
 from tamiyo_bus.tolaria.models import HostModel, build_host, host_topology
 from tamiyo_bus.tolaria.trainer import Tolaria, TolariaSettings, TrainingObserver
-from tamiyo_bus.urza.store import UrzaStore
-from tamiyo_bus.urza_client import BlueprintMetadata, CachedCatalog
-
-INITIAL_POLICY_ID = "tamiyo-initial"
-CATALOG_PREFETCH_S = 10.0
-WARM_UP_ROUNDS = 20
+from tamiyo_bus.urza.store import UrzaStore, candidate_blueprints
 
 
 @dataclass(frozen=True)
@@ -68,6 +55,10 @@ class RunSpec:
     kasmina: KasminaSettings = field(default_factory=KasminaSettings)
     risk: RiskSettings = field(default_factory=RiskSettings)
 
+    @property
+    def tamiyo(self) -> TamiyoSettings:
+        return TamiyoSettings(self.step, self.risk)
+
     def steps_per_epoch(self, data: Dataset) -> int:
         return len(data.train_x) // self.batch_size
 
@@ -76,108 +67,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def candidate_blueprints(store: UrzaStore, topology: HostTopology) -> tuple[str, ...]:
-    """Every library entry that fits a layer of this host, quarantined ones included: the
-    policy sees them and its masks keep it from choosing them."""
-    kinds = {layer.kind for layer in topology.layers}
-    return tuple(b.blueprint_id for b in store.list() if any(k in kinds for k in b.layer_kinds))
-
-
-def initial_policy(device: torch.device, seed: int) -> PolicyHolder:
-    """A freshly initialised policy (seeded) at version 1; signed PolicyUpdates from the
-    learner replace it while the run goes on."""
-    torch.manual_seed(seed)
-    policy = ServingPolicy(device=device)
-    return PolicyHolder(
-        RunningPolicy(policy, INITIAL_POLICY_ID, 1, architecture_id(policy), registry_digest())
-    )
-
-
-@dataclass
-class Tamiyo:
-    """The step path's controller and the parts a run reports on."""
-
-    controller: StepController
-    risk: RiskCommandGate
-    catalog: CachedCatalog
-    builder: GraphBuilder
-    policy: ServingPolicy
-
-    def warm_up(self, packet: pb.SystemStatePacket, rounds: int = WARM_UP_ROUNDS) -> float:
-        """Run graph build and inference on ``packet`` a few times before training, off
-        the step path: first calls allocate and are several times slower, and a first
-        step that misses its deadline would count against the inference breaker.
-
-        Returns the median time of the second half of the rounds (ms): what a decision
-        costs on this machine, to compare with the step deadline before training.
-        """
-        metadata = self.catalog.resolve(self.builder.candidates, CATALOG_PREFETCH_S).metadata
-        times_ms = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            self.policy.decide(self.builder.build(packet, metadata))
-            times_ms.append((time.perf_counter() - started) * 1000.0)
-        return statistics.median(times_ms[rounds // 2 :])
-
-
-def build_tamiyo(
-    *,
-    topology: HostTopology,
-    store: UrzaStore,
-    signer: Signer,
-    settings: StepSettings,
-    risk: RiskSettings,
-    holder: PolicyHolder,
-    seed: int,
-    telemetry: TelemetryPublisher | None = None,
-    events: EventSink | None = None,
-    adopted_breakers: Mapping[BreakerName, CircuitBreaker] | None = None,
-) -> Tamiyo:
-    """Tamiyo running ``holder``'s policy, with the risk gate and signing.
-
-    ``adopted_breakers`` are breakers that already guard a dependency (the IO breaker
-    of the bus the run's telemetry and field reports travel on, the policy-update
-    listener's): the risk gate adopts them, so a server outage or a run of rejected
-    PolicyUpdates that opens one puts the run in conservative mode (and its recovery
-    is seen the same way).
-    """
-    catalog = CachedCatalog(
-        store,
-        deadline_ms=settings.urza_deadline_ms,
-        ttl_s=settings.urza_cache_ttl_s,
-        max_stale_s=settings.urza_max_stale_s,
-    )
-    candidates = candidate_blueprints(store, topology)
-    catalog.prefetch(candidates, timeout_s=CATALOG_PREFETCH_S)
-    builder = GraphBuilder(
-        topology,
-        candidates,
-        RunningNormalizer(
-            update=settings.normalizer_update, queue_size=settings.normalizer_queue_size
-        ),
-    )
-    policy = holder.current().module
-    assert isinstance(policy, ServingPolicy)
-
-    def blueprints(ids: Sequence[str]) -> dict[str, BlueprintMetadata]:
-        return dict(catalog.resolve(ids, 0.0).metadata)
-
-    gate = RiskCommandGate(RiskStage(RiskGate(risk, events or LogEventSink())), blueprints)
-    for name, breaker in (adopted_breakers or {}).items():
-        gate.stage.gate.breakers.adopt(name, breaker)
-    controller = StepController(
-        policy=holder,
-        builder=builder,
-        catalog=catalog,
-        signer=CommandSigner(signer),
-        settings=settings,
-        telemetry=telemetry,
-        gate=gate,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return Tamiyo(controller, gate, catalog, builder, policy)
 
 
 @dataclass
@@ -199,6 +88,9 @@ class Run:
     @property
     def host_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    def close(self) -> None:
+        self.tamiyo.close()
 
 
 def build_model(spec: RunSpec, data: Dataset, device: torch.device) -> HostModel:
@@ -222,12 +114,14 @@ def assemble(
     store: UrzaStore,
     observers: Sequence[TrainingObserver] = (),
     holder: PolicyHolder | None = None,
-    telemetry: TelemetryPublisher | None = None,
+    telemetry: TelemetrySink | None = None,
     events: EventSink | None = None,
+    metrics: MetricsSink | None = None,
     adopted_breakers: Mapping[BreakerName, CircuitBreaker] | None = None,
 ) -> Run:
-    """The whole in-process step path for ``spec``; nothing has run yet. Without
-    ``holder`` Tamiyo starts from ``initial_policy``."""
+    """The whole in-process step path for ``spec``, Tamiyo's workers started and warm;
+    no training step has run yet (``Run.close`` stops the workers). Without ``holder``
+    Tamiyo starts from ``initial_policy``."""
     device = resolve_device(spec.device)
     data = load(spec.dataset, spec.seed).to(device)
     model = build_model(spec, data, device)
@@ -248,10 +142,11 @@ def assemble(
         settings=spec.kasmina,
     )
     tamiyo = build_tamiyo(
-        topology=topology, store=store, signer=signer, settings=spec.step, risk=spec.risk,
+        spec.tamiyo, topology=topology, blueprints=store,
+        candidates=candidate_blueprints(store, topology), signer=signer,
         holder=holder or initial_policy(device, spec.seed), seed=spec.seed,
-        telemetry=telemetry, events=events, adopted_breakers=adopted_breakers,
-    )  # fmt: skip
+        telemetry=telemetry, events=events, metrics=metrics, adopted_breakers=adopted_breakers,
+    ).start()  # fmt: skip
     trainer = Tolaria(
         model,
         data,

@@ -26,15 +26,15 @@ from leyline_vocab.telemetry import SOURCE_TAMIYO, SOURCE_TOLARIA
 from oona.keys import Keyring, Signer
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
-from producers.sinks import DecisionTelemetrySink, TelemetryEventSink
-from tamiyo_bus.decision_telemetry import TelemetryPublisher
+from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
+from tamiyo_bus import initial_policy
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
 from tamiyo_bus.tolaria.data import DATASETS
 from tamiyo_bus.tolaria.models import MODELS
 from tamiyo_bus.tolaria.trainer import TrainingObserver
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
-from weatherlight.demo.assembly import RunSpec, assemble, initial_policy, resolve_device
+from weatherlight.demo.assembly import RunSpec, assemble, resolve_device
 from weatherlight.demo.observers import FieldReportObserver, TolariaTelemetry
 from weatherlight.demo.progress import ProgressBar
 from weatherlight.demo.recorder import RunRecorder
@@ -135,9 +135,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  run dir     {run_dir}")
         side.deliver_reports(reporter)
         tamiyo_producer = side.producer(SOURCE_TAMIYO)
-        decisions = TelemetryPublisher(
-            DecisionTelemetrySink(tamiyo_producer), queue_size=spec.step.telemetry_queue_size
-        )
         recorder = RunRecorder()
         reports = FieldReportObserver(reporter)
         observers: list[TrainingObserver] = [
@@ -147,8 +144,10 @@ def run(args: argparse.Namespace) -> int:
         ]
         built = assemble(
             spec, run_id=run_id, signer=signer, keyring=keyring, store=store,
-            observers=observers, holder=holder, telemetry=decisions,
+            observers=observers, holder=holder,
+            telemetry=DecisionTelemetrySink(tamiyo_producer),
             events=TelemetryEventSink(tamiyo_producer, run=run_id),
+            metrics=TelemetryMetricsSink(tamiyo_producer, run=run_id),
             adopted_breakers=side.breakers,
         )  # fmt: skip
         side.forward_kasmina(built.kasmina.outbox)
@@ -179,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
         wall_s = time.perf_counter() - started
         progress.close()
         counts = _settle_reports(reporter, run_id)
-        built.tamiyo.controller.wait_idle(IDLE_WAIT_S)
-        decisions.wait_idle(IDLE_WAIT_S)
+        built.tamiyo.wait_idle(IDLE_WAIT_S)
+        built.close()
         status_url = side.status_url or "-"
     finally:
         side.stop()

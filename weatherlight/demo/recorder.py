@@ -9,17 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.step import StepReason
+from tamiyo_bus.decision import InferenceOutcome
 from tamiyo_bus.tolaria.trainer import EpochRecord, StepRecord
 
-NOT_DECIDED = frozenset(
-    {
-        StepReason.TIMEOUT_INFERENCE,
-        StepReason.INFERENCE_BUSY,
-        StepReason.INFERENCE_ERROR,
-        StepReason.INFERENCE_BREAKER_OPEN,
-    }
-)
+NOT_DECIDED = frozenset(outcome for outcome in InferenceOutcome if not outcome.decided)
 """Reasons of a NO_OP the policy did not choose: late, busy, failed or not asked."""
 REPLACED_REASON = "risk_replaced_reason"  # the risk gate keeps the proposal's reason here
 

@@ -1,4 +1,5 @@
-"""Synthetic host states of a given size, for benchmarks, tests and demos.
+"""Synthetic host states of a given size and an in-memory blueprint catalogue, for the
+tests and the benchmarks.
 
 ``reference_state`` is the size the step budgets are quoted at (16 seeds, 12 layers,
 8 blueprints, 12 activations, 12 parameters); ``large_state`` the stress size
@@ -8,6 +9,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
@@ -122,3 +124,16 @@ def packet(
             seed.blueprint_id = f"bp{i % max(size.blueprints, 1)}"
             seed.metrics["loss_delta"] = rng.uniform(-0.1, 0.1)
     return state
+
+
+class StaticBlueprintCatalog:
+    """An in-memory blueprint library (Urza's store is the real one)."""
+
+    def __init__(self, entries: Iterable[BlueprintMetadata]) -> None:
+        self._entries = {entry.blueprint_id: entry for entry in entries}
+
+    def lookup(self, blueprint_ids: Sequence[str]) -> Mapping[str, BlueprintMetadata]:
+        return {i: self._entries[i] for i in blueprint_ids if i in self._entries}
+
+    def ids(self) -> tuple[str, ...]:
+        return tuple(self._entries)
