@@ -149,7 +149,9 @@ class RiskGate:
         )
         self._armed = [True] * len(ALARMS)
         self._category = Category.GREEN
+        self._published_conservative: bool | None = None
         self.breakers.subscribe(self._on_breaker)
+        self._publish_conservative(False)
 
     def prepare(self, signals: Mapping[Signal, float]) -> PreparedScores:
         """Score and tally the signals known before the decision (none of
@@ -213,7 +215,7 @@ class RiskGate:
             self._sink.emit(raised)
         if self._metrics is not None:
             self._metrics.inc(METRIC_RISK_DECISIONS, category=found.category.name)
-            self._metrics.set_gauge(METRIC_CONSERVATIVE, float(conservative))
+        self._publish_conservative(conservative)
         return GateResult(
             proposed,
             found.category,
@@ -224,6 +226,13 @@ class RiskGate:
             tuple(events),
             found,
         )
+
+    def _publish_conservative(self, active: bool) -> None:
+        """The conservative-mode gauge, sent when it changes (and once at start): an
+        unchanged gauge costs a packet per decision and says nothing new."""
+        if self._metrics is not None and active is not self._published_conservative:
+            self._published_conservative = active
+            self._metrics.set_gauge(METRIC_CONSERVATIVE, float(active))
 
     def new_epoch(self, epoch: int) -> bool:
         """Tell the gate the training epoch; with adaptive thresholds on, every N epochs
@@ -273,6 +282,7 @@ class RiskGate:
             change = self.conservative.trigger(breaker_reason(name))
             if change is not None:
                 self._sink.emit(_mode_event(change))
+                self._publish_conservative(True)
 
 
 def _mode_event(change: Transition) -> pb.TelemetryEvent:

@@ -84,6 +84,21 @@ async def test_critical_and_high_go_at_once_on_the_emergency_lane_one_entry_each
     assert await stream_len(bus, Stream.TELEMETRY) == 1
 
 
+async def test_concurrent_flushes_publish_each_urgent_packet_once(bus: Bus) -> None:
+    """The background task and an explicit flush drain the emergency lane together."""
+    producer = TelemetryProducer(bus, source="kasmina")
+    await producer.start()
+    try:
+        for i in range(20):
+            producer.emit(critical_packet("r1", f"s{i}"))
+        flushed = await asyncio.gather(producer.flush(), producer.flush(), producer.flush())
+    finally:
+        await producer.stop()
+    assert sum(flushed) <= 20
+    assert producer.stats.urgent == 20
+    assert await stream_len(bus, Stream.EMERGENCY) == 20
+
+
 async def test_the_buffer_is_bounded_and_drops_the_oldest_counted(bus: Bus) -> None:
     producer = TelemetryProducer(bus, source="tolaria", settings=ProducerSettings(
         buffer_max_packets=10, flush_at_packets=1_000))  # fmt: skip
