@@ -12,7 +12,8 @@ step path, so it runs there (the demo adds it to its own Weatherlight).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 from prometheus_client.registry import Collector
@@ -20,10 +21,12 @@ from prometheus_client.registry import Collector
 from consumers.hub.service import HubSettings, TelemetryHub
 from consumers.nissa.service import Nissa, NissaSettings
 from consumers.simic import ReportStore, SimicIntake, SimicSettings
+from oona.bus import Bus
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from weatherlight.drain import DrainCollector, DrainStats, drain_service
 from weatherlight.supervisor import (
+    BusComponent,
     ServiceContext,
     ServiceRun,
     ServiceSpec,
@@ -31,6 +34,7 @@ from weatherlight.supervisor import (
     Supervisor,
     SupervisorCollector,
     SupervisorSettings,
+    bus_service,
 )
 
 NISSA = "nissa"
@@ -46,54 +50,47 @@ class WeatherlightSettings:
 
 
 def hub_service(settings: HubSettings) -> ServiceRun:
-    async def run(context: ServiceContext) -> None:
-        bus = context.connect()
-        try:
-            hub = TelemetryHub(bus, context.keyring, settings, consumer_name=context.consumer_name)
-            await hub.run(context.stop)
-        finally:
-            await bus.close()
+    def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
+        return nullcontext(
+            TelemetryHub(bus, context.keyring, settings, consumer_name=context.consumer_name)
+        )
 
-    return run
+    return bus_service(build)
 
 
 def nissa_service(settings: NissaSettings, collectors: Sequence[Collector] = ()) -> ServiceRun:
     """Nissa, reporting Weatherlight's health in /healthz and its state in /metrics."""
 
-    async def run(context: ServiceContext) -> None:
-        bus = context.connect()
-        try:
-            nissa = Nissa(
-                bus,
-                context.keyring,
-                settings,
-                consumer_name=context.consumer_name,
-                components=(context.supervisor,),
-                collectors=(SupervisorCollector(context.supervisor), *collectors),
-            )
-            http = nissa.start_http()
-            await context.supervisor.publish_endpoint(NISSA, http.url if http else "")
-            await nissa.run(context.stop)
-        finally:
-            await bus.close()
+    @asynccontextmanager
+    async def build(bus: Bus, context: ServiceContext) -> AsyncIterator[Nissa]:
+        nissa = Nissa(
+            bus,
+            context.keyring,
+            settings,
+            consumer_name=context.consumer_name,
+            components=(context.supervisor,),
+            collectors=(SupervisorCollector(context.supervisor), *collectors),
+        )
+        http = nissa.start_http()
+        await context.supervisor.publish_endpoint(NISSA, http.url if http else "")
+        yield nissa
 
-    return run
+    return bus_service(build)
 
 
 def simic_service(settings: SimicSettings) -> ServiceRun:
     """Simic's intake: stores field reports durably, then acks them."""
 
-    async def run(context: ServiceContext) -> None:
-        bus = context.connect()
+    @asynccontextmanager
+    async def build(bus: Bus, context: ServiceContext) -> AsyncIterator[SimicIntake]:
         store = ReportStore(settings.db_path)
         try:
             named = replace(settings, consumer=context.consumer_name)
-            await SimicIntake(bus, context.keyring, store, named).run(context.stop)
+            yield SimicIntake(bus, context.keyring, store, named)
         finally:
             store.close()
-            await bus.close()
 
-    return run
+    return bus_service(build)
 
 
 def default_services(settings: WeatherlightSettings) -> list[ServiceSpec]:

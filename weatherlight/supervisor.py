@@ -19,8 +19,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -78,6 +80,31 @@ class ServiceContext:
 
 
 ServiceRun = Callable[[ServiceContext], Awaitable[None]]
+
+
+class BusComponent(Protocol):
+    """A component that consumes or produces on the bus until told to stop."""
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+ComponentFactory = Callable[[Bus, ServiceContext], AbstractAsyncContextManager[BusComponent]]
+
+
+def bus_service(build: ComponentFactory) -> ServiceRun:
+    """The one shape of a service on the bus: each run opens a client of its own,
+    builds the component on it (entering whatever the factory's context holds, such as
+    a store), runs it until stop, and closes everything however the run ends."""
+
+    async def run(context: ServiceContext) -> None:
+        bus = context.connect()
+        try:
+            async with build(bus, context) as component:
+                await component.run(context.stop)
+        finally:
+            await bus.close()
+
+    return run
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,7 +44,13 @@ from weatherlight.services import (
     WeatherlightSettings,
     default_services,
 )
-from weatherlight.supervisor import ServiceContext, ServiceRun, ServiceSpec
+from weatherlight.supervisor import (
+    BusComponent,
+    ServiceContext,
+    ServiceRun,
+    ServiceSpec,
+    bus_service,
+)
 
 T = TypeVar("T")
 START_TIMEOUT_S = 60.0
@@ -54,20 +61,17 @@ def policy_listener_service(holder: PolicyHolder, breaker: CircuitBreaker) -> Se
     """Tamiyo's policy-update listener: signed PolicyUpdates swap the running policy;
     repeated rejections open ``breaker`` (the risk gate's policy-update breaker)."""
 
-    async def run(context: ServiceContext) -> None:
-        bus = context.connect()
-        try:
-            transaction = PolicyUpdateTransaction(
-                holder, context.keyring, metrics=bus.metrics, breaker=breaker
-            )
-            listener = PolicyUpdateListener(
+    def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
+        transaction = PolicyUpdateTransaction(
+            holder, context.keyring, metrics=bus.metrics, breaker=breaker
+        )
+        return nullcontext(
+            PolicyUpdateListener(
                 bus, transaction, context.keyring, consumer_name=context.consumer_name
             )
-            await listener.run(context.stop)
-        finally:
-            await bus.close()
+        )
 
-    return run
+    return bus_service(build)
 
 
 @dataclass(frozen=True)
