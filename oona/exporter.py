@@ -1,4 +1,4 @@
-"""`tamiyo-bus bus-exporter`: the bus's own state as Prometheus metrics.
+"""The bus's own state as Prometheus metrics (served by `tamiyo-bus bus-exporter`).
 
 Read from the server at scrape time, so every scrape is current and the exporter
 holds no state: per stream its length, per group its lag (undelivered + unacked)
@@ -7,19 +7,14 @@ and pending count, and the length of each dead-letter stream.
 
 from __future__ import annotations
 
-import argparse
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from prometheus_client import start_http_server
-from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from oona.connection import resolve_url
 from oona.replies import entries, group_lag, text
-from oona.settings import OonaSettings
 
 
 class BusCollector(Collector):
@@ -66,20 +61,3 @@ class BusCollector(Collector):
             return len(entries(self.client.xrange(key, after, "+")))
 
         return count
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = OonaSettings.from_env()
-    client = redis.Redis.from_url(resolve_url(settings))
-    REGISTRY.register(BusCollector(client, settings.key_prefix))
-    start_http_server(args.port, addr=args.host)
-    print(f"bus exporter on http://{args.host}:{args.port}/metrics", flush=True)
-    threading.Event().wait()  # serve until the process is stopped
-    return 0
-
-
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser("bus-exporter", help="serve stream and group state to Prometheus")
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=9121)
-    parser.set_defaults(run=run)

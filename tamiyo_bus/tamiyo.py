@@ -26,7 +26,7 @@ from oona.breaker import CircuitBreaker
 from oona.events import EventSink, LogEventSink
 from oona.keys import Signer
 from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetrySink, telemetry_publisher
-from tamiyo_bus.policy.features import RunningNormalizer
+from tamiyo_bus.policy.features import NormalizerSettings, RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder
 from tamiyo_bus.policy.reference import architecture_id
 from tamiyo_bus.policy.registry import registry_digest
@@ -39,7 +39,12 @@ from tamiyo_bus.security.commands import CommandSigner
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
 from tamiyo_bus.settings import StepSettings
 from tamiyo_bus.step import StepController
-from tamiyo_bus.urza_client import BlueprintCatalog, BlueprintMetadata, CachedCatalog
+from tamiyo_bus.urza_client import (
+    BlueprintCatalog,
+    BlueprintMetadata,
+    CachedCatalog,
+    CatalogSettings,
+)
 from tamiyo_bus.worker import QueueWorker
 
 INITIAL_POLICY_ID = "tamiyo-initial"
@@ -53,6 +58,10 @@ class TamiyoSettings:
 
     step: StepSettings = field(default_factory=StepSettings)
     risk: RiskSettings = field(default_factory=RiskSettings)
+    catalog: CatalogSettings = field(default_factory=CatalogSettings)
+    normalizer: NormalizerSettings = field(default_factory=NormalizerSettings)
+    # decision records waiting for their background publisher; more drop the oldest
+    telemetry_queue_size: int = 1024
 
 
 def initial_policy(device: torch.device | str, seed: int) -> PolicyHolder:
@@ -179,14 +188,16 @@ def build_tamiyo(
     catalog = CachedCatalog(
         blueprints,
         deadline_ms=step.urza_deadline_ms,
-        ttl_s=step.urza_cache_ttl_s,
-        max_stale_s=step.urza_max_stale_s,
+        ttl_s=settings.catalog.ttl_s,
+        max_stale_s=settings.catalog.max_stale_s,
         clock=clock,
     )
     builder = GraphBuilder(
         topology,
         candidates,
-        RunningNormalizer(update=step.normalizer_update, queue_size=step.normalizer_queue_size),
+        RunningNormalizer(
+            update=settings.normalizer.update, queue_size=settings.normalizer.queue_size
+        ),
     )
 
     def cached(ids: Sequence[str]) -> dict[str, BlueprintMetadata]:
@@ -197,7 +208,7 @@ def build_tamiyo(
         risk.breakers.adopt(name, breaker)
     gate = StepGate(risk, cached)
     publisher = (
-        telemetry_publisher(telemetry, queue_size=step.telemetry_queue_size)
+        telemetry_publisher(telemetry, queue_size=settings.telemetry_queue_size)
         if telemetry is not None
         else None
     )

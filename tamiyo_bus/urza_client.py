@@ -43,6 +43,14 @@ class BlueprintCatalog(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class CatalogSettings:
+    """How long blueprint metadata is trusted once fetched."""
+
+    ttl_s: float = 30.0  # fresh this long
+    max_stale_s: float = 300.0  # past its TTL, served (while refreshed) this long more
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogResolution:
     """Metadata for a step: what was known in time, and whether anything was missing."""
 

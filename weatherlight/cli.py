@@ -7,11 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from oona import exporter
-from tamiyo_bus.reports import cli as reports_cli
-from tamiyo_bus.security import keytool
-from tamiyo_bus.urza import cli as urza_cli
-from weatherlight import selfcheck, serve
+from weatherlight import exporter_cli, keys_cli, reports_cli, selfcheck, serve, urza_cli
 from weatherlight.demo import cli as demo_cli
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -19,8 +15,8 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 SUBCOMMANDS: tuple[Register, ...] = (
     demo_cli.register,
     selfcheck.register,
-    exporter.register,
-    keytool.register,
+    exporter_cli.register,
+    keys_cli.register,
     serve.register,
     urza_cli.register,
     reports_cli.register,

@@ -26,6 +26,7 @@ from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from oona.streams import Stream
 from weatherlight.hung_consumer import hold_then_kill
+from weatherlight.settings import SystemSettings
 
 ALL_TYPES = frozenset(pb.MessageType.values())
 
@@ -170,10 +171,11 @@ async def _print_metrics(bus: Bus) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `tamiyo-bus selfcheck`."""
-    base = OonaSettings.from_env()
+    system = SystemSettings.from_env()
+    base = system.oona
     server: EmbeddedServer | None = None
     if not base.redis_url:
-        data_dir = Path(args.data_dir)
+        data_dir = args.data_dir or system.data_dir
         server = EmbeddedServer(data_dir=data_dir / "redis", appendonly=True).start()
         base = base.with_overrides(redis_url=server.url)
         print(f"embedded server: {server.version()} (log: {server.log_path})")
@@ -200,5 +202,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("selfcheck", help="end-to-end bus self-check")
-    parser.add_argument("--data-dir", default=".tamiyo", help="server data directory")
+    parser.add_argument(
+        "--data-dir", type=Path, help="server data directory (default: $TAMIYO_DATA_DIR)"
+    )
     parser.set_defaults(run=run)

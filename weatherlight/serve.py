@@ -24,21 +24,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from consumers.nissa.rules import load_rules
-from consumers.simic import SimicSettings
 from oona.keyfiles import KeyConfigError, KeySettings
 from oona.keys import Keyring, Signer
-from oona.settings import OonaSettings
 from weatherlight.services import (
     Weatherlight,
     WeatherlightSettings,
     default_services,
 )
+from weatherlight.settings import SystemSettings
 
 log = logging.getLogger(__name__)
 EXIT_CONFIG_ERROR = 2
 
 
-def load_keys(ephemeral: bool) -> tuple[Signer, Keyring]:
+def load_keys(keys: KeySettings, ephemeral: bool) -> tuple[Signer, Keyring]:
     """The signing key and the trusted keys; Weatherlight also trusts its own key, since
     Nissa verifies what the hub (in the same process) signed."""
     if ephemeral:
@@ -46,23 +45,24 @@ def load_keys(ephemeral: bool) -> tuple[Signer, Keyring]:
         log.warning("ephemeral keys (%s): only this process can sign accepted messages",
                     signer.key_id)  # fmt: skip
         return signer, Keyring.of(signer.public_key())
-    keys = KeySettings.from_env()
     signer = keys.load_signer()
     return signer, keys.load_keyring().with_key(signer.public_key())
 
 
-def build_settings(args: argparse.Namespace) -> WeatherlightSettings:
-    base = WeatherlightSettings()
+def build_settings(args: argparse.Namespace, system: SystemSettings) -> WeatherlightSettings:
+    """The tree's Weatherlight branch with the command's flags applied."""
+    base = system.weatherlight
     state = base.nissa.state
     if args.rules is not None:
         state = replace(state, rules=load_rules(args.rules))
     nissa = replace(base.nissa, host=args.host, port=args.port, state=state)
-    simic = SimicSettings.under(OonaSettings.from_env().data_dir)
-    return replace(base, nissa=nissa, simic=simic)
+    return replace(base, nissa=nissa)
 
 
-async def serve(args: argparse.Namespace, signer: Signer, keyring: Keyring) -> int:
-    settings = build_settings(args)
+async def serve(
+    args: argparse.Namespace, system: SystemSettings, signer: Signer, keyring: Keyring
+) -> int:
+    settings = build_settings(args, system)
     specs = default_services(settings)
     if args.services:
         wanted = {name.strip() for name in args.services.split(",") if name.strip()}
@@ -73,7 +73,7 @@ async def serve(args: argparse.Namespace, signer: Signer, keyring: Keyring) -> i
         specs = [spec for spec in specs if spec.name in wanted]
     weatherlight = Weatherlight(
         specs,
-        oona=OonaSettings.from_env(),
+        oona=system.oona,
         signer=signer,
         keyring=keyring,
         instance=args.instance,
@@ -97,12 +97,13 @@ async def serve(args: argparse.Namespace, signer: Signer, keyring: Keyring) -> i
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    system = SystemSettings.from_env()
     try:
-        signer, keyring = load_keys(args.ephemeral_keys)
+        signer, keyring = load_keys(system.keys, args.ephemeral_keys)
     except KeyConfigError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    return asyncio.run(serve(args, signer, keyring))
+    return asyncio.run(serve(args, system, signer, keyring))
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

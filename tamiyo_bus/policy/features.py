@@ -233,6 +233,12 @@ class NormalizerSnapshot:
         return NormalizerSnapshot.from_moments(count, mean, m2)
 
 
+@dataclass(frozen=True, slots=True)
+class NormalizerSettings:
+    update: bool = True  # update the running feature statistics from live steps
+    queue_size: int = 256  # observations waiting for the updater; more are dropped (counted)
+
+
 class RunningNormalizer:
     """Running feature statistics, updated on a background worker (``start`` it).
 

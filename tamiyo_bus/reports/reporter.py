@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from leyline_pb import leyline_pb2 as pb
 from oona.backoff import Backoff
 from oona.metrics import BusMetrics
+from oona.settings import DEFAULT_DATA_DIR
 from tamiyo_bus.reports import records
 from tamiyo_bus.reports.book import ReportEntry, ReportState, RetryPolicy
 from tamiyo_bus.reports.records import Ack, Kind, Park, RunEnd, Unpark
@@ -63,7 +64,7 @@ _FULL_LOG_INTERVAL_S = 10.0
 class ReportSettings:
     """The Tamiyo side of field reports; units in the names."""
 
-    wal_dir: Path = Path(".tamiyo/reports")
+    wal_dir: Path = DEFAULT_DATA_DIR / "reports"
     windows: WindowSettings = field(default_factory=WindowSettings)
     wal: WalSettings = field(default_factory=WalSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)

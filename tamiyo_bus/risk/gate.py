@@ -58,6 +58,7 @@ from tamiyo_bus.risk.signals import (
     score_all,
     score_into,
 )
+from tamiyo_bus.risk.tracker import TrackerSettings
 
 CONSERVATIVE_REASON = "conservative_mode"
 
@@ -90,6 +91,7 @@ class RiskSettings:
     conservative: ConservativeSettings = field(default_factory=ConservativeSettings)
     breakers: BreakerBankSettings = field(default_factory=BreakerBankSettings)
     adaptive: AdaptiveSettings | None = None  # None: thresholds stay as configured
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
     # An alarm event fires when its signal's score reaches this, and re-arms only once
     # the score is back to 0, so a signal hovering near the level raises one event.
     alarm_score: float = 0.5

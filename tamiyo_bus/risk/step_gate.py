@@ -51,7 +51,7 @@ class StepGate:
         self, gate: RiskGate, blueprints: BlueprintLookup, tracker: SignalTracker | None = None
     ) -> None:
         self.gate = gate
-        self.tracker = tracker or SignalTracker()
+        self.tracker = tracker or SignalTracker(gate.settings.tracker)
         self._blueprints = blueprints
         self._inference = gate.breakers[BreakerName.INFERENCE]
         self._urza = gate.breakers[BreakerName.URZA]

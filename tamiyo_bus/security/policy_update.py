@@ -1,5 +1,5 @@
 """PolicyUpdates applied as one transaction, the `policy` stream listener that feeds
-them in, and the helper Simic uses to publish them.
+them in, and the helpers that build and publish a signed one (a learner's side).
 
 The transaction either installs a new policy or changes nothing. It never writes into
 the running module: it validates the update, builds the new policy in a copy, and
@@ -9,8 +9,8 @@ a swap can never land mid-inference, and the step path never waits on the swap (
 the swap on a wedged inference).
 
 Weights are loaded only with `safetensors.torch.load`, which reads tensors and
-executes nothing. The earlier system unpickled PolicyUpdates; any pickle (bare, or
-inside a `torch.save` zip archive) is refused before a loader sees it.
+executes nothing. A pickle runs code when it is loaded, so any pickle (bare, or inside
+a `torch.save` zip archive) is refused before a loader sees it.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def build_policy_update(
     signer: Signer,
     clock_ns: Clock = time.time_ns,
 ) -> pb.PolicyUpdate:
-    """A signed PolicyUpdate carrying `state_dict` as safetensors (Simic's side)."""
+    """A signed PolicyUpdate carrying `state_dict` as safetensors (the learner's side)."""
     payload = encode_weights(state_dict)
     update = pb.PolicyUpdate(
         policy_id=policy_id,

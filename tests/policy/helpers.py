@@ -12,6 +12,7 @@ from oona.events import BufferedEventSink
 from oona.keys import Keyring, Signer
 from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo
 from tamiyo_bus.decision_telemetry import DecisionTelemetry
+from tamiyo_bus.policy.features import NormalizerSettings
 from tamiyo_bus.policy.graph import GraphBuilder
 from tamiyo_bus.policy.reference import PolicyConfig, architecture_id
 from tamiyo_bus.policy.registry import registry_digest
@@ -116,8 +117,9 @@ def make_stack(
     sink = Collect()
     tamiyo = build_tamiyo(
         TamiyoSettings(
-            dataclasses.replace(settings, normalizer_update=normalizer_update),
+            settings,
             risk or UNTRAINED_RISK_HEAD,
+            normalizer=NormalizerSettings(update=normalizer_update),
         ),
         topology=synthetic.topology(size),
         blueprints=catalog or static,

@@ -20,7 +20,7 @@ from oona.keys import Signer
 from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo
 from tamiyo_bus.decision import InferenceOutcome
 from tamiyo_bus.decision_telemetry import DecisionTelemetry
-from tamiyo_bus.policy.features import RunningNormalizer
+from tamiyo_bus.policy.features import NormalizerSettings, RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.reference import architecture_id
 from tamiyo_bus.policy.registry import registry_digest
@@ -83,11 +83,10 @@ def rig(
         step_deadline_ms=deadline_ms,
         inference_budget_ms=min(deadline_ms / 2, 1_000.0),
         urza_deadline_ms=urza_deadline_ms,
-        normalizer_update=False,
     )
     clock, sink = Clock(), BufferedEventSink()
     tamiyo = build_tamiyo(
-        TamiyoSettings(settings),
+        TamiyoSettings(settings, normalizer=NormalizerSettings(update=False)),
         topology=synthetic.topology(SIZE),
         blueprints=urza or static,
         candidates=static.ids(),

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from oona.keyfiles import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, ENV_TRUSTED_KEYS_DIR
-from oona.settings import ENV_REDIS_URL
 from weatherlight import serve
+from weatherlight.settings import ENV_REDIS_URL
 
 from .test_nissa import get
 

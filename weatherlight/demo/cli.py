@@ -25,7 +25,6 @@ from pathlib import Path
 from leyline_vocab.telemetry import SOURCE_TAMIYO, SOURCE_TOLARIA
 from oona.keys import Keyring, Signer
 from oona.server import EmbeddedServer
-from oona.settings import OonaSettings
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
 from tamiyo_bus import initial_policy
 from tamiyo_bus.reports.book import ReportState
@@ -33,7 +32,7 @@ from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
 from tamiyo_bus.tolaria.data import DATASETS
 from tamiyo_bus.tolaria.models import MODELS
 from tamiyo_bus.tolaria.trainer import TrainingObserver
-from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
+from tamiyo_bus.urza.store import UrzaStore
 from weatherlight.demo.assembly import RunSpec, assemble, resolve_device
 from weatherlight.demo.observers import FieldReportObserver, TolariaTelemetry
 from weatherlight.demo.progress import ProgressBar
@@ -41,6 +40,7 @@ from weatherlight.demo.recorder import RunRecorder
 from weatherlight.demo.report import write_report
 from weatherlight.demo.services import AsyncSide, ServiceSettings
 from weatherlight.demo.summary import summarise
+from weatherlight.settings import SystemSettings
 
 REPORTS_SETTLE_S = 20.0  # at the end, how long to wait for Simic to ack the last reports
 IDLE_WAIT_S = 5.0
@@ -112,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     signer = Signer.generate()
     keyring = Keyring.of(signer.public_key())
-    oona = OonaSettings.from_env()
+    system = SystemSettings.from_env()
+    oona = system.oona
     server: EmbeddedServer | None = None
     if not oona.redis_url:
         server = EmbeddedServer(data_dir=run_dir / "redis").start()
         oona = oona.with_overrides(redis_url=server.url)
     oona = oona.with_overrides(key_prefix=f"demo-{run_id}")
-    store = UrzaStore.open_seeded(UrzaSettings.from_env())
+    store = UrzaStore.open_seeded(system.urza)
     holder = initial_policy(device, spec.seed)
     side = AsyncSide(
         oona=oona, signer=signer, keyring=keyring, run_id=run_id, run_dir=run_dir,

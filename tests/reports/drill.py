@@ -6,7 +6,7 @@ end-to-end figures. It is deterministic: the same plan issues the same commands
 re-sends what the killed one had sent, as a restarted trainer would, and the reporter
 recognises what it already holds.
 
-Run as ``python -m tamiyo_bus.reports.drill --wal-dir DIR --redis-url URL --prefix P``
+Run as ``python -m tests.reports.drill --wal-dir DIR --redis-url URL --prefix P``
 with the keys in the environment (TAMIYO_SIGNING_KEY, TAMIYO_TRUSTED_KEYS; see
 oona.keyfiles). It exits 0 once every report of the plan is acknowledged.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def all_acked(plan_ids: list[str], reporter: FieldReporter) -> bool:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    keys = KeySettings.from_env()
+    keys = KeySettings.from_env(os.environ)
     settings = OonaSettings(redis_url=args.redis_url, key_prefix=args.prefix)
     bus = Bus(open_redis(args.redis_url, settings), settings, keys.load_signer(), source="tamiyo")
     plan = DrillPlan(

@@ -9,7 +9,6 @@ leaves a request file for the log's owner, which acts on it within its
 from __future__ import annotations
 
 import argparse
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,16 @@ import orjson
 
 from leyline_pb import leyline_pb2 as pb
 from oona.metrics import BusMetrics
-from oona.settings import ENV_DATA_DIR
 from tamiyo_bus.reports.book import ReportEntry, ReportState, RetryPolicy
 from tamiyo_bus.reports.requests import ALL, request_retry, valid_target
 from tamiyo_bus.reports.state import LogState
 from tamiyo_bus.reports.wal import WalSettings, scan
+from weatherlight.settings import SystemSettings
 
 
 def default_wal_dir() -> Path:
-    """`$TAMIYO_DATA_DIR/reports` (`.tamiyo/reports` when unset)."""
-    return Path(os.environ.get(ENV_DATA_DIR, ".tamiyo")) / "reports"
+    """The field-report log of the settings tree: `reports/` under `$TAMIYO_DATA_DIR`."""
+    return SystemSettings.from_env().reports.wal_dir
 
 
 class LogView:

@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from oona.keyfiles import KeyConfigError, KeySettings, generate_key_pair, key_id_of_file
+from oona.keyfiles import KeyConfigError, generate_key_pair, key_id_of_file
+from weatherlight.settings import SystemSettings
 
 EXIT_CONFIG_ERROR = 2
 
@@ -59,7 +60,7 @@ def run_id(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    settings = KeySettings.from_env()
+    settings = SystemSettings.from_env().keys
     status = 0
     if args.only in (None, "signing"):
         try:

@@ -9,10 +9,11 @@ from pathlib import Path
 from tamiyo_bus.urza.blueprint import AdapterKind
 from tamiyo_bus.urza.catalogue import DEFAULT_ALLOWED, make_blueprint
 from tamiyo_bus.urza.store import UnknownBlueprint, UrzaSettings, UrzaStore
+from weatherlight.settings import SystemSettings
 
 
 def _store(args: argparse.Namespace) -> UrzaStore:
-    settings = UrzaSettings(db_path=args.db) if args.db else UrzaSettings.from_env()
+    settings = UrzaSettings(db_path=args.db) if args.db else SystemSettings.from_env().urza
     return UrzaStore.open_seeded(settings)
 
 
