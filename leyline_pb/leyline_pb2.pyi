@@ -584,6 +584,7 @@ class AdaptationCommand(google.protobuf.message.Message):
     GLOBAL_STEP_FIELD_NUMBER: builtins.int
     TRAINING_RUN_ID_FIELD_NUMBER: builtins.int
     SIGNATURE_FIELD_NUMBER: builtins.int
+    DECISION_STEP_FIELD_NUMBER: builtins.int
     version: builtins.int
     command_id: builtins.str
     """unique and time-ordered"""
@@ -596,6 +597,8 @@ class AdaptationCommand(google.protobuf.message.Message):
     policy_version: builtins.int
     global_step: builtins.int
     training_run_id: builtins.str
+    decision_step: builtins.int
+    """the step whose state the policy decided on (<= global_step)"""
     @property
     def seed(self) -> global___SeedCommand: ...
     @property
@@ -626,9 +629,10 @@ class AdaptationCommand(google.protobuf.message.Message):
         global_step: builtins.int = ...,
         training_run_id: builtins.str = ...,
         signature: global___SignatureBlock | None = ...,
+        decision_step: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["circuit_breaker", b"circuit_breaker", "optimizer", b"optimizer", "payload", b"payload", "seed", b"seed", "signature", b"signature"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "circuit_breaker", b"circuit_breaker", "command_id", b"command_id", "command_type", b"command_type", "global_step", b"global_step", "issued_at_ns", b"issued_at_ns", "issued_by", b"issued_by", "optimizer", b"optimizer", "payload", b"payload", "policy_version", b"policy_version", "reason", b"reason", "seed", b"seed", "signature", b"signature", "target_seed_id", b"target_seed_id", "training_run_id", b"training_run_id", "version", b"version"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "circuit_breaker", b"circuit_breaker", "command_id", b"command_id", "command_type", b"command_type", "decision_step", b"decision_step", "global_step", b"global_step", "issued_at_ns", b"issued_at_ns", "issued_by", b"issued_by", "optimizer", b"optimizer", "payload", b"payload", "policy_version", b"policy_version", "reason", b"reason", "seed", b"seed", "signature", b"signature", "target_seed_id", b"target_seed_id", "training_run_id", b"training_run_id", "version", b"version"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["payload", b"payload"]) -> typing.Literal["seed", "optimizer", "circuit_breaker"] | None: ...
 
 global___AdaptationCommand = AdaptationCommand
@@ -665,6 +669,8 @@ class FieldReport(google.protobuf.message.Message):
     OBSERVATION_WINDOW_EPOCHS_FIELD_NUMBER: builtins.int
     ISSUED_AT_NS_FIELD_NUMBER: builtins.int
     POLICY_VERSION_FIELD_NUMBER: builtins.int
+    DECISION_STEP_FIELD_NUMBER: builtins.int
+    APPLIED_STEP_FIELD_NUMBER: builtins.int
     report_id: builtins.str
     """stable and unique, derived from the command id"""
     command_id: builtins.str
@@ -675,6 +681,10 @@ class FieldReport(google.protobuf.message.Message):
     observation_window_epochs: builtins.int
     issued_at_ns: builtins.int
     policy_version: builtins.int
+    decision_step: builtins.int
+    """the step whose state the decision was made on"""
+    applied_step: builtins.int
+    """the step the command was applied at"""
     @property
     def metrics(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.float]: ...
     def __init__(
@@ -690,8 +700,10 @@ class FieldReport(google.protobuf.message.Message):
         observation_window_epochs: builtins.int = ...,
         issued_at_ns: builtins.int = ...,
         policy_version: builtins.int = ...,
+        decision_step: builtins.int = ...,
+        applied_step: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["blueprint_id", b"blueprint_id", "command_id", b"command_id", "issued_at_ns", b"issued_at_ns", "metrics", b"metrics", "observation_window_epochs", b"observation_window_epochs", "outcome", b"outcome", "policy_version", b"policy_version", "report_id", b"report_id", "seed_id", b"seed_id", "training_run_id", b"training_run_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["applied_step", b"applied_step", "blueprint_id", b"blueprint_id", "command_id", b"command_id", "decision_step", b"decision_step", "issued_at_ns", b"issued_at_ns", "metrics", b"metrics", "observation_window_epochs", b"observation_window_epochs", "outcome", b"outcome", "policy_version", b"policy_version", "report_id", b"report_id", "seed_id", b"seed_id", "training_run_id", b"training_run_id"]) -> None: ...
 
 global___FieldReport = FieldReport
 

@@ -26,8 +26,9 @@ class InferenceOutcome(StrEnum):
 
     DECIDED = "policy"  # the policy decided, with full inputs
     DECIDED_WITHOUT_URZA = "timeout_urza"  # decided without some blueprint metadata
-    TIMED_OUT = "timeout_inference"  # the deadline passed; the late result is discarded
-    BUSY = "inference_busy"  # not started: the previous inference is still running
+    TIMED_OUT = "timeout_inference"  # inline: the deadline passed; the late result is dropped
+    BUSY = "inference_busy"  # inline: not started, the previous inference still runs
+    STALE = "stale_decision"  # ahead: decided on a state too many steps old, dropped
     FAILED = "inference_error"  # the policy raised
     REFUSED = f"breaker.{BreakerName.INFERENCE}"  # not started: the breaker is open
 
@@ -47,12 +48,13 @@ class InferenceOutcome(StrEnum):
 
 
 _DECIDED = frozenset({InferenceOutcome.DECIDED, InferenceOutcome.DECIDED_WITHOUT_URZA})
-_MISSED = frozenset({InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY})
+_MISSED = frozenset({InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY, InferenceOutcome.STALE})
 _FAILED = _MISSED | {InferenceOutcome.FAILED}
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyDecision:
+    step: int  # the global step of the state the policy decided on
     policy_version: int
     inference: Inference
     graph: PolicyGraph
@@ -66,6 +68,7 @@ class PolicyDecision:
     blueprints: Mapping[str, BlueprintMetadata]
     build_ms: float
     inference_ms: float
+    cpu_ms: float  # the worker's CPU time on this decision (what it took from the trainer)
 
     @property
     def seed_id(self) -> str:

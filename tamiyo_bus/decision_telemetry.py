@@ -19,7 +19,9 @@ from tamiyo_bus.worker import DropRule, QueueWorker
 class DecisionTelemetry:
     command_id: str
     training_run_id: str
-    global_step: int
+    global_step: int  # the step the command is applied at
+    decision_step: int  # the step whose state the policy decided on
+    cadence_steps: int  # the decision interval in force
     policy_version: int
     command_type: int  # leyline CommandType
     action: str  # action-space name, e.g. "COMMAND_TYPE_SEED/SEED_OP_GERMINATE"

@@ -1,36 +1,37 @@
-"""``evaluate_step``: Tamiyo's decision for one optimiser step, inside a hard deadline.
+"""``evaluate_step``: Tamiyo on the trainer's step path, which never waits for the policy.
+
+The trainer asks ``wants_state(step)`` every step (a few attribute reads) and only on
+the steps it answers True builds the step's SystemStatePacket and calls
+``evaluate_step``; every other step costs Tamiyo nothing. How a decision reaches a step
+depends on ``StepSettings.decision_mode`` (docs/step-path.md):
+
+- ``ahead`` (default): the packet goes to the inference worker and ``evaluate_step``
+  returns at once with the decision the worker finished for an earlier packet
+  (normally the previous decision point's), reviewed by the risk gate against *this*
+  packet and signed now. A decision older than ``max_decision_age_steps`` is dropped
+  (``stale_decision``); while the worker is busy the newest packet replaces a waiting
+  one. The policy's latency bounds how often Tamiyo decides, never the step.
+- ``inline``: the worker decides on this packet and the step waits up to
+  ``step_deadline_ms``; a miss answers NO_OP (``timeout_inference``) and the late
+  result is dropped (its forward stops at its next layer).
+- ``synchronous``: the step waits for the decision on this packet, however long it
+  takes: the same seed gives the same commands (research runs and tests).
 
 Read top to bottom, :meth:`StepController.evaluate_step` is the whole step path:
+collect what the worker has for this step, hand this packet to the worker when the
+cadence says so, and turn the outcome into a command: stamp it (id, time, issuer,
+policy version, the step decided on and the step applied at, run, reason code), let the
+gate (the risk engine) review it, and sign it unless it is a NO_OP (a NO_OP changes
+nothing, so it is neither signed nor verified). Telemetry and the features for the
+running normalisation go to background workers through bounded queues.
 
-1. If the gate's inference breaker is open, answer NO_OP at once
-   (``breaker.inference``): a failing or wedged policy is not run again until the
-   breaker's cool-down lets a trial call through.
-2. If the inference worker is still busy with an earlier step, answer NO_OP at once
-   (``inference_busy``): nothing queues behind a slow decision.
-3. Hand the packet to the worker (blueprint metadata under the Urza deadline, graph
-   build, policy forward, masked choice) and wait at most until the step deadline,
-   less the reserve for the steps below. While the gate's Urza breaker is open the
-   worker does not wait on Urza at all: it decides from the cached metadata. Meanwhile
-   the gate extracts the packet's own risk signals (time this thread would only wait).
-4. Late: answer NO_OP (``timeout_inference``) at once. The worker's result, when it
-   comes, is discarded; the worker never touches shared state itself, so a late
-   decision cannot change anything. The forward stops before its next layer or
-   per-type GEMM once the step has stopped waiting, so a late decision does not go on
-   taking CPU time from the training step.
-5. Turn the decision into a command, stamp it (unique time-ordered id, issue time,
-   issuer, policy version, step, run, reason code), let the gate (the risk engine)
-   review it, sign it.
-6. Hand telemetry and the features for the running normalisation statistics to
-   background threads through bounded queues, and return.
-
-The caller's thread only ever waits on an Event with a timeout. The worker
-(tamiyo_bus.worker) is a daemon thread joined only for a bounded time on ``close``, so
-a wedged policy can neither stall the trainer nor keep the process from exiting.
+How often the worker gets a packet is the cadence (tamiyo_bus.cadence): every
+``decision_every_steps`` steps, or, when that is 0, the interval that keeps the
+measured cost of a decision within ``max_step_share`` of the host's step.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,19 +39,22 @@ from typing import Protocol
 import torch
 
 from leyline_pb import leyline_pb2 as pb
+from tamiyo_bus.cadence import Cadence
 from tamiyo_bus.decision import InferenceOutcome, PolicyDecision, propose_command
 from tamiyo_bus.decision_telemetry import DecisionTelemetry
+from tamiyo_bus.inference_worker import InferenceWorker, Job
 from tamiyo_bus.policy.actions import ACTION_SPACE, NO_OP_ACTION
 from tamiyo_bus.policy.graph import GraphBuilder
-from tamiyo_bus.policy.network import InferenceCancelled
 from tamiyo_bus.policy.serving import ServingPolicy
 from tamiyo_bus.security.commands import stamp_command
 from tamiyo_bus.security.policy_update import RunningPolicy
-from tamiyo_bus.settings import StepSettings
+from tamiyo_bus.settings import DecisionMode, StepSettings
 from tamiyo_bus.urza_client import CachedCatalog
-from tamiyo_bus.worker import QueueWorker, Worker
+from tamiyo_bus.worker import QueueWorker
 
 _NS_PER_MS = 1_000_000
+SYNCHRONOUS_WAIT_S = 60.0  # synchronous mode: longest wait for the statistics update
+HOST_STEP_METRIC = "step_latency_ms"  # the trainer's own step time, in the packet
 
 
 class CommandSigner(Protocol):
@@ -69,19 +73,18 @@ class CommandGate(Protocol):
     """Reviews every command before it is signed (the risk engine plugs in here)."""
 
     def inference_allowed(self) -> bool:
-        """Asked once per step before the policy runs: False while the inference
-        breaker is open (the step then answers NO_OP ``breaker.inference``)."""
+        """Asked before the policy is given a packet: False while the inference breaker
+        is open (the step then answers NO_OP ``breaker.inference``)."""
         ...
 
     def urza_wait_allowed(self) -> bool:
-        """Asked once per step: False while the Urza breaker is open (the step then
-        decides from cached blueprint metadata without waiting on Urza)."""
+        """False while the Urza breaker is open (the worker then decides from cached
+        blueprint metadata without waiting on Urza)."""
         ...
 
     def prepare(self, packet: pb.SystemStatePacket) -> None:
-        """Called once the policy is deciding on ``packet``, before the step waits for
-        it: review what does not depend on the decision now, in time the caller's
-        thread would spend waiting."""
+        """Called while a step waits for the policy to decide on ``packet``: review what
+        does not depend on the decision now, in time the step would only wait."""
         ...
 
     def review(
@@ -92,34 +95,25 @@ class CommandGate(Protocol):
         decision: PolicyDecision | None,
     ) -> pb.AdaptationCommand:
         """The command to sign: ``proposal`` judged against ``packet``; ``decision`` is
-        None when the policy did not decide in time."""
+        None when the policy did not decide."""
         ...
 
 
 @dataclass(slots=True)
 class StepStats:
-    decisions: int = 0
-    timeouts: int = 0
-    busy: int = 0
+    calls: int = 0  # evaluate_step calls
+    commands: int = 0  # commands returned (decisions and NO_OPs with a reason)
+    decided: int = 0  # of those, decided by the policy
+    submitted: int = 0  # packets handed to the worker
+    timeouts: int = 0  # inline: deadline missed
+    busy: int = 0  # inline: the worker was still busy
+    stale: int = 0  # ahead: dropped for their age, or abandoned while too old
     errors: int = 0
-    refused: int = 0  # steps the inference breaker kept the policy from running
-    late_results_discarded: int = 0
-    late_forwards_stopped: int = 0  # of those, forwards stopped between layers
-
-
-@dataclass(eq=False, slots=True)
-class _Job:
-    packet: pb.SystemStatePacket
-    deadline_ns: int
-    urza_wait: bool
-    done: threading.Event
-    finished: bool = False
-    abandoned: bool = False
-    outcome: PolicyDecision | BaseException | None = None
+    refused: int = 0  # decision points the inference breaker kept the policy from
 
 
 class StepController:
-    """Tamiyo on the step path: one decision per optimiser step, never late."""
+    """Tamiyo on the step path; ``start`` it before the first step."""
 
     def __init__(
         self,
@@ -134,7 +128,7 @@ class StepController:
         generator: torch.Generator | None = None,
     ) -> None:
         _serving(policy.current())
-        self.settings = settings or StepSettings()
+        self.settings = s = settings or StepSettings()
         self._policy = policy
         self._builder = builder
         self._catalog = catalog
@@ -143,50 +137,117 @@ class StepController:
         self._gate = gate
         self._generator = generator
         self.stats = StepStats()
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._job: _Job | None = None
-        self._worker = Worker("tamiyo-inference", self._run_job)
+        self.cadence = Cadence.of(
+            s.max_step_share, s.decision_every_steps, s.max_decision_every_steps, s.cost_smoothing
+        )
+        self.worker = InferenceWorker(self._decide)
+        self._next_submit_step = 0
 
     def start(self) -> None:
         """Start the inference worker (before the first step)."""
-        self._worker.start()
+        self.worker.start()
 
     def close(self) -> bool:
         """Stop the inference worker after the decision in flight (bounded wait)."""
-        return self._worker.close()
+        return self.worker.close()
 
     # ------------------------------------------------------------ the step path
 
-    def evaluate_step(self, packet: pb.SystemStatePacket) -> pb.AdaptationCommand:
-        """The signed command for this step; NO_OP on any breach of the deadline."""
+    def wants_state(self, step: int) -> bool:
+        """Whether ``evaluate_step`` has work at ``step``: a decision to hand over, or a
+        packet to hand the worker. Called every step; costs a few attribute reads."""
+        return step >= self._next_submit_step or self.worker.has_posted()
+
+    def evaluate_step(self, packet: pb.SystemStatePacket) -> pb.AdaptationCommand | None:
+        """The command for this step (signed unless a NO_OP), or None when there is
+        nothing to hand over. Inline and synchronous, every call decides on ``packet``
+        (``wants_state`` is what keeps to the cadence); ahead, ``packet`` goes to the
+        worker only when the cadence is due."""
         started = time.perf_counter_ns()
-        s = self.settings
-        deadline = started + int((s.step_deadline_ms - s.finish_reserve_ms) * _NS_PER_MS)
-        if self._gate is not None and not self._gate.inference_allowed():
-            self.stats.refused += 1
-            return self._finish(packet, started, None, InferenceOutcome.REFUSED)
-        urza_wait = self._gate is None or self._gate.urza_wait_allowed()
-        job = self._submit(packet, deadline, urza_wait)
+        self.stats.calls += 1
+        self.cadence.observe_host_step(packet.training_metrics.get(HOST_STEP_METRIC, 0.0))
+        mode = self.settings.decision_mode
+        if mode is DecisionMode.AHEAD:
+            outcome, decision = self._collect_ahead(packet)
+            if packet.global_step >= self._next_submit_step:
+                submitted = self._submit(packet, deadline_ns=None, posts_result=True)
+                if outcome is None and isinstance(submitted, InferenceOutcome):
+                    outcome = submitted
+        else:
+            outcome, decision = self._decide_now(packet, started, mode)
+        if outcome is None:
+            return None
+        return self._finish(packet, started, decision, outcome)
+
+    def _collect_ahead(
+        self, packet: pb.SystemStatePacket
+    ) -> tuple[InferenceOutcome | None, PolicyDecision | None]:
+        """The posted decision for this step, judged by its age. Work on states too old
+        to be used is stopped; while the worker is late with one (a slow or wedged
+        policy) the step says so (``stale_decision``), so the breaker sees it."""
+        oldest = packet.global_step - self.settings.max_decision_age_steps
+        late = self.worker.late_before(oldest)
+        job = self.worker.take_posted()
         if job is None:
-            self.stats.busy += 1
-            return self._finish(packet, started, None, InferenceOutcome.BUSY)
+            if late:
+                self.stats.stale += 1
+                return InferenceOutcome.STALE, None
+            return None, None
+        if isinstance(job.outcome, BaseException):
+            self.stats.errors += 1
+            return InferenceOutcome.FAILED, None
+        assert job.outcome is not None
+        if job.step < oldest:
+            self.stats.stale += 1
+            return InferenceOutcome.STALE, None
+        return _decided(job.outcome), job.outcome
+
+    def _decide_now(
+        self, packet: pb.SystemStatePacket, started_ns: int, mode: DecisionMode
+    ) -> tuple[InferenceOutcome, PolicyDecision | None]:
+        """Inline and synchronous modes: the decision on this very packet."""
+        s = self.settings
+        deadline: int | None = None
+        if mode is DecisionMode.INLINE:
+            deadline = started_ns + int((s.step_deadline_ms - s.finish_reserve_ms) * _NS_PER_MS)
+        elif self._builder.normalizer.worker.counters.submitted:
+            # The next decision must see every statistics update of the previous ones.
+            self._builder.normalizer.wait_idle(SYNCHRONOUS_WAIT_S)
+        job = self._submit(packet, deadline_ns=deadline, posts_result=False)
+        if isinstance(job, InferenceOutcome):
+            return job, None
         if self._gate is not None:
             self._gate.prepare(packet)
-        job.done.wait(max(deadline - time.perf_counter_ns(), 0) / 1e9)
-        outcome = self._collect(job)
+        wait_s = None if deadline is None else max(deadline - time.perf_counter_ns(), 0) / 1e9
+        job.done.wait(wait_s)
+        outcome = self.worker.collect(job)
         if outcome is None:
             self.stats.timeouts += 1
-            return self._finish(packet, started, None, InferenceOutcome.TIMED_OUT)
+            return InferenceOutcome.TIMED_OUT, None
         if isinstance(outcome, BaseException):
             self.stats.errors += 1
-            return self._finish(packet, started, None, InferenceOutcome.FAILED)
-        decided = (
-            InferenceOutcome.DECIDED_WITHOUT_URZA
-            if outcome.urza_timed_out
-            else InferenceOutcome.DECIDED
-        )
-        return self._finish(packet, started, outcome, decided)
+            return InferenceOutcome.FAILED, None
+        return _decided(outcome), outcome
+
+    def _submit(
+        self, packet: pb.SystemStatePacket, *, deadline_ns: int | None, posts_result: bool
+    ) -> Job | InferenceOutcome:
+        """Hand a copy of ``packet`` to the worker (the trainer may reuse its own), or say
+        why not: REFUSED by the inference breaker, BUSY (inline: the worker still runs).
+        The next submission is due a cadence later either way."""
+        self._next_submit_step = packet.global_step + self.cadence.steps
+        if self._gate is not None and not self._gate.inference_allowed():
+            self.stats.refused += 1
+            return InferenceOutcome.REFUSED
+        urza_wait = self._gate is None or self._gate.urza_wait_allowed()
+        snapshot = pb.SystemStatePacket()
+        snapshot.CopyFrom(packet)
+        job = Job(snapshot, deadline_ns, urza_wait, posts_result)
+        if not self.worker.submit(job, replace_waiting=posts_result):
+            self.stats.busy += 1
+            return InferenceOutcome.BUSY
+        self.stats.submitted += 1
+        return job
 
     def _finish(
         self,
@@ -198,92 +259,53 @@ class StepController:
         gate_start = time.perf_counter_ns()
         if decision is None:
             command = pb.AdaptationCommand(version=1, command_type=pb.COMMAND_TYPE_NO_OP)
-            version = self._policy.current().version
+            command.policy_version = self._policy.current().version
+            command.decision_step = packet.global_step
         else:
             command = propose_command(decision, self.settings.circuit_breaker_name)
-            version = decision.policy_version
+            command.policy_version = decision.policy_version
+            command.decision_step = decision.step
         stamp_command(command, self.settings.issued_by)
         command.reason = outcome
-        command.policy_version = version
         command.global_step = packet.global_step
         command.training_run_id = packet.training_run_id
         risk_start = time.perf_counter_ns()
         if self._gate is not None:
             command = self._gate.review(command, packet, outcome, decision)
         sign_start = time.perf_counter_ns()
-        self._signer.sign(command)
+        if command.command_type != pb.COMMAND_TYPE_NO_OP:
+            self._signer.sign(command)
         done = time.perf_counter_ns()
-        self.stats.decisions += 1
+        self.stats.commands += 1
         if decision is not None:
+            self.stats.decided += 1
             self._builder.normalizer.observe(decision.graph.raw)
+            self.cadence.observe_decision(decision.cpu_ms + (done - gate_start) / _NS_PER_MS)
         if self._telemetry is not None:
-            self._telemetry.submit(
-                _telemetry(command, decision, started_ns, gate_start, risk_start, sign_start, done)
-            )
+            times = _Times(started_ns, gate_start, risk_start, sign_start, done)
+            self._telemetry.submit(_telemetry(command, decision, times, self.cadence.steps))
         return command
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait (off the step path: shutdown, tests, benchmarks) until no decision is in
         flight; False if one still is after ``timeout_s``."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._job is None, timeout_s)
+        return self.worker.wait_idle(timeout_s)
 
     # ------------------------------------------------------------ the worker
 
-    def _submit(
-        self, packet: pb.SystemStatePacket, deadline_ns: int, urza_wait: bool
-    ) -> _Job | None:
-        with self._lock:
-            if self._job is not None:
-                return None
-            # The worker may outlive this call; it reads its own copy, never the
-            # caller's packet, which the trainer is free to reuse.
-            snapshot = pb.SystemStatePacket()
-            snapshot.CopyFrom(packet)
-            self._job = job = _Job(snapshot, deadline_ns, urza_wait, threading.Event())
-        self._worker.wake()
-        return job
-
-    def _collect(self, job: _Job) -> PolicyDecision | BaseException | None:
-        """The job's outcome if it finished; otherwise abandon it (its result will be
-        discarded) and return None."""
-        with self._lock:
-            if job.finished:
-                return job.outcome
-            job.abandoned = True
-            return None
-
-    def _run_job(self) -> None:
-        with self._lock:
-            job = self._job
-        if job is None:
-            return
-        outcome: PolicyDecision | BaseException
-        try:
-            outcome = self._decide(job)
-        except Exception as error:
-            outcome = error
-        with self._lock:
-            job.finished = True
-            if job.abandoned:
-                self.stats.late_results_discarded += 1
-                self.stats.late_forwards_stopped += isinstance(outcome, InferenceCancelled)
-            else:
-                job.outcome = outcome
-            self._job = None
-            self._idle.notify_all()
-        job.done.set()
-
-    def _decide(self, job: _Job) -> PolicyDecision:
+    def _decide(self, job: Job) -> PolicyDecision:
         """Runs on the worker thread; reads shared state, never writes it."""
         start = time.perf_counter_ns()
+        cpu_start = time.thread_time_ns()
         s = self.settings
         packet = job.packet
         blueprint_ids = self._builder.candidates + tuple(
             seed.blueprint_id for seed in packet.seed_states if seed.blueprint_id
         )
-        slack_ns = job.deadline_ns - start - int(s.inference_budget_ms * _NS_PER_MS)
-        wait_s = min(s.urza_deadline_ms / 1000.0, max(slack_ns, 0) / 1e9) if job.urza_wait else 0.0
+        wait_s = s.urza_deadline_ms / 1000.0 if job.urza_wait else 0.0
+        if job.deadline_ns is not None and job.urza_wait:
+            slack_ns = job.deadline_ns - start - int(s.inference_budget_ms * _NS_PER_MS)
+            wait_s = min(wait_s, max(slack_ns, 0) / 1e9)
         resolution = self._catalog.resolve(tuple(dict.fromkeys(blueprint_ids)), wait_s)
         graph = self._builder.build(packet, resolution.metadata)
         built = time.perf_counter_ns()
@@ -295,6 +317,7 @@ class StepController:
             cancelled=lambda: job.abandoned,
         )
         return PolicyDecision(
+            step=job.step,
             policy_version=running.version,
             inference=inference,
             graph=graph,
@@ -303,7 +326,14 @@ class StepController:
             blueprints=resolution.metadata,
             build_ms=(built - start) / _NS_PER_MS,
             inference_ms=(time.perf_counter_ns() - built) / _NS_PER_MS,
+            cpu_ms=(time.thread_time_ns() - cpu_start) / _NS_PER_MS,
         )
+
+
+def _decided(decision: PolicyDecision) -> InferenceOutcome:
+    if decision.urza_timed_out:
+        return InferenceOutcome.DECIDED_WITHOUT_URZA
+    return InferenceOutcome.DECIDED
 
 
 def _serving(running: RunningPolicy) -> ServingPolicy:
@@ -312,14 +342,20 @@ def _serving(running: RunningPolicy) -> ServingPolicy:
     return running.module
 
 
+@dataclass(frozen=True, slots=True)
+class _Times:
+    started_ns: int
+    gate_start_ns: int
+    risk_start_ns: int
+    sign_start_ns: int
+    done_ns: int
+
+
 def _telemetry(
     command: pb.AdaptationCommand,
     decision: PolicyDecision | None,
-    started_ns: int,
-    gate_start_ns: int,
-    risk_start_ns: int,
-    sign_start_ns: int,
-    done_ns: int,
+    t: _Times,
+    cadence_steps: int,
 ) -> DecisionTelemetry:
     if decision is None:
         action = ACTION_SPACE[NO_OP_ACTION].name
@@ -329,16 +365,18 @@ def _telemetry(
         command_id=command.command_id,
         training_run_id=command.training_run_id,
         global_step=command.global_step,
+        decision_step=command.decision_step,
+        cadence_steps=cadence_steps,
         policy_version=command.policy_version,
         command_type=command.command_type,
         action=action,
         reason=command.reason,
-        total_ms=(done_ns - started_ns) / _NS_PER_MS,
+        total_ms=(t.done_ns - t.started_ns) / _NS_PER_MS,
         build_ms=decision.build_ms if decision else 0.0,
         inference_ms=decision.inference_ms if decision else 0.0,
-        gating_ms=(sign_start_ns - gate_start_ns) / _NS_PER_MS,
-        risk_ms=(sign_start_ns - risk_start_ns) / _NS_PER_MS,
-        signing_ms=(done_ns - sign_start_ns) / _NS_PER_MS,
+        gating_ms=(t.sign_start_ns - t.gate_start_ns) / _NS_PER_MS,
+        risk_ms=(t.sign_start_ns - t.risk_start_ns) / _NS_PER_MS,
+        signing_ms=(t.done_ns - t.sign_start_ns) / _NS_PER_MS,
         compile_state=ServingPolicy.compile_state,
         feature_coverage=dict(decision.graph.coverage) if decision else {},
         expected_risk_severity=decision.inference.expected_severity if decision else None,

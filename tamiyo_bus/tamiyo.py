@@ -28,6 +28,7 @@ from oona.keys import Signer
 from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetrySink, telemetry_publisher
 from tamiyo_bus.policy.features import NormalizerSettings, RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder
+from tamiyo_bus.policy.profiles import PROFILES, Profile, default_profile
 from tamiyo_bus.policy.reference import architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import ServingPolicy
@@ -64,11 +65,15 @@ class TamiyoSettings:
     telemetry_queue_size: int = 1024
 
 
-def initial_policy(device: torch.device | str, seed: int) -> PolicyHolder:
-    """A freshly initialised policy (seeded) at version 1; signed PolicyUpdates from the
-    learner replace it while the run goes on."""
+def initial_policy(
+    device: torch.device | str, seed: int, profile: Profile | None = None
+) -> PolicyHolder:
+    """A freshly initialised policy (seeded) of ``profile`` (the device's default when
+    None) at version 1; signed PolicyUpdates from the learner replace it as the run
+    goes on."""
+    device = torch.device(device)
     torch.manual_seed(seed)
-    policy = ServingPolicy(device=device)
+    policy = ServingPolicy(PROFILES[profile or default_profile(device)], device=device)
     return PolicyHolder(
         RunningPolicy(policy, INITIAL_POLICY_ID, 1, architecture_id(policy), registry_digest())
     )
@@ -97,7 +102,10 @@ class Tamiyo:
     def risk(self) -> RiskGate:
         return self.gate.gate
 
-    def evaluate_step(self, packet: pb.SystemStatePacket) -> pb.AdaptationCommand:
+    def wants_state(self, step: int) -> bool:
+        return self.controller.wants_state(step)
+
+    def evaluate_step(self, packet: pb.SystemStatePacket) -> pb.AdaptationCommand | None:
         return self.controller.evaluate_step(packet)
 
     def start(self, *, prefetch_timeout_s: float = CATALOG_PREFETCH_S) -> Tamiyo:

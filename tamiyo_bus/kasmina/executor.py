@@ -178,18 +178,18 @@ class Kasmina:
     def finalize_latency_p95_ms(self) -> float:
         return _percentile(self.finalize_latencies_ms, 95)
 
-    def step_metrics(self) -> dict[str, float]:
+    def step_metrics(self, *, timings: bool = True) -> dict[str, float]:
         """Run-level figures for the packet's ``training_metrics``, under the names the
-        risk engine reads: the last apply and finalize latencies, and the isolation
-        violations found by the last ``finalize_step`` (the culled seed no longer
-        reports its own)."""
-        return {
-            "kasmina_apply_latency_ms": self.apply_latencies_ms[-1]
-            if self.apply_latencies_ms
-            else 0.0,
-            "kasmina_finalize_latency_ms": self._finalize_ms,
-            "isolation_violations": float(self._last_violations),
-        }
+        risk engine reads: the isolation violations found by the last ``finalize_step``
+        (the culled seed no longer reports its own) and, with ``timings``, the last
+        apply and finalize latencies."""
+        metrics = {"isolation_violations": float(self._last_violations)}
+        if timings:
+            metrics["kasmina_apply_latency_ms"] = (
+                self.apply_latencies_ms[-1] if self.apply_latencies_ms else 0.0
+            )
+            metrics["kasmina_finalize_latency_ms"] = self._finalize_ms
+        return metrics
 
     def fill_seed_states(self, packet: pb.SystemStatePacket) -> None:
         """Append every slot's SeedState (dormant ones too: they are where seeds grow)."""
@@ -217,8 +217,14 @@ class Kasmina:
     # -------------------------------------------------------------- commands
 
     def apply_command(self, command: pb.AdaptationCommand) -> ApplyResult:
-        """Verify, then apply ``command``; a rejected or refused command changes nothing."""
+        """Verify, then apply ``command``; a rejected or refused command changes nothing.
+
+        A NO_OP changes nothing whoever sent it, so it is taken without verification
+        (Tamiyo does not sign one)."""
         started = time.perf_counter()
+        if command.command_type == pb.COMMAND_TYPE_NO_OP:
+            self.stats.applied += 1
+            return ApplyResult(command.command_id, False, True, "applied")
         try:
             self.verifier.verify(command)
         except RejectedMessage as rejection:

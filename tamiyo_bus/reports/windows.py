@@ -105,6 +105,8 @@ class Decision:
     loss: float | None
     accuracy: float | None
     window_epochs: int
+    decision_step: int = 0  # the step whose state the decision was made on
+    applied_step: int = 0  # the step the command was applied at
 
     @classmethod
     def from_command(
@@ -133,6 +135,8 @@ class Decision:
             loss=_loss_of(state),
             accuracy=_finite(float(state.validation_accuracy)),
             window_epochs=window_epochs,
+            decision_step=int(command.decision_step),
+            applied_step=int(command.global_step),
         )
 
 
@@ -354,6 +358,8 @@ def build_report(
         observation_window_epochs=max(window.epochs_observed, 0),
         issued_at_ns=issued_at_ns,
         policy_version=d.policy_version,
+        decision_step=d.decision_step,
+        applied_step=d.applied_step,
     )
     return report, report_priority(window, outcome)
 

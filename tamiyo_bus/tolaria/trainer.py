@@ -4,14 +4,19 @@ One optimiser step:
 
     forward, backward, clip, host optimiser step, seeds' optimiser steps (Kasmina),
     LR schedule step                                                  -> train_ms
-    [decision step] packet -> Tamiyo.evaluate_step -> Kasmina.apply_command
+    [Tamiyo.wants_state] packet -> Tamiyo.evaluate_step -> Kasmina.apply_command
     Kasmina.advance_alpha -> Kasmina.finalize_step                    -> tamiyo_ms
 
 Without a controller and executor the same loop runs plain (the overhead benchmark's
-baseline). ``decision_every_steps`` asks Tamiyo every N-th step only, for hosts whose
-steps are far shorter than a decision; alpha still advances and ``finalize_step``
-still runs every step. Observers receive plain records; they must not block (the
-demo's progress bar and recorder only append and print).
+baseline). Tamiyo says on which steps she wants the state (her cadence, or a decision
+ready to hand over); on the others no packet is built and nothing is asked, while
+alpha still advances and ``finalize_step`` still runs. Observers receive plain
+records; they must not block (the demo's progress bar and recorder only append and
+print).
+
+``timing_metrics`` off leaves the measured times (step and hook latency, samples/s,
+Kasmina's latencies) out of the packet: with them, two runs of the same seed show the
+policy different inputs, so reproducible runs turn them off.
 
 The packet's ``training_loss`` is a running average of the batch losses
 (``loss_ema_decay``); the batch's own loss is ``training_metrics["loss"]``. A single
@@ -42,9 +47,11 @@ EVAL_BATCH = 1_024
 
 
 class StepController(Protocol):
-    """Tamiyo's step-path entry point."""
+    """Tamiyo's step-path entry points."""
 
-    def evaluate_step(self, packet: pb.SystemStatePacket) -> pb.AdaptationCommand: ...
+    def wants_state(self, step: int) -> bool: ...
+
+    def evaluate_step(self, packet: pb.SystemStatePacket) -> pb.AdaptationCommand | None: ...
 
 
 @dataclass(frozen=True)
@@ -54,14 +61,10 @@ class TolariaSettings:
     max_steps: int = 0  # stop after this many optimiser steps (0: run every epoch)
     weight_decay: float = 1e-4
     grad_clip_norm: float = 5.0
-    decision_every_steps: int = 1  # 1 = every step (3A); N = every N-th step
     loss_ema_decay: float = 0.9  # smoothing of the packet's training_loss (batch losses)
+    timing_metrics: bool = True  # measured times in the packet (off for reproducible runs)
     seed: int = 0
     lr: LRSettings = field(default_factory=LRSettings)
-
-    def __post_init__(self) -> None:
-        if self.decision_every_steps < 1:
-            raise ValueError("decision_every_steps must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +74,11 @@ class StepRecord:
     loss: float
     train_ms: float  # forward, backward and optimiser steps
     tamiyo_ms: float  # everything Tamiyo and Kasmina add to the step (0 without them)
-    decision_ms: float  # evaluate_step alone; nan on steps without a decision
+    decision_ms: float  # evaluate_step alone; nan on steps Tamiyo did not want
     learning_rate: float
     live_seeds: int
-    packet: pb.SystemStatePacket | None  # what Tamiyo was shown (decision steps)
-    command: pb.AdaptationCommand | None
+    packet: pb.SystemStatePacket | None  # what Tamiyo was shown (steps she wanted it)
+    command: pb.AdaptationCommand | None  # what she handed over (None: nothing)
     result: ApplyResult | None
 
 
@@ -239,13 +242,13 @@ class Tolaria:
         result: ApplyResult | None = None
         decision_ms = math.nan
         if self.kasmina is not None and self.controller is not None:
-            if self.step % self.settings.decision_every_steps == 0:
+            if self.controller.wants_state(self.step):
                 packet = self.state_packet()
                 asked = time.perf_counter()
                 command = self.controller.evaluate_step(packet)
-                decided = time.perf_counter()
-                decision_ms = (decided - asked) * 1000.0
-                result = self.kasmina.apply_command(command)
+                decision_ms = (time.perf_counter() - asked) * 1000.0
+                if command is not None:
+                    result = self.kasmina.apply_command(command)
             self.kasmina.advance_alpha()
             self.kasmina.finalize_step(self.step, loss_value)
             tamiyo_ms = (time.perf_counter() - trained) * 1000.0
@@ -292,22 +295,24 @@ class Tolaria:
         """The SystemStatePacket of the current step (also usable before the first one,
         e.g. to warm Tamiyo up: gradient metrics are then absent)."""
         assert self.kasmina is not None
+        metrics = {
+            "loss": self._loss,
+            "gradient_norm": self._grad_norm,
+            "learning_rate": self.lr.learning_rate,
+            MODEL_PARAMETERS_METRIC: float(self._model_parameters()),
+            **self.kasmina.step_metrics(timings=self.settings.timing_metrics),
+        }
+        if self.settings.timing_metrics:
+            metrics["samples_per_s"] = self._samples_per_s
+            metrics["step_latency_ms"] = self._train_ms
+            metrics["hook_latency_ms"] = self._last_hook_ms
         packet = self.packets.build(
             epoch=self.epoch,
             step=self.step,
             training_loss=self._loss_ema,
             validation_loss=self.validation_loss,
             validation_accuracy=self.validation_accuracy,
-            metrics={
-                "loss": self._loss,
-                "gradient_norm": self._grad_norm,
-                "samples_per_s": self._samples_per_s,
-                "step_latency_ms": self._train_ms,
-                "hook_latency_ms": self._last_hook_ms,
-                "learning_rate": self.lr.learning_rate,
-                MODEL_PARAMETERS_METRIC: float(self._model_parameters()),
-                **self.kasmina.step_metrics(),
-            },
+            metrics=metrics,
             parameter_norms=self._parameter_norms,
         )
         self.kasmina.fill_seed_states(packet)

@@ -46,12 +46,17 @@ def no_op() -> pb.AdaptationCommand:
 
 
 class ScriptedController:
-    """Decides by ``rule``, then stamps and signs like evaluate_step; counts calls."""
+    """Decides by ``rule`` every ``every`` steps, then stamps and signs like
+    evaluate_step; keeps the packets it was shown."""
 
-    def __init__(self, signer: Signer, rule: Rule) -> None:
+    def __init__(self, signer: Signer, rule: Rule, every: int = 1) -> None:
         self.signer = CommandSigner(signer)
         self.rule = rule
+        self.every = every
         self.packets: list[pb.SystemStatePacket] = []
+
+    def wants_state(self, step: int) -> bool:
+        return step % self.every == 0
 
     def evaluate_step(self, packet: pb.SystemStatePacket) -> pb.AdaptationCommand:
         self.packets.append(packet)
@@ -130,11 +135,8 @@ def trainer(
     *,
     max_steps: int,
     observers: tuple[RunRecorder, ...] = (),
-    decision_every_steps: int = 1,
 ) -> Tolaria:
-    settings = TolariaSettings(
-        epochs=100, batch_size=32, max_steps=max_steps, decision_every_steps=decision_every_steps
-    )
+    settings = TolariaSettings(epochs=100, batch_size=32, max_steps=max_steps)
     return Tolaria(
         parts.model, parts.data, settings, lr=parts.lr, training_run_id=RUN_ID,
         kasmina=parts.kasmina if controller else None, controller=controller,

@@ -24,7 +24,7 @@ from producers.telemetry import TelemetryProducer
 from tamiyo_bus import TamiyoSettings, build_tamiyo
 from tamiyo_bus.policy.graph import PolicyGraph
 from tamiyo_bus.policy.serving import Inference, ServingPolicy
-from tamiyo_bus.settings import StepSettings
+from tamiyo_bus.settings import DecisionMode, StepSettings
 from tests import states
 from tests.policy.helpers import SMALL, holder_for
 from tests.states import StaticBlueprintCatalog
@@ -75,7 +75,7 @@ async def test_a_breaker_opened_by_failing_inference_raises_nissas_alerts(
     size = states.REFERENCE_SIZE
     catalogue = StaticBlueprintCatalog(states.catalogue(size))
     tamiyo = build_tamiyo(
-        TamiyoSettings(StepSettings(step_deadline_ms=2_000.0)),
+        TamiyoSettings(StepSettings(decision_mode=DecisionMode.INLINE, step_deadline_ms=2_000.0)),
         topology=states.topology(size),
         blueprints=catalogue,
         candidates=catalogue.ids(),

@@ -17,6 +17,7 @@ from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from oona.streams import Stream
 from tamiyo_bus.risk import BreakerName
+from tamiyo_bus.settings import DecisionMode, StepSettings
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
 from weatherlight.demo.assembly import RunSpec, assemble
 
@@ -36,8 +37,9 @@ async def test_a_server_outage_puts_the_run_in_conservative_mode_and_recovery_is
     events = BufferedEventSink()
     try:
         await bus.publish(TELEMETRY, b"before", stream=Stream.NORMAL)
+        inline = StepSettings(decision_mode=DecisionMode.INLINE, step_deadline_ms=2_000.0)
         run = assemble(
-            RunSpec(epochs=1),
+            RunSpec(epochs=1, step=inline),
             run_id="outage-run",
             signer=signer,
             keyring=Keyring.of(signer.public_key()),
@@ -59,7 +61,8 @@ async def test_a_server_outage_puts_the_run_in_conservative_mode_and_recovery_is
         outage = [(e.name, e.attributes.get("breaker", "")) for e in events.drain()]
         assert outage[:2] == [("breaker_opened", "bus_io"), ("conservative_entered", "")]
         assert [name for name, _ in outage].count("conservative_entered") == 1
-        command = run.tamiyo.controller.evaluate_step(run.trainer.state_packet())
+        command = run.tamiyo.evaluate_step(run.trainer.state_packet())
+        assert command is not None
         assert run.tamiyo.gate.last is not None and run.tamiyo.gate.last.conservative
         assert command.seed.operation != pb.SEED_OP_GERMINATE
 

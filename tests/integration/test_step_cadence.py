@@ -31,10 +31,14 @@ def test_every_step_decides_verifies_applies_and_finalizes(tmp_path: Path, signe
     assert [p.global_step for p in controller.packets] == list(range(STEPS))
     assert all(len(p.seed_states) == 2 for p in controller.packets)
     assert all(p.training_metrics["layer/block0/gradient_norm"] > 0 for p in controller.packets)
-    # every command verified and accepted; finalize_step every step
-    assert kasmina.stats.verified == STEPS
+    # every command that can change anything verified and accepted, every NO_OP taken
+    # without verification (it changes nothing); finalize_step every step
+    acting = [r for r in recorder.steps if r.command.command_type != pb.COMMAND_TYPE_NO_OP]
+    assert acting and kasmina.stats.verified == len(acting)
     assert not kasmina.stats.rejected
-    assert all(r.result is not None and r.result.verified for r in recorder.steps)
+    assert all(r.result is not None and r.result.verified for r in acting)
+    no_ops = [r for r in recorder.steps if r.command.command_type == pb.COMMAND_TYPE_NO_OP]
+    assert all(r.result is not None and r.result.applied for r in no_ops)
     assert kasmina.stats.finalized == STEPS
     telemetry = kasmina.outbox.drain()
     assert [t.step for t in telemetry] == list(range(STEPS))
@@ -69,9 +73,9 @@ def test_decision_cadence_asks_every_nth_step_but_finalizes_every_step(
     tmp_path: Path, signer: Signer
 ) -> None:
     parts = assemble(tmp_path, signer)
-    controller = ScriptedController(signer, lifecycle_rule("block0.s0", "lowrank-4", 8))
+    controller = ScriptedController(signer, lifecycle_rule("block0.s0", "lowrank-4", 8), every=4)
     recorder = RunRecorder()
-    trainer(parts, controller, max_steps=60, observers=(recorder,), decision_every_steps=4).run()
+    trainer(parts, controller, max_steps=60, observers=(recorder,)).run()
     assert [p.global_step for p in controller.packets] == list(range(0, 60, 4))
     assert parts.kasmina.stats.finalized == 60
     assert [r.command is not None for r in recorder.steps] == [k % 4 == 0 for k in range(60)]

@@ -16,7 +16,7 @@ from tamiyo_bus.policy.reference import PolicyConfig, architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import Inference, ServingPolicy
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
-from tamiyo_bus.settings import StepSettings
+from tamiyo_bus.settings import DecisionMode, StepSettings
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
 from weatherlight.demo.assembly import RunSpec, assemble
 from weatherlight.demo.recorder import RunRecorder
@@ -52,7 +52,7 @@ def test_a_wedged_policy_costs_each_step_at_most_the_deadline(
     )
     recorder = RunRecorder()
     run = assemble(
-        RunSpec(step=StepSettings(step_deadline_ms=DEADLINE_MS)),
+        RunSpec(step=StepSettings(decision_mode=DecisionMode.INLINE, step_deadline_ms=DEADLINE_MS)),
         run_id="wedged-run",
         signer=signer,
         keyring=Keyring.of(signer.public_key()),
@@ -72,7 +72,7 @@ def test_a_wedged_policy_costs_each_step_at_most_the_deadline(
         assert record.command is not None and record.result is not None
         assert record.command.command_type == pb.COMMAND_TYPE_NO_OP
         assert record.command.reason in {"timeout_inference", "inference_busy", "breaker.inference"}
-        assert record.result.verified and record.result.applied  # signed, fresh, new
+        assert record.result.applied and not record.result.verified  # a NO_OP: unsigned
         assert record.decision_ms < DEADLINE_MS + SLACK_MS
         assert record.tamiyo_ms < DEADLINE_MS + SLACK_MS
     assert run.kasmina.stats.finalized == STEPS

@@ -20,7 +20,7 @@ from tamiyo_bus.policy.serving import ServingPolicy
 from tamiyo_bus.risk import RiskSettings, Thresholds
 from tamiyo_bus.security.commands import CommandVerifier
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
-from tamiyo_bus.settings import StepSettings
+from tamiyo_bus.settings import DecisionMode, StepSettings
 from tamiyo_bus.step import StepController
 from tamiyo_bus.urza_client import BlueprintCatalog, CachedCatalog
 from tamiyo_bus.worker import QueueWorker
@@ -29,7 +29,9 @@ from tests.states import StaticBlueprintCatalog
 
 SMALL = PolicyConfig(hidden_dim=32, gat_heads=4, gat_head_dim=8, head_hidden_dim=32)
 # Deadlines for tests that assert decisions, not timing: the suite shares the machine.
-RELAXED = StepSettings(step_deadline_ms=5_000.0, inference_budget_ms=1_000.0)
+RELAXED = StepSettings(
+    decision_mode=DecisionMode.INLINE, step_deadline_ms=5_000.0, inference_budget_ms=1_000.0
+)
 # The risk engine of the step-path tests: the random policies' risk heads say nothing, so
 # their expected severity is not a signal; every other signal is gated as in a run.
 UNTRAINED_RISK_HEAD = RiskSettings(
@@ -90,8 +92,12 @@ class Stack:
         return packet
 
     def verify(self, command: pb.AdaptationCommand) -> None:
-        """Raise RejectedMessage unless ``command`` carries a valid signature of ours."""
-        self.verifier.verify(command)
+        """A NO_OP is unsigned (it can change nothing); anything else must carry a valid
+        signature of ours (RejectedMessage otherwise)."""
+        if command.command_type == pb.COMMAND_TYPE_NO_OP:
+            assert not command.HasField("signature")
+        else:
+            self.verifier.verify(command)
 
 
 def make_stack(

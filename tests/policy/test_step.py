@@ -24,12 +24,12 @@ from tamiyo_bus.policy.graph import PolicyGraph
 from tamiyo_bus.policy.serving import Inference, ServingPolicy
 from tamiyo_bus.security.commands import CommandSigner
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
-from tamiyo_bus.settings import StepSettings
+from tamiyo_bus.settings import DecisionMode, StepSettings
 from tamiyo_bus.step import StepController
 from tamiyo_bus.urza_client import BlueprintMetadata
 from tests.policy.helpers import RELAXED, SMALL, Collect, make_stack
 
-DEADLINE = StepSettings(step_deadline_ms=5.0)
+DEADLINE = StepSettings(decision_mode=DecisionMode.INLINE, step_deadline_ms=5.0)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -74,7 +74,9 @@ def test_seed_commands_name_a_valid_target(seed: int) -> None:
     """Whatever the policy samples, a seed command targets a seed that is in a stage the
     operation accepts, and a germination names a candidate blueprint."""
     stack = make_stack(
-        settings=StepSettings(step_deadline_ms=5_000.0, sample_actions=True),
+        settings=StepSettings(
+            decision_mode=DecisionMode.INLINE, step_deadline_ms=5_000.0, sample_actions=True
+        ),
         seed=seed,
     )
     seen = set()
@@ -103,8 +105,8 @@ def test_hung_policy_returns_signed_noop_within_the_deadline_and_late_result_is_
     assert stack.controller.wait_idle(10.0)
     policy.release.clear()
     policy.entered.clear()
-    late_before = stack.controller.stats.late_results_discarded
-    stopped_before = stack.controller.stats.late_forwards_stopped
+    late_before = stack.controller.worker.stats.late_results_discarded
+    stopped_before = stack.controller.worker.stats.late_forwards_stopped
 
     start = time.perf_counter()
     command = stack.controller.evaluate_step(stack.packet(2))
@@ -125,9 +127,9 @@ def test_hung_policy_returns_signed_noop_within_the_deadline_and_late_result_is_
     observed_before = stack.builder.normalizer.worker.counters.handled
     policy.release.set()
     assert stack.controller.wait_idle(10.0)
-    assert stack.controller.stats.late_results_discarded == late_before + 1
+    assert stack.controller.worker.stats.late_results_discarded == late_before + 1
     # released after the step gave up on it: the forward stopped at its first layer
-    assert stack.controller.stats.late_forwards_stopped == stopped_before + 1
+    assert stack.controller.worker.stats.late_forwards_stopped == stopped_before + 1
     assert stack.builder.normalizer.worker.counters.handled == observed_before
     stack.publisher.wait_idle(5.0)
     assert [r.reason for r in stack.sink.records[-2:]] == [
@@ -152,13 +154,14 @@ def test_process_exits_while_the_worker_is_wedged() -> None:
         import threading
         from tamiyo_bus.policy.serving import ServingPolicy
         from tests.policy.helpers import SMALL, make_stack
-        from tamiyo_bus.settings import StepSettings
+        from tamiyo_bus.settings import DecisionMode, StepSettings
 
         class Wedged(ServingPolicy):
             def decide(self, graph, **kwargs):
                 threading.Event().wait()
 
-        stack = make_stack(policy=Wedged(SMALL), settings=StepSettings(step_deadline_ms=5.0))
+        settings = StepSettings(decision_mode=DecisionMode.INLINE, step_deadline_ms=5.0)
+        stack = make_stack(policy=Wedged(SMALL), settings=settings)
         print(stack.controller.evaluate_step(stack.packet()).reason)
         print(stack.controller.evaluate_step(stack.packet()).reason)
         """
@@ -183,7 +186,9 @@ class BlockingCatalog:
 
 def test_urza_past_its_deadline_skips_enrichment() -> None:
     catalog = BlockingCatalog()
-    settings = StepSettings(step_deadline_ms=5_000.0, inference_budget_ms=1_000.0)
+    settings = StepSettings(
+        decision_mode=DecisionMode.INLINE, step_deadline_ms=5_000.0, inference_budget_ms=1_000.0
+    )
     stack = make_stack(catalog=catalog, settings=settings, prefetch=False)
     start = time.perf_counter()
     command = stack.controller.evaluate_step(stack.packet())

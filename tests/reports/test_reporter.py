@@ -172,7 +172,7 @@ def test_writer_thread_survives_and_close_writes_everything_queued(tmp_path: Pat
 
 
 def test_compaction_never_lets_a_closed_window_come_back(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, wal=WalSettings(segment_max_bytes=512))
+    settings = fast_settings(tmp_path, wal=WalSettings(segment_max_bytes=640))
     with FieldReporter(settings) as reporter:
         reporter.on_command(command(1), state(0))  # closes at epoch 2
         reporter.on_command(command(2, run="run-2"), state(0, run="run-2"))  # stays open

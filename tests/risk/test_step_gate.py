@@ -28,7 +28,7 @@ from tamiyo_bus.policy.serving import Inference, ServingPolicy
 from tamiyo_bus.risk import BreakerName, Category, RiskGate, RiskSettings, Signal, StepGate
 from tamiyo_bus.risk.signals import INDEX, ScoreTable, Thresholds
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
-from tamiyo_bus.settings import StepSettings
+from tamiyo_bus.settings import DecisionMode, StepSettings
 from tamiyo_bus.urza_client import (
     BlueprintCatalog,
     BlueprintMetadata,
@@ -80,6 +80,7 @@ def rig(
     memory and prefetched."""
     static = StaticBlueprintCatalog(catalogue)
     settings = StepSettings(
+        decision_mode=DecisionMode.INLINE,
         step_deadline_ms=deadline_ms,
         inference_budget_ms=min(deadline_ms / 2, 1_000.0),
         urza_deadline_ms=urza_deadline_ms,
@@ -244,7 +245,7 @@ def test_an_open_urza_breaker_skips_the_wait_until_half_open(policy: ServingPoli
     # decision lacked metadata, and that is no new failure of Urza's.
     assert urza.asked.is_set() and not urza.release.is_set()
     assert elapsed_ms < urza_deadline_ms / 2
-    assert controller.stats.decisions == 1 and controller.stats.timeouts == 0
+    assert controller.stats.decided == 1 and controller.stats.timeouts == 0
     assert breaker.state is BreakerState.OPEN
     assert not [e.name for e in sink.drain() if e.name.startswith("breaker")]
 

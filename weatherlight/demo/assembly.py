@@ -12,7 +12,7 @@ integration tests run exactly the same composition:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -24,17 +24,20 @@ from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo, initial_policy
 from tamiyo_bus.decision_telemetry import TelemetrySink
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.kasmina.settings import KasminaSettings
+from tamiyo_bus.policy.profiles import Profile
 from tamiyo_bus.policy.topology import HostTopology
 from tamiyo_bus.risk import RiskSettings
 from tamiyo_bus.risk.breakers import MetricsSink
 from tamiyo_bus.security.commands import CommandVerifier
 from tamiyo_bus.security.policy_update import PolicyHolder
-from tamiyo_bus.settings import StepSettings
+from tamiyo_bus.settings import DecisionMode, StepSettings
 from tamiyo_bus.tolaria.data import Dataset, load
 from tamiyo_bus.tolaria.lr import LRController, LRSettings
 from tamiyo_bus.tolaria.models import HostModel, build_host, host_topology
 from tamiyo_bus.tolaria.trainer import Tolaria, TolariaSettings, TrainingObserver
 from tamiyo_bus.urza.store import UrzaStore, candidate_blueprints
+
+REPRODUCIBLE_EVERY_STEPS = 4  # the cadence of a reproducible run unless one is set
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,24 @@ class RunSpec:
     seed: int = 0
     device: str = "auto"  # auto: CUDA when available, else CPU
     base_lr: float = 3e-3
-    decision_every_steps: int = 1
+    profile: Profile | None = None  # the policy's size; None: the device's default
+    # Decide synchronously at a fixed cadence, without timings in the packets: the same
+    # seed gives the same commands.
+    reproducible: bool = False
     step: StepSettings = field(default_factory=StepSettings)
     kasmina: KasminaSettings = field(default_factory=KasminaSettings)
     risk: RiskSettings = field(default_factory=RiskSettings)
 
     @property
     def tamiyo(self) -> TamiyoSettings:
-        return TamiyoSettings(self.step, self.risk)
+        step = self.step
+        if self.reproducible:
+            step = replace(
+                step,
+                decision_mode=DecisionMode.SYNCHRONOUS,
+                decision_every_steps=step.decision_every_steps or REPRODUCIBLE_EVERY_STEPS,
+            )
+        return TamiyoSettings(step, self.risk)
 
     def steps_per_epoch(self, data: Dataset) -> int:
         return len(data.train_x) // self.batch_size
@@ -144,7 +157,7 @@ def assemble(
     tamiyo = build_tamiyo(
         spec.tamiyo, topology=topology, blueprints=store,
         candidates=candidate_blueprints(store, topology), signer=signer,
-        holder=holder or initial_policy(device, spec.seed), seed=spec.seed,
+        holder=holder or initial_policy(device, spec.seed, spec.profile), seed=spec.seed,
         telemetry=telemetry, events=events, metrics=metrics, adopted_breakers=adopted_breakers,
     ).start()  # fmt: skip
     trainer = Tolaria(
@@ -153,7 +166,7 @@ def assemble(
         TolariaSettings(
             epochs=spec.epochs,
             batch_size=spec.batch_size,
-            decision_every_steps=spec.decision_every_steps,
+            timing_metrics=not spec.reproducible,
             seed=spec.seed,
         ),
         lr=lr,

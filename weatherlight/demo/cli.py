@@ -27,8 +27,10 @@ from oona.keys import Keyring, Signer
 from oona.server import EmbeddedServer
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
 from tamiyo_bus import initial_policy
+from tamiyo_bus.policy.profiles import Profile
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
+from tamiyo_bus.settings import DecisionMode
 from tamiyo_bus.tolaria.data import DATASETS
 from tamiyo_bus.tolaria.models import MODELS
 from tamiyo_bus.tolaria.trainer import TrainingObserver
@@ -66,12 +68,31 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--depth", type=int, default=defaults.depth, help="host hidden layers")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument(
-        "--decision-every", type=int, default=defaults.decision_every_steps,
-        help="ask Tamiyo every N-th step (default 1: every step)",
+        "--decision-every", type=int, default=defaults.step.decision_every_steps,
+        help="a decision every N steps (default 0: Tamiyo chooses within --max-step-share)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-step-share", type=float, default=defaults.step.max_step_share,
+        help="the share of the trainer's step time Tamiyo's decisions may take",
+    )  # fmt: skip
+    parser.add_argument(
+        "--decision-mode", choices=[m.value for m in DecisionMode],
+        default=defaults.step.decision_mode.value,
+        help="ahead: decide on the previous state, never wait; inline: wait up to "
+        "--step-deadline-ms; synchronous: wait for every decision",
     )  # fmt: skip
     parser.add_argument(
         "--step-deadline-ms", type=float, default=defaults.step.step_deadline_ms,
-        help="evaluate_step deadline",
+        help="inline mode: how long a step waits for the policy",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reproducible", action="store_true",
+        help="synchronous decisions at a fixed cadence, no timings in the packets: the "
+        "same seed gives the same commands",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", choices=[p.value for p in Profile],
+        help="the policy's size (default: small on CPU, full on CUDA)",
     )  # fmt: skip
     parser.add_argument(
         "--greedy", action="store_true",
@@ -84,12 +105,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _spec(args: argparse.Namespace) -> RunSpec:
     base = RunSpec()
     step = replace(
-        base.step, step_deadline_ms=args.step_deadline_ms, sample_actions=not args.greedy
-    )
+        base.step, step_deadline_ms=args.step_deadline_ms, sample_actions=not args.greedy,
+        decision_mode=DecisionMode(args.decision_mode), decision_every_steps=args.decision_every,
+        max_step_share=args.max_step_share,
+    )  # fmt: skip
     return replace(
         base, dataset=args.dataset, model=args.model, epochs=args.epochs, seed=args.seed,
         device=args.device, width=args.width, depth=args.depth, batch_size=args.batch_size,
-        decision_every_steps=args.decision_every, step=step,
+        profile=Profile(args.profile) if args.profile else None,
+        reproducible=args.reproducible, step=step,
     )  # fmt: skip
 
 
