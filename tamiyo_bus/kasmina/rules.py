@@ -35,7 +35,9 @@ def learning_rate_scale_refusal(command: pb.AdaptationCommand) -> Refusal | None
     return Refusal("invalid", f"learning-rate scale {scale}")
 
 
-def transition_refusal(operation: int, stage: pb.SeedLifecycleStage.ValueType) -> Refusal | None:
+def transition_refusal(
+    operation: pb.SeedOperation.ValueType, stage: pb.SeedLifecycleStage.ValueType
+) -> Refusal | None:
     """A seed operation must apply to the seed's stage (``lifecycle.TRANSITIONS``)."""
     if next_stage(operation, stage) is not None:
         return None
