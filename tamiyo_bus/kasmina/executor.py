@@ -43,6 +43,7 @@ from tamiyo_bus.kasmina.lifecycle import (
     next_stage,
 )
 from tamiyo_bus.kasmina.rules import (
+    SCHEDULED_REASON,
     Refusal,
     blend_refusal,
     germination_refusal,
@@ -67,11 +68,6 @@ from tamiyo_bus.urza.blueprint import Blueprint
 from tamiyo_bus.urza.catalogue import LR_RATIO
 
 S = pb.SeedLifecycleStage
-_SCHEDULED_REASON = {
-    S.SEED_STAGE_EMBARGOED: "embargo",
-    S.SEED_STAGE_RESETTING: "embargo_over",
-    S.SEED_STAGE_DORMANT: "reset",
-}
 
 
 class BlueprintSource(Protocol):
@@ -533,4 +529,4 @@ class Kasmina:
             waited = self.step - seed.stage_entered_step
             stage = scheduled_stage(seed.stage, waited, self.settings.embargo_steps)
             if stage is not None:
-                self._move(seed, stage, _SCHEDULED_REASON[stage])
+                self._move(seed, stage, SCHEDULED_REASON[stage])

@@ -74,6 +74,14 @@ def blend_refusal(order: pb.SeedCommand) -> Refusal | None:
     return None
 
 
+SCHEDULED_REASON: Mapping[int, str] = {
+    S.SEED_STAGE_EMBARGOED: "embargo",
+    S.SEED_STAGE_RESETTING: "embargo_over",
+    S.SEED_STAGE_DORMANT: "reset",
+}
+"""The reason a lifecycle event gives for each stage ``scheduled_stage`` moves a slot to."""
+
+
 def scheduled_stage(
     stage: int, waited_steps: int, embargo_steps: int
 ) -> pb.SeedLifecycleStage.ValueType | None:
