@@ -102,8 +102,8 @@ def scheduled_stage(
 def swept_by(command_type: int, stage: int) -> bool:
     """Whether an EMERGENCY, or a ROLLBACK that names no seed, culls a seed in ``stage``.
 
-    An emergency culls every active seed; a run-wide rollback only those blended into
-    the host (a TRAINING seed is isolated, so it cannot have caused the regression).
+    An emergency culls every active seed; a run-wide rollback every active seed but a
+    TRAINING one (isolated from the host, so it cannot have caused the regression).
     """
     if command_type == pb.COMMAND_TYPE_EMERGENCY:
         return stage in ACTIVE

@@ -57,7 +57,9 @@ class SimStep:
 
     ``packets``: the next decision's packets (after the last decision: the final
     state). ``rewards``: the interval reward of each run's decision
-    (``learning.reward.interval_terms``). ``reports``: field reports closed meanwhile.
+    (``learning.reward.interval_terms`` of the two packets and the risk events
+    between them: ``rollbacks``, ``emergencies``, ``isolation_violations``).
+    ``reports``: field reports closed meanwhile.
     """
 
     packets: tuple[pb.SystemStatePacket, ...]
@@ -65,6 +67,9 @@ class SimStep:
     done: bool
     results: tuple[ApplyResult, ...]
     reports: tuple[tuple[pb.FieldReport, ...], ...]
+    rollbacks: IntArray
+    emergencies: IntArray
+    isolation_violations: IntArray
 
 
 @dataclass
@@ -198,6 +203,9 @@ class VectorSim:
             self.done,
             tuple(results),
             tuple(tuple(r) for r in interval.reports),
+            interval.rollbacks,
+            interval.emergencies,
+            interval.violations,
         )
 
     # ----------------------------------------------------------------- per step
