@@ -33,9 +33,9 @@ from tamiyo_bus.learning.reward import Progress, interval_terms, reward
 from tamiyo_bus.policy.topology import HostTopology
 from tamiyo_bus.reports.windows import EventKind
 from tamiyo_bus.sim import dynamics
-from tamiyo_bus.sim.executor import SimExecutor
+from tamiyo_bus.sim.executor import SimExecutor, Target
 from tamiyo_bus.sim.host import FloatArray, IntArray, SimHost, build_host
-from tamiyo_bus.sim.packets import decision_packet, epoch_packet, model_parameters
+from tamiyo_bus.sim.packets import PacketWriter, model_parameters
 from tamiyo_bus.sim.reports import SimReports
 from tamiyo_bus.sim.settings import SimSettings
 from tamiyo_bus.sim.state import BoolArray, RunState, cells, new_state, stage_table
@@ -111,6 +111,7 @@ class VectorSim:
         )
         self.rng = np.random.default_rng(seed)
         self.executor = SimExecutor(self.host, settings)
+        self.writer = PacketWriter(self.host, settings.host, settings.lr.base_lr)
         self.reports = SimReports(settings.windows)
         self.episode = -1
         self.state: RunState = new_state(self.host, settings.dynamics, runs, self.rng)
@@ -163,9 +164,7 @@ class VectorSim:
         results = []
         for run, command in enumerate(commands):
             command = self._with_id(command, run, step)
-            result = self.executor.apply(
-                self.state, run, self.run_ids[run], command, step, self._shaking[run], self.rng
-            )
+            result = self.executor.apply(self._target(run, step), command)
             results.append(result)
             if result.applied:
                 self.reports.on_command(command, self._packets[run])
@@ -263,9 +262,10 @@ class VectorSim:
 
     def _risk_command(self, run: int, command: pb.AdaptationCommand, step: int) -> None:
         command.reason = WATCHDOG_REASON
-        self.executor.apply(
-            self.state, run, self.run_ids[run], command, step, self._shaking[run], self.rng
-        )
+        self.executor.apply(self._target(run, step), command)
+
+    def _target(self, run: int, step: int) -> Target:
+        return Target(self.state, run, self.run_ids[run], step, float(self._shaking[run]), self.rng)
 
     def _epoch_end(self, interval: _Interval) -> None:
         settings = self.settings
@@ -277,16 +277,13 @@ class VectorSim:
         train_loss = self._epoch_loss / settings.steps_per_epoch
         self._epoch_loss = np.zeros(self.runs)
         for run, run_id in enumerate(self.run_ids):
-            packet = epoch_packet(
-                self.host,
-                settings.host,
+            packet = self.writer.epoch_end(
                 state,
                 run,
                 run_id,
                 epoch=epoch,
                 step=self.step_index,
                 train_loss=float(train_loss[run]),
-                base_lr=settings.lr.base_lr,
             )
             interval.reports[run].extend(self.reports.on_epoch_end(packet, self._now_ns()))
 
@@ -301,9 +298,7 @@ class VectorSim:
         )
         epoch = min(self.step_index // settings.steps_per_epoch, settings.epochs - 1)
         return tuple(
-            decision_packet(
-                self.host,
-                settings.host,
+            self.writer.decision(
                 state,
                 run,
                 run_id,
@@ -311,7 +306,6 @@ class VectorSim:
                 step=self.step_index,
                 layer_norms=norms[run],
                 violations=int(self._last_violations[run]),
-                base_lr=settings.lr.base_lr,
             )
             for run, run_id in enumerate(self.run_ids)
         )

@@ -12,6 +12,7 @@ each counts as verified.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -49,6 +50,18 @@ def _stage(value: int) -> pb.SeedLifecycleStage.ValueType:
     return pb.SeedLifecycleStage.ValueType(value)
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a command lands: one run of a RunState, at one step."""
+
+    state: RunState
+    run: int
+    run_id: str
+    step: int
+    shaking: float  # the run's instability now: a germination during it spikes the loss
+    rng: np.random.Generator
+
+
 def _calm_loss(state: RunState, run: int) -> float:
     """The run's loss without the spikes still decaying: what a new spike scales with
     (so spikes do not feed on each other)."""
@@ -77,46 +90,26 @@ class SimExecutor:
 
     # ---------------------------------------------------------------- commands
 
-    def apply(
-        self,
-        state: RunState,
-        run: int,
-        run_id: str,
-        command: pb.AdaptationCommand,
-        step: int,
-        shaking: float,
-        rng: np.random.Generator,
-    ) -> ApplyResult:
-        """Apply ``command`` to run ``run`` at ``step``; a refused command changes nothing.
-
-        ``shaking`` is the run's instability now (a germination during it spikes the loss).
-        """
-        stats = self.stats[run]
+    def apply(self, target: Target, command: pb.AdaptationCommand) -> ApplyResult:
+        """Apply ``command`` to ``target``'s run; a refused command changes nothing."""
+        stats = self.stats[target.run]
         stats.verified += 1
-        refusal = self._dispatch(state, run, run_id, command, step, shaking, rng)
+        refusal = self._dispatch(target, command)
         if refusal is not None:
             stats.refused[refusal.reason] += 1
             return ApplyResult(command.command_id, True, False, refusal.reason, refusal.detail)
         stats.applied += 1
         return ApplyResult(command.command_id, True, True, "applied")
 
-    def _dispatch(
-        self,
-        state: RunState,
-        run: int,
-        run_id: str,
-        command: pb.AdaptationCommand,
-        step: int,
-        shaking: float,
-        rng: np.random.Generator,
-    ) -> Refusal | None:
-        if command.training_run_id and command.training_run_id != run_id:
+    def _dispatch(self, target: Target, command: pb.AdaptationCommand) -> Refusal | None:
+        if command.training_run_id and command.training_run_id != target.run_id:
             return Refusal("wrong_run", f"command for run {command.training_run_id}")
+        state, run = target.state, target.run
         kind = command.command_type
         if kind == pb.COMMAND_TYPE_NO_OP:
             return None
         if kind == pb.COMMAND_TYPE_SEED:
-            return self._seed_command(state, run, command, step, shaking, rng)
+            return self._seed_command(target, command)
         if kind == pb.COMMAND_TYPE_OPTIMIZER:
             refusal = learning_rate_scale_refusal(command)
             if refusal is None:
@@ -125,29 +118,27 @@ class SimExecutor:
                 state.lr_scale[run] = min(max(scaled, band.min_tamiyo_scale), band.max_tamiyo_scale)
             return refusal
         if kind == pb.COMMAND_TYPE_PAUSE:
-            state.paused_until_step[run] = step + self.kasmina.pause_steps
+            state.paused_until_step[run] = target.step + self.kasmina.pause_steps
             return None
         if kind == pb.COMMAND_TYPE_CIRCUIT_BREAKER:
             self.stats[run].breaker_commands += 1
             return None
         if kind in (pb.COMMAND_TYPE_EMERGENCY, pb.COMMAND_TYPE_ROLLBACK):
-            return self._sweep(state, run, kind, command.target_seed_id, step)
+            return self._sweep(target, kind, command.target_seed_id)
         return Refusal("invalid", f"command type {command.command_type}")
 
-    def _sweep(
-        self, state: RunState, run: int, kind: int, target_seed_id: str, step: int
-    ) -> Refusal | None:
+    def _sweep(self, target: Target, kind: int, target_seed_id: str) -> Refusal | None:
         """EMERGENCY culls every active seed; ROLLBACK the named one, or with none named
-        every blended one (``rules.swept_by``)."""
+        every active one but those TRAINING (``rules.swept_by``)."""
+        state, run, step = target.state, target.run, target.step
         reason = "emergency" if kind == pb.COMMAND_TYPE_EMERGENCY else "rollback"
         if kind == pb.COMMAND_TYPE_ROLLBACK and target_seed_id:
             seed = self.host.seed_index.get(target_seed_id)
             if seed is None:
                 return Refusal("unknown_seed", target_seed_id)
-            if state.stage[run, seed] not in ACTIVE:
-                return Refusal(
-                    "wrong_stage", f"{target_seed_id} is {S.Name(_stage(state.stage[run, seed]))}"
-                )
+            stage = _stage(state.stage[run, seed])
+            if stage not in ACTIVE:
+                return Refusal("wrong_stage", f"{target_seed_id} is {S.Name(stage)}")
             self.move(state, run, seed, S.SEED_STAGE_CULLED, reason, step)
             return None
         for seed in range(len(self.host.seed_ids)):
@@ -155,15 +146,8 @@ class SimExecutor:
                 self.move(state, run, seed, S.SEED_STAGE_CULLED, reason, step)
         return None
 
-    def _seed_command(
-        self,
-        state: RunState,
-        run: int,
-        command: pb.AdaptationCommand,
-        step: int,
-        shaking: float,
-        rng: np.random.Generator,
-    ) -> Refusal | None:
+    def _seed_command(self, target: Target, command: pb.AdaptationCommand) -> Refusal | None:
+        state, run, step = target.state, target.run, target.step
         seed = self.host.seed_index.get(command.target_seed_id)
         if seed is None:
             return Refusal("unknown_seed", command.target_seed_id or "<no target>")
@@ -172,13 +156,13 @@ class SimExecutor:
         refusal = transition_refusal(op, stage)
         if refusal is not None:
             return refusal
-        target = next_stage(op, stage)
-        assert target is not None
+        to_stage = next_stage(op, stage)
+        assert to_stage is not None
         why = pb.SeedOperation.Name(op).removeprefix("SEED_OP_").lower()
         if command.reason:
             why = f"{why} ({command.reason})"
         if op == pb.SEED_OP_GERMINATE:
-            return self._germinate(state, run, seed, command.seed, why, step, shaking)
+            return self._germinate(target, seed, command.seed, why)
         gate = check_gate(op, stage, self.gate_inputs(state, run, seed, step), self.kasmina.gates)
         if not gate.passed:
             return Refusal(f"gate_{gate.gate}", gate.detail)
@@ -186,13 +170,14 @@ class SimExecutor:
             refusal = blend_refusal(command.seed)
             if refusal is not None:
                 return refusal
-            self._start_blending(state, run, seed, command.seed, rng)
-        self.move(state, run, seed, target, why, step)
+            self._start_blending(target, seed, command.seed)
+        self.move(state, run, seed, to_stage, why, step)
         return None
 
     def gate_inputs(
         self, state: RunState, run: int, seed: int, step: int, added_parameters: int = 0
     ) -> GateInputs:
+        """What Kasmina's gates read, gathered as ``Kasmina._gate_inputs`` gathers it."""
         live = HAS_MODULE_TABLE[state.stage[run]]
         return GateInputs(
             steps_in_stage=step - int(state.stage_entered_step[run, seed]),
@@ -208,15 +193,9 @@ class SimExecutor:
         )
 
     def _germinate(
-        self,
-        state: RunState,
-        run: int,
-        seed: int,
-        order: pb.SeedCommand,
-        why: str,
-        step: int,
-        shaking: float,
+        self, target: Target, seed: int, order: pb.SeedCommand, why: str
     ) -> Refusal | None:
+        state, run, step = target.state, target.run, target.step
         refusal = paused_refusal(step, int(state.paused_until_step[run]))
         if refusal is not None:
             return refusal
@@ -248,16 +227,13 @@ class SimExecutor:
             float(state.deficit_need[run, layer]),
             float(self.efficiency[index]),
         )
-        dynamics = self.settings.dynamics
-        state.spike_loss[run] += (
-            dynamics.germination_spike_per_instability * shaking * _calm_loss(state, run)
-        )
+        spike = self.settings.dynamics.germination_spike_per_instability * target.shaking
+        state.spike_loss[run] += spike * _calm_loss(state, run)
         self.move(state, run, seed, S.SEED_STAGE_GERMINATED, why, step)
         return None
 
-    def _start_blending(
-        self, state: RunState, run: int, seed: int, order: pb.SeedCommand, rng: np.random.Generator
-    ) -> None:
+    def _start_blending(self, target: Target, seed: int, order: pb.SeedCommand) -> None:
+        state, run = target.state, target.run
         state.blend_method[run, seed] = order.blend_method
         state.blend_ramp_steps[run, seed] = order.alpha_steps
         state.blend_progress_steps[run, seed] = 0
@@ -265,7 +241,7 @@ class SimExecutor:
         state.blend_baseline_loss[run, seed] = state.kasmina_loss_ema[run]
         dynamics = self.settings.dynamics
         risk = state.risk[run, seed]
-        if rng.random() < dynamics.blend_spike_probability_per_risk * risk:
+        if target.rng.random() < dynamics.blend_spike_probability_per_risk * risk:
             state.spike_loss[run] += dynamics.blend_spike_per_risk * risk * _calm_loss(state, run)
 
     # ------------------------------------------------------------- transitions

@@ -33,22 +33,6 @@ def model_parameters(host: SimHost, state: RunState) -> FloatArray:
     return total
 
 
-def _header(
-    run_id: str, run: int, state: RunState, epoch: int, step: int, host: HostSettings
-) -> pb.SystemStatePacket:
-    return pb.SystemStatePacket(
-        version=PACKET_VERSION,
-        packet_id=f"{run_id}-{step}",
-        training_run_id=run_id,
-        current_epoch=epoch,
-        global_step=step,
-        training_loss=float(state.loss_ema[run]),
-        validation_loss=float(state.validation_loss[run]),
-        validation_accuracy=float(state.validation_accuracy[run]),
-        timestamp_ns=round(step * host.step_ms * 1e6),
-    )
-
-
 def fill_seed_states(
     packet: pb.SystemStatePacket,
     sim: SimHost,
@@ -85,66 +69,80 @@ def fill_seed_states(
                 metrics["loss_delta"] = float(state.kasmina_loss_ema[run]) - baseline
 
 
-def decision_packet(
-    sim: SimHost,
-    host: HostSettings,
-    state: RunState,
-    run: int,
-    run_id: str,
-    *,
-    epoch: int,
-    step: int,
-    layer_norms: FloatArray,
-    violations: int,
-    base_lr: float,
-) -> pb.SystemStatePacket:
-    """The packet of ``step`` for run ``run`` (``layer_norms``: [L] this step's
-    gradient norms; ``violations``: those the previous finalize found)."""
-    packet = _header(run_id, run, state, epoch, step, host)
-    live = int(HAS_MODULE_TABLE[state.stage[run]].sum())
-    model = float(model_parameters(sim, state)[run])
-    slower = model / sim.host_parameters
-    step_ms = host.step_ms * slower
-    hook_ms = host.hook_ms * (1 + live)
-    learning_rate = base_lr * float(state.lr_scale[run])
-    weight = layer_norms * np.sqrt(sim.weight_fraction)
-    bias = layer_norms * np.sqrt(1.0 - sim.weight_fraction)
-    metrics: dict[str, float] = {
-        "loss": float(state.batch_loss[run]),
-        "gradient_norm": float(np.sqrt((layer_norms * layer_norms).sum())),
-        "samples_per_s": host.batch_size / (step_ms / 1000.0),
-        "step_latency_ms": step_ms,
-        "hook_latency_ms": hook_ms,
-        "learning_rate": learning_rate,
-        MODEL_PARAMETERS_METRIC: model,
-        "kasmina_apply_latency_ms": APPLY_SHARE * hook_ms,
-        "kasmina_finalize_latency_ms": APPLY_SHARE * hook_ms,
-        "isolation_violations": float(violations),
-    }
-    metrics.update(zip(sim.weight_gradient_keys, weight.tolist(), strict=True))
-    metrics.update(zip(sim.bias_gradient_keys, bias.tolist(), strict=True))
-    metrics.update(zip(sim.layer_gradient_keys, layer_norms.tolist(), strict=True))
-    packet.training_metrics.update(metrics)
-    fill_seed_states(packet, sim, state, run, step, learning_rate)
-    return packet
+class PacketWriter:
+    """Writes the packets of the runs of one simulated host."""
 
+    def __init__(self, sim: SimHost, host: HostSettings, base_lr: float) -> None:
+        self.sim = sim
+        self.host = host
+        self.base_lr = base_lr
 
-def epoch_packet(
-    sim: SimHost,
-    host: HostSettings,
-    state: RunState,
-    run: int,
-    run_id: str,
-    *,
-    epoch: int,
-    step: int,
-    train_loss: float,
-    base_lr: float,
-) -> pb.SystemStatePacket:
-    """The run's state at the end of ``epoch`` (Tolaria's ``EpochRecord.state``): the
-    epoch's mean training loss, validation figures, model parameters, seed states."""
-    packet = _header(run_id, run, state, epoch, step, host)
-    packet.training_loss = train_loss
-    packet.training_metrics[MODEL_PARAMETERS_METRIC] = float(model_parameters(sim, state)[run])
-    fill_seed_states(packet, sim, state, run, step, base_lr * float(state.lr_scale[run]))
-    return packet
+    def _start(
+        self, state: RunState, run: int, run_id: str, epoch: int, step: int
+    ) -> tuple[pb.SystemStatePacket, float]:
+        """The packet's header, and the run's learning rate."""
+        packet = pb.SystemStatePacket(
+            version=PACKET_VERSION,
+            packet_id=f"{run_id}-{step}",
+            training_run_id=run_id,
+            current_epoch=epoch,
+            global_step=step,
+            training_loss=float(state.loss_ema[run]),
+            validation_loss=float(state.validation_loss[run]),
+            validation_accuracy=float(state.validation_accuracy[run]),
+            timestamp_ns=round(step * self.host.step_ms * 1e6),
+        )
+        return packet, self.base_lr * float(state.lr_scale[run])
+
+    def decision(
+        self,
+        state: RunState,
+        run: int,
+        run_id: str,
+        *,
+        epoch: int,
+        step: int,
+        layer_norms: FloatArray,
+        violations: int,
+    ) -> pb.SystemStatePacket:
+        """The packet of ``step`` for run ``run`` (``layer_norms``: [L] this step's
+        gradient norms; ``violations``: those the previous finalize found)."""
+        sim, host = self.sim, self.host
+        packet, learning_rate = self._start(state, run, run_id, epoch, step)
+        live = int(HAS_MODULE_TABLE[state.stage[run]].sum())
+        model = float(model_parameters(sim, state)[run])
+        step_ms = host.step_ms * model / sim.host_parameters
+        hook_ms = host.hook_ms * (1 + live)
+        weight = layer_norms * np.sqrt(sim.weight_fraction)
+        bias = layer_norms * np.sqrt(1.0 - sim.weight_fraction)
+        metrics: dict[str, float] = {
+            "loss": float(state.batch_loss[run]),
+            "gradient_norm": float(np.sqrt((layer_norms * layer_norms).sum())),
+            "samples_per_s": host.batch_size / (step_ms / 1000.0),
+            "step_latency_ms": step_ms,
+            "hook_latency_ms": hook_ms,
+            "learning_rate": learning_rate,
+            MODEL_PARAMETERS_METRIC: model,
+            "kasmina_apply_latency_ms": APPLY_SHARE * hook_ms,
+            "kasmina_finalize_latency_ms": APPLY_SHARE * hook_ms,
+            "isolation_violations": float(violations),
+        }
+        metrics.update(zip(sim.weight_gradient_keys, weight.tolist(), strict=True))
+        metrics.update(zip(sim.bias_gradient_keys, bias.tolist(), strict=True))
+        metrics.update(zip(sim.layer_gradient_keys, layer_norms.tolist(), strict=True))
+        packet.training_metrics.update(metrics)
+        fill_seed_states(packet, sim, state, run, step, learning_rate)
+        return packet
+
+    def epoch_end(
+        self, state: RunState, run: int, run_id: str, *, epoch: int, step: int, train_loss: float
+    ) -> pb.SystemStatePacket:
+        """The run's state at the end of ``epoch`` (Tolaria's ``EpochRecord.state``): the
+        epoch's mean training loss, validation figures, model parameters, seed states."""
+        packet, learning_rate = self._start(state, run, run_id, epoch, step)
+        packet.training_loss = train_loss
+        packet.training_metrics[MODEL_PARAMETERS_METRIC] = float(
+            model_parameters(self.sim, state)[run]
+        )
+        fill_seed_states(packet, self.sim, state, run, step, learning_rate)
+        return packet

@@ -89,6 +89,17 @@ def test_a_seed_on_a_healthy_layer_or_an_unfitting_blueprint_does_not_help(seed:
     assert low_rank_true - fitting_true > 0.3 * float(probe.state.deficit_loss[0, layer])
 
 
+def _loss_after_germinating(settings: SimSettings) -> tuple[float, float]:
+    """(true loss one decision after a NO_OP, the same after a germination)."""
+    losses = []
+    for command in (NO_OP, germinate("layer3.s0", "mlp-res-8")):
+        sim = VectorSim(settings, seed=4)
+        sim.reset()
+        sim.step([command])
+        losses.append(float(sim.state.true_loss[0]))
+    return losses[0], losses[1]
+
+
 def test_germinating_during_instability_spikes_the_loss() -> None:
     shaky = dataclasses.replace(
         QUIET.dynamics,
@@ -98,24 +109,13 @@ def test_germinating_during_instability_spikes_the_loss() -> None:
         instability_level_min=1.0,
         instability_level_max=1.0,
     )
-    settings = dataclasses.replace(QUIET, dynamics=shaky)
-    losses = {}
-    for name, command in (("calm", NO_OP), ("germinated", germinate("layer3.s0", "mlp-res-8"))):
-        sim = VectorSim(settings, seed=4)
-        sim.reset()
-        sim.step([command])
-        losses[name] = float(sim.state.true_loss[0])
-    assert losses["germinated"] > 1.3 * losses["calm"]
+    calm, germinated = _loss_after_germinating(dataclasses.replace(QUIET, dynamics=shaky))
+    assert germinated > 1.3 * calm
 
 
 def test_a_calm_germination_leaves_the_loss_alone() -> None:
-    losses = {}
-    for name, command in (("calm", NO_OP), ("germinated", germinate("layer3.s0", "mlp-res-8"))):
-        sim = VectorSim(QUIET, seed=4)
-        sim.reset()
-        sim.step([command])
-        losses[name] = float(sim.state.true_loss[0])
-    assert losses["germinated"] == pytest.approx(losses["calm"])
+    calm, germinated = _loss_after_germinating(QUIET)
+    assert germinated == pytest.approx(calm)
 
 
 def test_blending_a_risky_blueprint_can_spike_the_loss() -> None:
