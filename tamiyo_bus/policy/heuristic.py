@@ -30,6 +30,7 @@ import torch
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.kasmina.lifecycle import (
+    ACTIVE,
     BLENDED,
     TRANSITIONS,
     GateInputs,
@@ -50,15 +51,6 @@ _ACTION: dict[tuple[int, int], int] = {
 _NO_OP = _ACTION[(pb.COMMAND_TYPE_NO_OP, pb.SEED_OP_UNKNOWN)]
 _STAGE_COLUMN = BLOCK_OFFSETS[SEED] + FEATURE_SPECS[SEED].categorical_offset("stage")
 _MONITORS = RELATION_INDEX[(SEED, "monitors", LAYER)]
-_IN_FLIGHT = frozenset(
-    {
-        S.SEED_STAGE_GERMINATED,
-        S.SEED_STAGE_TRAINING,
-        S.SEED_STAGE_BLENDING,
-        S.SEED_STAGE_SHADOWING,
-        S.SEED_STAGE_PROBATIONARY,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -287,7 +279,7 @@ class HeuristicPolicy:
 
     def _germinate(self, view: _View, graph: PolicyGraph) -> PolicyAction | None:
         s = self.settings
-        in_flight = any(stage in _IN_FLIGHT for stage in view.stage.tolist())
+        in_flight = any(stage in ACTIVE for stage in view.stage.tolist())
         if (
             in_flight
             or self._unstable

@@ -19,8 +19,6 @@ from tamiyo_bus.sim.state import BoolArray, RunState, stage_table
 
 IS_BLENDED = stage_table(BLENDED)
 IS_TRAINABLE = stage_table(TRAINABLE)
-GRADIENT_NORM_PER_SQRT_PARAMETER = 0.01
-GRADIENT_FLOOR = 0.3  # share of a layer's gradient norm left once the host has converged
 
 
 def learn(progress: FloatArray, rate: FloatArray, learning_steps: float) -> FloatArray:
@@ -155,8 +153,9 @@ def layer_gradient_norms(
     """[N, L] observed gradient norms: a layer's size and hidden factor, shrinking as
     the host converges, larger while the layer's deficit is uncured (the signal a good
     policy reads) and while the run is unstable, with log-normal noise."""
-    size = GRADIENT_NORM_PER_SQRT_PARAMETER * np.sqrt(host.layer_parameters)
-    converging = GRADIENT_FLOOR + (1.0 - GRADIENT_FLOOR) * (1.0 - state.host_progress)
+    size = dynamics.gradient_norm_per_sqrt_parameter * np.sqrt(host.layer_parameters)
+    floor = dynamics.converged_gradient_share
+    converging = floor + (1.0 - floor) * (1.0 - state.host_progress)
     deficit = 1.0 + dynamics.deficit_gradient_gain_per_loss * state.uncured
     noise = np.exp(dynamics.gradient_noise * rng.standard_normal(state.deficit_loss.shape))
     norms: FloatArray = (

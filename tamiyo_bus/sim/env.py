@@ -28,7 +28,7 @@ import numpy as np
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.kasmina.executor import ApplyResult
-from tamiyo_bus.kasmina.lifecycle import ACTIVE
+from tamiyo_bus.kasmina.lifecycle import ACTIVE, BLENDED
 from tamiyo_bus.learning.reward import Progress, interval_terms, reward
 from tamiyo_bus.policy.topology import HostTopology
 from tamiyo_bus.reports.windows import EventKind
@@ -44,9 +44,7 @@ from tamiyo_bus.urza.catalogue import default_catalogue
 from tamiyo_bus.urza_client import BlueprintMetadata
 
 S = pb.SeedLifecycleStage
-WATCHED = stage_table(
-    frozenset({S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY})
-)
+WATCHED = stage_table(BLENDED - {S.SEED_STAGE_FOSSILIZED})  # what a rollback may target
 IS_ACTIVE = stage_table(ACTIVE)
 WATCHDOG_REASON = "watchdog"
 
@@ -114,7 +112,9 @@ class VectorSim:
         self.writer = PacketWriter(self.host, settings.host, settings.lr.base_lr)
         self.reports = SimReports(settings.windows)
         self.episode = -1
-        self.state: RunState = new_state(self.host, settings.dynamics, runs, self.rng)
+        # Replaced by reset(); drawn from its own generator so the runs' stream starts there.
+        placeholder = np.random.default_rng(seed)
+        self.state: RunState = new_state(self.host, settings.dynamics, runs, placeholder)
         self.run_ids: tuple[str, ...] = ()
         self.step_index = 0
         self.done = True

@@ -55,6 +55,8 @@ class DynamicsSettings:
     validation_noise: float = 0.01
     validation_gap: float = 0.05  # validation loss = true loss * (1 + gap)
     accuracy_loss_scale: float = 1.0  # accuracy = exp(-scale * validation loss)
+    gradient_norm_per_sqrt_parameter: float = 0.01  # a layer's norm, before its factors
+    converged_gradient_share: float = 0.3  # of a layer's norm left once the host converged
     gradient_noise: float = 0.3  # log-normal sigma of a layer's gradient norm
     layer_gradient_spread: float = 0.15  # hidden per-layer factor in [1/(1+s), 1+s]
     deficit_gradient_gain_per_loss: float = 8.0  # norm x (1 + gain * uncured deficit)
