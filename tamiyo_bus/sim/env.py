@@ -225,9 +225,11 @@ class VectorSim:
         step = self.step_index
         state = self.state
         self.executor.advance_alpha(state, step)
-        for run, seed in cells(self._violated):
+        # Only seeds still TRAINING are checked (a command may have moved one on).
+        violated = self._violated & (state.stage == S.SEED_STAGE_TRAINING)
+        for run, seed in cells(violated):
             self.reports.on_isolation_violation(self.run_ids[run], self.host.seed_ids[seed])
-        self._last_violations = self.executor.finalize(state, self._violated, step)
+        self._last_violations = self.executor.finalize(state, violated, step)
         interval.violations += self._last_violations
         state.best_loss_ema = np.minimum(state.best_loss_ema, state.kasmina_loss_ema)
         self._watchdog(interval, step)

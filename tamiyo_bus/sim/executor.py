@@ -304,14 +304,15 @@ class SimExecutor:
 
     def finalize(self, state: RunState, violated: BoolArray, step: int) -> IntArray:
         """Close ``step`` as Kasmina's ``finalize_step`` does: its loss average,
-        isolation results (a violating seed is culled), scheduled transitions. Returns
-        each run's violations."""
+        isolation results (``violated``: TRAINING seeds that broke isolation; each is
+        culled), scheduled transitions. Returns each run's violations."""
         decay = self.kasmina.loss_ema_decay
         ema = state.kasmina_loss_ema
         state.kasmina_loss_ema = np.where(
             np.isnan(ema), state.batch_loss, decay * ema + (1.0 - decay) * state.batch_loss
         )
-        self._isolation_checks += (state.stage == S.SEED_STAGE_TRAINING).sum(axis=1)
+        training = state.stage == S.SEED_STAGE_TRAINING
+        self._isolation_checks += training.sum(axis=1)
         self._finalized += 1
         for run, seed in cells(violated):
             state.isolation_violations[run, seed] += 1
