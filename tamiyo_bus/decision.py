@@ -70,32 +70,25 @@ class PolicyDecision:
     inference_ms: float
     cpu_ms: float  # the worker's CPU time on this decision (what it took from the trainer)
 
-    @property
-    def seed_id(self) -> str:
-        """Target seed id ("" for actions without a seed)."""
-        index = self.inference.action.seed
-        return self.graph.seed_ids[index] if index >= 0 else ""
 
-    @property
-    def blueprint_id(self) -> str:
-        """The blueprint of a seed action: the chosen one for a germination, otherwise
-        the one the seed's own state reports."""
-        action = self.inference.action
-        if action.blueprint >= 0:
-            return self.graph.blueprint_ids[action.blueprint]
-        return self.graph.seed_blueprint_ids[action.seed] if action.seed >= 0 else ""
-
-
-def propose_command(decision: PolicyDecision, breaker_name: str) -> pb.AdaptationCommand:
-    """The unsigned, unstamped command the policy's choice amounts to."""
-    action = decision.inference.action
+def propose_command(
+    inference: Inference, graph: PolicyGraph, breaker_name: str
+) -> pb.AdaptationCommand:
+    """The unsigned, unstamped command a policy's choice on ``graph`` amounts to. The
+    blueprint of a seed action is the chosen one for a germination, otherwise the one
+    the seed's own state reports."""
+    action = inference.action
     spec = action.spec
     command = pb.AdaptationCommand(version=1, command_type=spec.command_type)
     if spec.needs_seed:
-        command.target_seed_id = decision.seed_id
+        command.target_seed_id = graph.seed_ids[action.seed]
         seed = command.seed
         seed.operation = spec.seed_operation
-        seed.blueprint_id = decision.blueprint_id
+        seed.blueprint_id = (
+            graph.blueprint_ids[action.blueprint]
+            if action.blueprint >= 0
+            else graph.seed_blueprint_ids[action.seed]
+        )
         if spec.has_blend:
             seed.blend_method = BLEND_METHODS[action.blend]
             seed.alpha_steps = action.alpha_steps
@@ -104,7 +97,6 @@ def propose_command(decision: PolicyDecision, breaker_name: str) -> pb.Adaptatio
     if spec.breaker_action:
         command.circuit_breaker.action = spec.breaker_action
         command.circuit_breaker.breaker = breaker_name
-    inference = decision.inference
     command.annotations["policy_value"] = f"{inference.value:.6g}"
     command.annotations["policy_log_prob"] = f"{inference.log_prob:.6g}"
     command.annotations["risk_expected_severity"] = f"{inference.expected_severity:.4f}"

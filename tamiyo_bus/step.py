@@ -262,7 +262,9 @@ class StepController:
             command.policy_version = self._policy.current().version
             command.decision_step = packet.global_step
         else:
-            command = propose_command(decision, self.settings.circuit_breaker_name)
+            command = propose_command(
+                decision.inference, decision.graph, self.settings.circuit_breaker_name
+            )
             command.policy_version = decision.policy_version
             command.decision_step = decision.step
         stamp_command(command, self.settings.issued_by)

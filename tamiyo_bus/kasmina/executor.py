@@ -33,7 +33,7 @@ import torch
 from leyline_pb import leyline_pb2 as pb
 from leyline_vocab.events import EventKind
 from oona.errors import RejectedMessage
-from tamiyo_bus.kasmina.blending import SUPPORTED_METHODS, alpha_at
+from tamiyo_bus.kasmina.blending import alpha_at
 from tamiyo_bus.kasmina.lifecycle import (
     ACTIVE,
     HAS_MODULE,
@@ -41,6 +41,17 @@ from tamiyo_bus.kasmina.lifecycle import (
     GateInputs,
     check_gate,
     next_stage,
+)
+from tamiyo_bus.kasmina.rules import (
+    SCHEDULED_REASON,
+    Refusal,
+    blend_refusal,
+    germination_refusal,
+    learning_rate_scale_refusal,
+    paused_refusal,
+    scheduled_stage,
+    swept_by,
+    transition_refusal,
 )
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.kasmina.site import Seed, SeedSite
@@ -114,6 +125,11 @@ class _Refusal(Exception):
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
+
+
+def _refuse_if(refusal: Refusal | None) -> None:
+    if refusal is not None:
+        raise _Refusal(refusal.reason, refusal.detail)
 
 
 def _percentile(values: deque[float], q: float) -> float:
@@ -257,10 +273,8 @@ class Kasmina:
         if kind == pb.COMMAND_TYPE_SEED:
             self._seed_command(command)
         elif kind == pb.COMMAND_TYPE_OPTIMIZER:
-            scale = command.optimizer.learning_rate_scale
-            if not (command.HasField("optimizer") and math.isfinite(scale) and scale > 0):
-                raise _Refusal("invalid", f"learning-rate scale {scale}")
-            self.learning_rates.apply_scale(scale)
+            _refuse_if(learning_rate_scale_refusal(command))
+            self.learning_rates.apply_scale(command.optimizer.learning_rate_scale)
         elif kind == pb.COMMAND_TYPE_PAUSE:
             self.paused_until_step = self.step + self.settings.pause_steps
         elif kind == pb.COMMAND_TYPE_CIRCUIT_BREAKER:
@@ -270,7 +284,7 @@ class Kasmina:
             self.stats.breaker_commands += 1
         elif kind == pb.COMMAND_TYPE_EMERGENCY:
             for seed in self.seeds.values():
-                if seed.stage in ACTIVE:
+                if swept_by(kind, seed.stage):
                     self._move(seed, S.SEED_STAGE_CULLED, "emergency")
         elif kind == pb.COMMAND_TYPE_ROLLBACK:
             self._rollback(command.target_seed_id)
@@ -286,7 +300,7 @@ class Kasmina:
             self._move(seed, S.SEED_STAGE_CULLED, "rollback")
             return
         for seed in self.seeds.values():
-            if seed.stage in ACTIVE and seed.stage != S.SEED_STAGE_TRAINING:
+            if swept_by(pb.COMMAND_TYPE_ROLLBACK, seed.stage):
                 self._move(seed, S.SEED_STAGE_CULLED, "rollback")
 
     def _target(self, seed_id: str) -> Seed:
@@ -298,12 +312,9 @@ class Kasmina:
     def _seed_command(self, command: pb.AdaptationCommand) -> None:
         seed = self._target(command.target_seed_id)
         op = command.seed.operation
+        _refuse_if(transition_refusal(op, seed.stage))
         target = next_stage(op, seed.stage)
-        if target is None:
-            raise _Refusal(
-                "wrong_stage",
-                f"{pb.SeedOperation.Name(op)} does not apply to {S.Name(seed.stage)}",
-            )
+        assert target is not None
         why = pb.SeedOperation.Name(op).removeprefix("SEED_OP_").lower()
         if command.reason:
             why = f"{why} ({command.reason})"
@@ -333,23 +344,14 @@ class Kasmina:
         )
 
     def _germinate(self, seed: Seed, order: pb.SeedCommand, why: str) -> None:
-        if self.step < self.paused_until_step:
-            raise _Refusal("paused", f"until step {self.paused_until_step}")
+        _refuse_if(paused_refusal(self.step, self.paused_until_step))
         try:
             blueprint = self.blueprints.get(order.blueprint_id)
         except KeyError:
             raise _Refusal("unknown_blueprint", order.blueprint_id) from None
-        if blueprint.quarantined:
-            raise _Refusal(
-                "quarantined", f"{blueprint.blueprint_id}: {blueprint.quarantine_reason}"
-            )
         site = self._site_of[seed.seed_id]
-        if site.kind not in blueprint.layer_kinds:
-            raise _Refusal("incompatible", f"{blueprint.blueprint_id} does not fit {site.kind}")
         parameters = dict(order.parameters)
-        problem = blueprint.check_parameters(parameters)
-        if problem is not None:
-            raise _Refusal("invalid", problem)
+        _refuse_if(germination_refusal(blueprint, site.kind, parameters))
         module = build_adapter(
             blueprint.constructor, site.width, init_scale=parameters.get(INIT_SCALE, 0.0)
         ).to(self.device)
@@ -375,10 +377,7 @@ class Kasmina:
         self._move(seed, S.SEED_STAGE_GERMINATED, why)
 
     def _start_blending(self, seed: Seed, order: pb.SeedCommand) -> None:
-        if order.blend_method not in SUPPORTED_METHODS:
-            raise _Refusal("invalid", f"blend method {order.blend_method}")
-        if order.alpha_steps < 1:
-            raise _Refusal("invalid", "alpha_steps must be at least 1")
+        _refuse_if(blend_refusal(order))
         seed.blend_method = order.blend_method
         seed.blend_ramp_steps = order.alpha_steps
         seed.blend_progress_steps = 0
@@ -531,13 +530,9 @@ class Kasmina:
                     self._move(seed, S.SEED_STAGE_CULLED, EventKind.ISOLATION_VIOLATION)
 
     def _scheduled_transitions(self) -> None:
-        """CULLED and RESETTING last one step (so a packet shows them), EMBARGOED
-        ``embargo_steps``; then the slot is DORMANT again."""
+        """Culled slots move on by ``rules.scheduled_stage``, back to DORMANT."""
         for seed in self.seeds.values():
             waited = self.step - seed.stage_entered_step
-            if seed.stage == S.SEED_STAGE_CULLED and waited >= 1:
-                self._move(seed, S.SEED_STAGE_EMBARGOED, "embargo")
-            elif seed.stage == S.SEED_STAGE_EMBARGOED and waited >= self.settings.embargo_steps:
-                self._move(seed, S.SEED_STAGE_RESETTING, "embargo_over")
-            elif seed.stage == S.SEED_STAGE_RESETTING and waited >= 1:
-                self._move(seed, S.SEED_STAGE_DORMANT, "reset")
+            stage = scheduled_stage(seed.stage, waited, self.settings.embargo_steps)
+            if stage is not None:
+                self._move(seed, stage, SCHEDULED_REASON[stage])
