@@ -59,7 +59,7 @@ async def test_reports_reach_simics_store_once_and_their_acks_retire_them(
 
     assert sorted(store.report_ids()) == sorted(ids)
     for entry in reporter.book.entries():
-        stored = store.get(entry.report_id)
+        stored = store.get(entry.report_id, signer_key_id=bus.signer.key_id)
         assert stored is not None and stored.report == entry.report
         assert entry.acked_by == "simic/simic-1"
     assert bus.metrics.count("reports_acked") == 40

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from leyline_vocab.telemetry import SOURCE_TAMIYO, SOURCE_TOLARIA
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.server import EmbeddedServer
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
 from tamiyo_bus import initial_policy
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.out / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     signer = Signer.generate()
-    keyring = Keyring.of(signer.public_key())
+    keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
     system = SystemSettings.from_env()
     oona = system.oona
     server: EmbeddedServer | None = None

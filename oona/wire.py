@@ -1,0 +1,68 @@
+"""Counting a protobuf message's top-level fields without parsing it.
+
+Parsing builds one object per nested message, so a parser handed a batch of a million
+empty envelopes does a million allocations before anything can reject it. This walk
+reads only tags and lengths, stops as soon as a bound is passed, and so costs at most
+`max_fields` steps whatever the input: the bound is checked before any per-envelope
+work.
+"""
+
+from __future__ import annotations
+
+_VARINT = 0
+_FIXED64 = 1
+_LENGTH_DELIMITED = 2
+_FIXED32 = 5
+_MAX_VARINT_BYTES = 10
+
+
+class WireError(ValueError):
+    """The bytes are not a well-formed protobuf message (or use groups, which no
+    Leyline message has)."""
+
+
+def _varint(data: bytes, offset: int) -> tuple[int, int]:
+    value = 0
+    for index in range(_MAX_VARINT_BYTES):
+        if offset + index >= len(data):
+            raise WireError("truncated varint")
+        byte = data[offset + index]
+        value |= (byte & 0x7F) << (7 * index)
+        if byte < 0x80:
+            return value, offset + index + 1
+    raise WireError("varint longer than 10 bytes")
+
+
+def count_field(data: bytes, field_number: int, *, limit: int, max_fields: int) -> int:
+    """How often top-level field `field_number` occurs in `data`, or `limit + 1` once
+    it occurs more than `limit` times. WireError when the bytes are malformed or hold
+    more than `max_fields` top-level fields."""
+    count = 0
+    fields = 0
+    offset = 0
+    while offset < len(data):
+        fields += 1
+        if fields > max_fields:
+            raise WireError(f"more than {max_fields} top-level fields")
+        tag, offset = _varint(data, offset)
+        number, wire_type = tag >> 3, tag & 0x7
+        if number == 0:
+            raise WireError("field number 0")
+        if wire_type == _VARINT:
+            _, offset = _varint(data, offset)
+        elif wire_type == _FIXED64:
+            offset += 8
+        elif wire_type == _FIXED32:
+            offset += 4
+        elif wire_type == _LENGTH_DELIMITED:
+            length, offset = _varint(data, offset)
+            offset += length
+        else:
+            raise WireError(f"wire type {wire_type}")
+        if offset > len(data):
+            raise WireError("field runs past the end")
+        if number == field_number:
+            count += 1
+            if count > limit:
+                return count
+    return count
