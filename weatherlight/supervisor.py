@@ -47,6 +47,14 @@ class SystemMode(StrEnum):
     DEGRADED = "degraded"
 
 
+def describe(exc: BaseException) -> str:
+    """What went wrong, for /healthz: the errors inside a task group (a service's
+    component that lost one of its tasks), not the group's generic message."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True)
 class SupervisorSettings:
     restart_backoff_base_ms: float = 200.0
@@ -234,7 +242,7 @@ class Supervisor:
                 await spec.run(context)
             except Exception as exc:
                 log.exception("service %s crashed", spec.name)
-                status.last_error = f"{type(exc).__name__}: {exc}"
+                status.last_error = describe(exc)
             else:
                 if stop.is_set():
                     break
