@@ -77,6 +77,9 @@ def test_full_cache_fails_closed_for_messages_it_can_no_longer_vouch_for() -> No
         cache.check_and_add("m0", T0_NS)  # would otherwise be a replay that slips through
     assert rejected.value.reason == "replay_horizon"
     cache.check_and_add("m4", T0_NS + 4)  # newer messages are still accepted
+    clock.now_ns += 30 * SECOND_NS  # the forgotten id replayed later, still fresh
+    with pytest.raises(RejectedMessage, match="replay_horizon"):
+        cache.check_and_add("m0", T0_NS)
 
 
 async def test_bus_replay_inside_the_window_is_replay_and_outside_it_is_stale(

@@ -281,7 +281,10 @@ async def test_the_start_up_listener_counts_rejections_on_the_given_breaker(
     trusted = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
     breaker = CircuitBreaker("policy_update", BreakerSettings(failure_threshold=1))
     listener = PolicyUpdateListener.from_key_settings(
-        bus, make_holder(version=1), KeySettings(trusted_keys=(f"simic={trusted}",)), breaker=breaker
+        bus,
+        make_holder(version=1),
+        KeySettings(trusted_keys=(f"simic={trusted}",)),
+        breaker=breaker,
     )
     with pytest.raises(RejectedMessage, match="unknown_key"):
         listener.transaction.apply(_update(Signer.generate(), version=2, seed=1))
