@@ -30,8 +30,10 @@ from prometheus_client.registry import Collector
 from consumers.nissa.health import ComponentStatus
 from oona.backoff import Backoff
 from oona.bus import Bus
+from oona.events import EventSink
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
+from weatherlight.events import ServiceEvents, forwarder
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,9 @@ class SupervisorSettings:
 
 @dataclass(frozen=True)
 class ServiceContext:
-    """What a service gets: its name, the bus settings and keys, the stop signal, and
-    the supervisor (to report an endpoint or read the system's health)."""
+    """What a service gets: its name, the bus settings and keys, the stop signal, the
+    supervisor (to report an endpoint or read the system's health), and the sink its
+    components emit events into (rejections among them; forwarded to Nissa)."""
 
     name: str
     instance: str
@@ -76,6 +79,7 @@ class ServiceContext:
     keyring: Keyring
     stop: asyncio.Event
     supervisor: Supervisor
+    events: EventSink
 
     @property
     def consumer_name(self) -> str:
@@ -152,6 +156,7 @@ class Supervisor:
     settings: SupervisorSettings = field(default_factory=SupervisorSettings)
     clock: Callable[[], float] = time.monotonic
     endpoints: dict[str, str] = field(default_factory=dict)
+    events: ServiceEvents = field(default_factory=ServiceEvents)
 
     def __post_init__(self) -> None:
         names = [spec.name for spec in self.specs]
@@ -230,8 +235,9 @@ class Supervisor:
     async def _supervise(self, spec: ServiceSpec, stop: asyncio.Event) -> None:
         status = self.status[spec.name]
         context = ServiceContext(
-            spec.name, self.instance, self.oona, self.signer, self.keyring, stop, self
-        )
+            spec.name, self.instance, self.oona, self.signer, self.keyring, stop, self,
+            self.events,
+        )  # fmt: skip
         s = self.settings
         backoff = Backoff(s.restart_backoff_base_ms / 1000.0, s.restart_backoff_max_ms / 1000.0)
         while not stop.is_set():
@@ -258,6 +264,15 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay_s)
         await self._set(status, ServiceState.STOPPED)
+
+
+def event_forwarder_service() -> ServiceRun:
+    """The ``events`` service: publishes the supervised services' events as telemetry."""
+
+    def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
+        return forwarder(bus, context.supervisor.events)
+
+    return bus_service(build)
 
 
 class SupervisorCollector(Collector):

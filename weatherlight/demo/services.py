@@ -63,7 +63,7 @@ def policy_listener_service(holder: PolicyHolder, breaker: CircuitBreaker) -> Se
 
     def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
         transaction = PolicyUpdateTransaction(
-            holder, context.keyring, metrics=bus.metrics, breaker=breaker
+            holder, context.keyring, metrics=bus.metrics, events=context.events, breaker=breaker
         )
         return nullcontext(
             PolicyUpdateListener(
