@@ -186,7 +186,9 @@ def _looks_like_pickle(payload: bytes) -> bool:
     return pickled or payload.startswith(_ZIP_MAGIC)
 
 
-def _load_tensors(payload: bytes) -> dict[str, torch.Tensor]:
+def load_tensors(payload: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors payload; RejectedMessage for a pickle or anything
+    else that is not safetensors, whatever the parser raised."""
     if _looks_like_pickle(payload):
         raise RejectedMessage("pickle_payload", "payload is a pickle; it is never unpickled")
     header = payload[_SAFETENSORS_HEADER_LEN_BYTES : _SAFETENSORS_HEADER_LEN_BYTES + 1]
@@ -352,7 +354,7 @@ class PolicyUpdateTransaction:
             )
         if hashlib.sha256(update.payload).hexdigest() != update.payload_sha256:
             raise RejectedMessage("digest_mismatch", "payload does not match payload_sha256")
-        loaded = _load_tensors(update.payload)
+        loaded = load_tensors(update.payload)
         _check_tensors(loaded, running.module.state_dict())
         try:
             candidate = copy.deepcopy(running.module)
