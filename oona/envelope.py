@@ -143,7 +143,16 @@ def type_name(message_type: int) -> str:
         return f"MESSAGE_TYPE_{message_type}"
 
 
-def _check_header(env: pb.BusEnvelope, rules: EnvelopeRules, role: Role, now_ns: int) -> None:
+def _check_header(
+    env: pb.BusEnvelope,
+    rules: EnvelopeRules,
+    role: Role,
+    now_ns: int,
+    authorised: set[tuple[int, str]],
+) -> None:
+    """Stream, type, id, freshness, then the signer's role (`authorised` remembers the
+    (type, source) pairs of this entry already allowed: a batch's envelopes share
+    them)."""
     if env.stream != rules.stream:
         raise RejectedMessage("wrong_stream", f"addressed to {env.stream[:80]!r}")
     if env.message_type not in rules.accepted_types:
@@ -155,6 +164,8 @@ def _check_header(env: pb.BusEnvelope, rules: EnvelopeRules, role: Role, now_ns:
         raise RejectedMessage("stale", f"issued {age_ms:.0f} ms before it was checked")
     if -age_ms > rules.max_future_ms:
         raise RejectedMessage("future", f"issued {-age_ms:.0f} ms after it was checked")
+    if (env.message_type, env.source) in authorised:
+        return
     if not role.may_publish(env.stream, env.message_type):
         raise RejectedMessage(
             "unauthorised_signer", f"role {role.name} may not publish {type_name(env.message_type)}"
@@ -163,6 +174,7 @@ def _check_header(env: pb.BusEnvelope, rules: EnvelopeRules, role: Role, now_ns:
         raise RejectedMessage(
             "unauthorised_signer", f"role {role.name} may not claim source {env.source[:80]!r}"
         )
+    authorised.add((env.message_type, env.source))
 
 
 @dataclass(frozen=True)
@@ -231,8 +243,9 @@ def open_entry(
             if raw_single is not None
             else _open_batch(raw, rules, keyring)
         )
+        authorised: set[tuple[int, str]] = set()
         for env in opened.envelopes:
-            _check_header(env, rules, opened.role, now_ns)
+            _check_header(env, rules, opened.role, now_ns, authorised)
     except RejectedMessage:
         raise
     except WireError as exc:

@@ -36,32 +36,44 @@ def _varint(data: bytes, offset: int) -> tuple[int, int]:
 def count_field(data: bytes, field_number: int, *, limit: int, max_fields: int) -> int:
     """How often top-level field `field_number` occurs in `data`, or `limit + 1` once
     it occurs more than `limit` times. WireError when the bytes are malformed or hold
-    more than `max_fields` top-level fields."""
+    more than `max_fields` top-level fields. One-byte varints (nearly every tag and
+    many lengths) are read inline: this runs on every batch entry."""
     count = 0
     fields = 0
     offset = 0
-    while offset < len(data):
+    end = len(data)
+    while offset < end:
         fields += 1
         if fields > max_fields:
             raise WireError(f"more than {max_fields} top-level fields")
-        tag, offset = _varint(data, offset)
-        number, wire_type = tag >> 3, tag & 0x7
-        if number == 0:
+        tag = data[offset]
+        if tag < 0x80:
+            offset += 1
+        else:
+            tag, offset = _varint(data, offset)
+        if tag >> 3 == 0:
             raise WireError("field number 0")
-        if wire_type == _VARINT:
+        wire_type = tag & 0x7
+        if wire_type == _LENGTH_DELIMITED:
+            if offset >= end:
+                raise WireError("truncated length")
+            length = data[offset]
+            if length < 0x80:
+                offset += 1
+            else:
+                length, offset = _varint(data, offset)
+            offset += length
+        elif wire_type == _VARINT:
             _, offset = _varint(data, offset)
         elif wire_type == _FIXED64:
             offset += 8
         elif wire_type == _FIXED32:
             offset += 4
-        elif wire_type == _LENGTH_DELIMITED:
-            length, offset = _varint(data, offset)
-            offset += length
         else:
             raise WireError(f"wire type {wire_type}")
-        if offset > len(data):
+        if offset > end:
             raise WireError("field runs past the end")
-        if number == field_number:
+        if tag >> 3 == field_number:
             count += 1
             if count > limit:
                 return count

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from consumers.hub.service import HubSettings, TelemetryHub
 from consumers.simic import ReportStore, SimicIntake
@@ -30,9 +31,11 @@ from tamiyo_bus.security.policy_update import (
 )
 from tests.telemetry.helpers import read_aggregates
 from weatherlight import keys_cli as keytool
+from weatherlight.role_keys import RoleKeys
 
 from .helpers import ARCHITECTURE, REGISTRY, make_holder, seed_command, small_policy
 
+ROOT = Path(__file__).resolve().parents[2]
 KEYS = {name: Signer.generate() for name in ("tamiyo", "tamiyo-2", "tolaria", "kasmina", "simic")}
 AS_ROLE = {"tamiyo": TAMIYO, "tamiyo-2": TAMIYO, "tolaria": TOLARIA, "kasmina": KASMINA}
 AS_ROLE["simic"] = SIMIC
@@ -221,3 +224,20 @@ def test_roles_grant_only_what_each_component_signs() -> None:
     assert not TOLARIA.may_claim("tamiyo") and TOLARIA.may_claim("tolaria")
     assert SIMIC.may_publish(Stream.POLICY, pb.MESSAGE_TYPE_POLICY_UPDATE)
     assert not Role("nobody").may_claim("")
+
+
+def test_the_compose_stack_mounts_only_weatherlights_own_private_key() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["weatherlight"]
+    private = [v for v in service["volumes"] if ".key:" in v]
+    assert private == ["./ops/keys/private/weatherlight.key:/keys/weatherlight.key:ro"]
+    assert "./ops/keys/trusted:/keys/trusted:ro" in service["volumes"]
+    assert service["environment"]["TAMIYO_TRUSTED_KEYS_DIR"] == "/keys/trusted"
+
+
+def test_the_demo_signs_with_one_key_per_role() -> None:
+    keys = RoleKeys.generate()
+    assert sorted(keys.keyring.roles().values()) == sorted(ROLES)
+    assert {name: keys.keyring.roles()[s.key_id] for name, s in keys.signers.items()} == {
+        name: name for name in ROLES
+    }
