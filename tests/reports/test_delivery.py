@@ -172,7 +172,7 @@ async def test_stray_and_malformed_acks_do_not_retire_anything(
 
     assert bus.metrics.count("reports_acks_unmatched") == 1
     dead: Any = await bus.redis.xrange(bus.dead_letter_key(Stream.FIELD_REPORT_ACKS))
-    assert [record[b"reason"] for _, record in dead] == [b"handler_failed"]
+    assert [record[b"reason"] for _, record in dead] == [b"malformed_payload"]  # not retried
     assert reporter.book.state_of(report_id) is ReportState.PENDING
     reporter.close()
 
