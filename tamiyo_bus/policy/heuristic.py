@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.kasmina.lifecycle import (
@@ -125,11 +126,12 @@ class _View:
         )
 
 
-class HeuristicPolicy:
+class HeuristicPolicy(nn.Module):
     """See the module docstring. Deterministic: ``greedy`` and ``generator`` are
     ignored and every decision has log-probability 0."""
 
     def __init__(self, settings: HeuristicSettings | None = None) -> None:
+        super().__init__()
         self.settings = settings or HeuristicSettings()
         self._start(0)
 

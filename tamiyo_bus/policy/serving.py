@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.nn.modules.module import _IncompatibleKeys
@@ -32,6 +32,19 @@ class Inference:
     log_prob: float
     value: float
     expected_severity: float  # risk head, in [0, 1]
+
+
+class DecisionPolicy(Protocol):
+    """What decides on a graph: a ServingPolicy or a baseline."""
+
+    def decide(
+        self,
+        graph: PolicyGraph,
+        *,
+        greedy: bool = True,
+        generator: torch.Generator | None = None,
+        cancelled: Cancelled | None = None,
+    ) -> Inference: ...
 
 
 class ServingPolicy(ReferencePolicy):
