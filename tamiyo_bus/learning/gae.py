@@ -84,6 +84,4 @@ def compute_gae(
     for t in range(len(deltas) - 1, -1, -1):
         running = deltas[t] + carries[t] * running
         advantages[t] = running
-    return Advantages(
-        advantages.astype(np.float32), (advantages + values64).astype(np.float32)
-    )
+    return Advantages(advantages.astype(np.float32), (advantages + values64).astype(np.float32))

@@ -86,7 +86,9 @@ class GraphTransitions:
         row_of = torch.empty(len(graphs), dtype=torch.int64)
         groups = []
         for k, indices in enumerate(members.values()):
-            groups.append(GraphGroup.stack([graphs[i] for i in indices], [actions[i] for i in indices]))
+            groups.append(
+                GraphGroup.stack([graphs[i] for i in indices], [actions[i] for i in indices])
+            )
             group_of[indices] = k
             row_of[indices] = torch.arange(len(indices))
         return cls(tuple(groups), group_of, row_of)
@@ -148,7 +150,9 @@ def disjoint_union(groups: Sequence[GraphGroup], device: torch.device) -> UnionI
             sources = (base[relation.src] + graph * n_src + src).reshape(-1)
             destinations = (base[relation.dst] + graph * n_dst + dst).reshape(-1)
             index[relation.key].append(torch.stack((sources, destinations)))
-            attr[relation.key].append(group.edge_attr[:, pos].reshape(-1, group.edge_attr.shape[-1]))
+            attr[relation.key].append(
+                group.edge_attr[:, pos].reshape(-1, group.edge_attr.shape[-1])
+            )
         for t in NODE_TYPES:
             base[t] += n * counts[TYPE_INDEX[t]]
     return UnionInputs(

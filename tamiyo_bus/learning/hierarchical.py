@@ -149,14 +149,18 @@ def batch_entropy(out: PolicyOutput, masks: ActionMasks) -> Tensor:
         if num_blueprints > 0:
             logits = out.blueprint_logits[:, None, :].expand(-1, num_seeds, -1)
             per_seed = categorical_entropy(masked_log_softmax(logits, masks.blueprint, 2), 2)
-            seed_probs = seed_log_probs[:, :, _GERMINATE_COLUMNS.to(device)].exp()  # [G, S, germinate]
+            seed_probs = seed_log_probs[
+                :, :, _GERMINATE_COLUMNS.to(device)
+            ].exp()  # [G, S, germinate]
             expected = (seed_probs * per_seed[:, :, None]).sum(dim=1)
             conditional = conditional.index_add(1, _GERMINATE_ACTIONS.to(device), expected)
     gaussian = _HALF_LOG_2PI_E + out.log_std.float()
     blend = categorical_entropy(torch.log_softmax(out.blend_logits.float(), dim=-1), -1)
-    conditional = conditional + torch.where(_HAS_BLEND.to(device), (blend + gaussian[0])[:, None], 0.0)
+    conditional = conditional + torch.where(
+        _HAS_BLEND.to(device), (blend + gaussian[0])[:, None], 0.0
+    )
     conditional = conditional + torch.where(_HAS_LR.to(device), gaussian[1], 0.0).expand(groups, -1)
-    result: Tensor = categorical_entropy(action_log_probs, -1) + (
-        action_probs * conditional
-    ).sum(dim=-1)
+    result: Tensor = categorical_entropy(action_log_probs, -1) + (action_probs * conditional).sum(
+        dim=-1
+    )
     return result

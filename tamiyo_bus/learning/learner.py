@@ -109,12 +109,17 @@ _PARTS = ("policy", "value", "entropy", "approx_kl", "clip_fraction")
 
 
 @dataclass
-class _Totals:
-    """The applied steps' loss parts, as numbers (no autograd graph is kept)."""
+class _Progress:
+    """One update so far; the applied steps' loss parts as numbers (no autograd graph
+    is kept)."""
 
     parts: list[tuple[float, ...]] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     failed: int = 0
+    epochs: int = 0
+    learning_rate: float = math.nan
+    stopped_at_kl: bool = False
+    refused: LearningOutcome | None = None
 
     def add(self, loss: PPOLoss, grad_norm: float) -> None:
         self.parts.append(tuple(float(getattr(loss, name).detach()) for name in _PARTS))
@@ -127,6 +132,16 @@ class _Totals:
         if not self.parts:
             return math.nan
         return float(np.mean([p[_PARTS.index(name)] for p in self.parts]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Targets:
+    """The batch's fixed per-transition tensors, on the learner's device."""
+
+    old_log_prob: Tensor
+    old_value: Tensor
+    advantages: Tensor
+    returns: Tensor
 
 
 class PPOLearner(Generic[InputsT]):
@@ -155,9 +170,7 @@ class PPOLearner(Generic[InputsT]):
         self.generator = generator
         module = evaluator.module
         self.device = next(module.parameters()).device
-        self.optimizer = torch.optim.Adam(
-            module.parameters(), lr=lr.learning_rate, eps=s.adam_eps
-        )
+        self.optimizer = torch.optim.Adam(module.parameters(), lr=lr.learning_rate, eps=s.adam_eps)
         lr.attach(self.optimizer, 1.0)
         self.autocast_dtype = autocast_dtype(s.mixed_precision, self.device.type)
         self.scaler = (
@@ -172,73 +185,85 @@ class PPOLearner(Generic[InputsT]):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def update(self, batch: PPOBatch[InputsT]) -> PPOUpdateStats:
+        """Epochs of shuffled minibatches; stops early when the guard refuses a step or
+        a minibatch's KL passes ``target_kl``."""
         s = self.settings
         started = time.perf_counter()
-        old_log_prob, old_value, advantages, returns = (
-            t.to(self.device)
-            for t in (batch.old_log_prob, batch.old_value, batch.advantages, batch.returns)
+        targets = _Targets(
+            *(
+                t.to(self.device)
+                for t in (batch.old_log_prob, batch.old_value, batch.advantages, batch.returns)
+            )
         )
-        totals = _Totals()
-        refused: LearningOutcome | None = None
-        stopped_at_kl = False
-        rate = self.lr.learning_rate
-        epochs = 0
-        for _ in range(s.update_epochs):
-            epochs += 1
+        progress = _Progress(learning_rate=self.lr.learning_rate)
+        while progress.epochs < s.update_epochs and progress.refused is None:
+            progress.epochs += 1
             order = torch.randperm(len(batch), generator=self.generator)
             for start in range(0, len(batch), s.minibatch_transitions):
                 indices = order[start : start + s.minibatch_transitions]
-                rows = indices.to(self.device)
-                measured: list[PPOLoss] = []
-
-                def loss_fn(indices: Tensor = indices, rows: Tensor = rows) -> Tensor:
-                    with self._autocast():
-                        evaluation = self.evaluator.evaluate(batch.inputs, indices)
-                    loss = ppo_loss(
-                        evaluation.log_prob.float(),
-                        old_log_prob[rows],
-                        advantages[rows],
-                        evaluation.value.float(),
-                        old_value[rows],
-                        returns[rows],
-                        evaluation.entropy.float(),
-                        s,
-                    )
-                    measured.append(loss)
-                    return loss.total
-
-                rate = self.lr.learning_rate
-                result = self.guard.step(self.optimizer, loss_fn, self.scaler)
-                if result.outcome in _REFUSALS:
-                    refused = result.outcome
+                self._step(batch, targets, indices, progress)
+                if progress.refused is not None or progress.stopped_at_kl:
                     break
-                if not result.applied:
-                    totals.failed += 1
-                    continue
-                self.lr.advance()
-                totals.add(measured[0], result.grad_norm or 0.0)
-                if s.target_kl is not None and totals.last("approx_kl") > s.target_kl:
-                    stopped_at_kl = True
-                    break
-            if refused is not None or stopped_at_kl:
+            if progress.stopped_at_kl:
                 break
         stats = PPOUpdateStats(
-            policy_loss=totals.mean("policy"),
-            value_loss=totals.mean("value"),
-            entropy=totals.mean("entropy"),
-            approx_kl=totals.mean("approx_kl"),
-            clip_fraction=totals.mean("clip_fraction"),
-            explained_variance=explained_variance(old_value, returns),
-            learning_rate=rate,
-            grad_norm=float(np.mean(totals.grad_norms)) if totals.grad_norms else math.nan,
+            policy_loss=progress.mean("policy"),
+            value_loss=progress.mean("value"),
+            entropy=progress.mean("entropy"),
+            approx_kl=progress.mean("approx_kl"),
+            clip_fraction=progress.mean("clip_fraction"),
+            explained_variance=explained_variance(targets.old_value, targets.returns),
+            learning_rate=progress.learning_rate,
+            grad_norm=float(np.mean(progress.grad_norms)) if progress.grad_norms else math.nan,
             transitions=len(batch),
-            epochs=epochs,
-            applied_steps=len(totals.parts),
-            failed_steps=totals.failed,
-            stopped_at_kl=stopped_at_kl,
-            refused=refused,
+            epochs=progress.epochs,
+            applied_steps=len(progress.parts),
+            failed_steps=progress.failed,
+            stopped_at_kl=progress.stopped_at_kl,
+            refused=progress.refused,
             duration_s=time.perf_counter() - started,
         )
         if self.sink is not None:
             self.sink(stats)
         return stats
+
+    def _step(
+        self,
+        batch: PPOBatch[InputsT],
+        targets: _Targets,
+        indices: Tensor,
+        progress: _Progress,
+    ) -> None:
+        """One guarded optimiser step on the minibatch ``indices``."""
+        measured: list[PPOLoss] = []
+
+        def loss_fn() -> Tensor:
+            with self._autocast():
+                evaluation = self.evaluator.evaluate(batch.inputs, indices)
+            rows = indices.to(self.device)
+            loss = ppo_loss(
+                evaluation.log_prob.float(),
+                targets.old_log_prob[rows],
+                targets.advantages[rows],
+                evaluation.value.float(),
+                targets.old_value[rows],
+                targets.returns[rows],
+                evaluation.entropy.float(),
+                self.settings,
+            )
+            measured.append(loss)
+            return loss.total
+
+        rate = self.lr.learning_rate
+        result = self.guard.step(self.optimizer, loss_fn, self.scaler)
+        if result.outcome in _REFUSALS:
+            progress.refused = result.outcome
+            return
+        if not result.applied:
+            progress.failed += 1
+            return
+        self.lr.advance()
+        progress.learning_rate = rate
+        progress.add(measured[0], result.grad_norm or 0.0)
+        target_kl = self.settings.target_kl
+        progress.stopped_at_kl = target_kl is not None and progress.last("approx_kl") > target_kl

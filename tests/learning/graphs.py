@@ -22,7 +22,11 @@ def builder(size: synthetic.StateSize = synthetic.REFERENCE_SIZE) -> GraphBuilde
 
 
 def graphs(
-    n: int, structures: int = 1, *, seed: int = 0, size: synthetic.StateSize = synthetic.REFERENCE_SIZE
+    n: int,
+    structures: int = 1,
+    *,
+    seed: int = 0,
+    size: synthetic.StateSize = synthetic.REFERENCE_SIZE,
 ) -> list[PolicyGraph]:
     """``n`` graphs cycling over ``structures`` seed placements (seed 1 grown from a
     different blueprint in each)."""

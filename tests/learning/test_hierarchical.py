@@ -4,6 +4,7 @@ policy.actions, and masked choices give no NaN gradients."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -55,13 +56,17 @@ def outputs(graphs: int, seed: int = 0) -> PolicyOutput:
 
 
 def single(out: PolicyOutput, i: int) -> PolicyOutput:
+    """Graph ``i`` of stacked outputs (``log_std`` is shared)."""
     return PolicyOutput(
-        *(v if name == "log_std" else v[i] for name, v in zip(PolicyOutput.__slots__, _values(out)))
+        **{
+            f.name: getattr(out, f.name) if f.name == "log_std" else getattr(out, f.name)[i]
+            for f in dataclasses.fields(out)
+        }
     )
 
 
 def _values(out: PolicyOutput) -> list[torch.Tensor]:
-    return [getattr(out, name) for name in PolicyOutput.__slots__]
+    return [getattr(out, f.name) for f in dataclasses.fields(out)]
 
 
 def random_masks(graphs: int, seed: int = 0) -> list[ActionMasks]:
@@ -127,7 +132,9 @@ def test_batched_log_prob_and_entropy_equal_the_single_graph_functions() -> None
     actions = []
     for i in range(GRAPHS):
         with torch.no_grad():
-            actions.append(select_action(single(out, i), masks[i], greedy=False, generator=generator))
+            actions.append(
+                select_action(single(out, i), masks[i], greedy=False, generator=generator)
+            )
     assert len({a.action for a in actions}) >= 5  # many action types, not one
     lp = batch_log_prob(out, stacked(masks), ActionBatch.of(actions)).detach()
     h = batch_entropy(out, stacked(masks)).detach()
@@ -153,15 +160,10 @@ def test_masked_choices_give_finite_gradients() -> None:
 
 
 def test_a_graph_without_seeds_or_blueprints_has_a_defined_entropy() -> None:
-    out = PolicyOutput(
-        *(
-            torch.zeros(1, 0, len(SEED_ACTIONS))
-            if name == "seed_logits"
-            else torch.zeros(1, 0)
-            if name == "blueprint_logits"
-            else v[:1] if name != "log_std" else v
-            for name, v in zip(PolicyOutput.__slots__, _values(outputs(1)))
-        )
+    out = dataclasses.replace(
+        outputs(1),
+        seed_logits=torch.zeros(1, 0, len(SEED_ACTIONS)),
+        blueprint_logits=torch.zeros(1, 0),
     )
     masks = compute_masks(np.zeros(0, np.int64), np.zeros((0, 0), np.bool_))
     with torch.no_grad():

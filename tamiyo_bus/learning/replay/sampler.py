@@ -107,7 +107,9 @@ class PrioritizedSampler:
     def update(self, indices: IntArray, td_errors: FloatArray) -> None:
         """Priorities |delta| + eps for live ``indices`` (others are ignored)."""
         live = self.live[indices]
-        priorities = np.abs(np.asarray(td_errors, dtype=np.float64)[live]) + self.settings.priority_eps
+        priorities = (
+            np.abs(np.asarray(td_errors, dtype=np.float64)[live]) + self.settings.priority_eps
+        )
         if len(priorities):
             self.max_priority = max(self.max_priority, float(priorities.max()))
             self._set(indices[live], priorities)
@@ -126,7 +128,9 @@ class PrioritizedSampler:
         indices = np.concatenate(
             (
                 self._stratified(self.rare, rare_n, rng) if rare_n else np.empty(0, np.int64),
-                self._stratified(self.all, n - rare_n, rng) if n > rare_n else np.empty(0, np.int64),
+                self._stratified(self.all, n - rare_n, rng)
+                if n > rare_n
+                else np.empty(0, np.int64),
             )
         )
         share = rare_n / n

@@ -235,9 +235,12 @@ class ReplayStorage:
             choice = columns["choice"][part].astype(np.int64)
             continuous = columns["continuous"][part]
             actions = ActionBatch(
-                *(_tensor(choice[:, i]) for i in range(4)),
-                _tensor(continuous[:, 0]),
-                _tensor(continuous[:, 1]),
+                action=_tensor(choice[:, 0]),
+                seed=_tensor(choice[:, 1]),
+                blueprint=_tensor(choice[:, 2]),
+                blend=_tensor(choice[:, 3]),
+                alpha_log_steps=_tensor(continuous[:, 0]),
+                lr_log_scale=_tensor(continuous[:, 1]),
             )
             groups.append(
                 decode(
