@@ -112,7 +112,11 @@ class PrioritizedSampler:
         )
         if len(priorities):
             self.max_priority = max(self.max_priority, float(priorities.max()))
-            self._set(indices[live], priorities)
+            indices = indices[live]
+            weights = priorities**self.settings.priority_alpha
+            self.all.set(indices, weights)
+            rare = self.is_rare[indices]  # the others' rare leaves are 0 already
+            self.rare.set(indices[rare], weights[rare])
 
     def _stratified(self, tree: SumTree, n: int, rng: np.random.Generator) -> IntArray:
         segment = tree.total / n

@@ -39,8 +39,10 @@ class SumTree:
             raise ValueError("weights must be non-negative")
         node = self.leaf_start + np.asarray(indices, dtype=np.int64)
         self.nodes[node] = weights
+        node = np.unique(node)
         for _ in range(self.depth):
-            node = np.unique(node >> 1)
+            node >>= 1  # still sorted, so duplicates are neighbours
+            node = node[np.concatenate(([True], node[1:] != node[:-1]))]
             self.nodes[node] = self.nodes[2 * node] + self.nodes[2 * node + 1]
 
     def find(self, masses: FloatArray) -> IntArray:
