@@ -156,7 +156,7 @@ def test_ppo_on_the_graph_policy_raises_the_probability_of_rewarded_choices() ->
         evaluation,
         guard(),
         LRController(CONSTANT),
-        PPOSettings(minibatch_transitions=8, target_kl=None),
+        PPOSettings(minibatch_transitions=12, target_kl=None),
     )
     advantages = rewarded * 2.0 - 1.0
     batch = PPOBatch.of(
@@ -165,7 +165,7 @@ def test_ppo_on_the_graph_policy_raises_the_probability_of_rewarded_choices() ->
         start.value,
         Advantages(advantages.numpy(), (advantages + start.value).numpy()),
     )
-    for _ in range(5):
+    for _ in range(3):
         stats = learner.update(batch)
         assert stats.failed_steps == 0
     with torch.no_grad():
