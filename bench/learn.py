@@ -35,7 +35,12 @@ from tamiyo_bus.learning.graph_evaluation import GraphPolicyEvaluator
 from tamiyo_bus.learning.guard import LearningGuard
 from tamiyo_bus.learning.learner import PPOBatch, PPOLearner
 from tamiyo_bus.learning.ppo import MixedPrecision, PPOSettings, approx_kl
-from tamiyo_bus.learning.replay import GraphReplay, GraphTransition, ReplaySettings, StorageSettings
+from tamiyo_bus.learning.replay import (
+    GraphReplay,
+    GraphTransition,
+    ReplaySettings,
+    ReplayStorageSettings,
+)
 from tamiyo_bus.policy import synthetic
 from tamiyo_bus.policy.features import RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
@@ -89,7 +94,9 @@ def transitions(graphs: list[PolicyGraph], policy: ServingPolicy) -> list[GraphT
 
 
 def bench_replay(pool: list[GraphTransition], capacity: int, iterations: int) -> dict[str, object]:
-    replay = GraphReplay(ReplaySettings(storage=StorageSettings(capacity_transitions=capacity)))
+    replay = GraphReplay(
+        ReplaySettings(storage=ReplayStorageSettings(capacity_transitions=capacity))
+    )
     batch = 64
     started = time.perf_counter()
     for first in range(0, capacity, batch):

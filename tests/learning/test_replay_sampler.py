@@ -11,7 +11,7 @@ from scipy import stats
 
 from tamiyo_bus.learning.replay import (
     PrioritizedSampler,
-    SamplerSettings,
+    ReplaySamplerSettings,
     beta_at,
     importance_weights,
 )
@@ -29,7 +29,7 @@ def test_the_sum_tree_finds_the_leaf_holding_each_mass() -> None:
 
 
 def filled(
-    capacity: int, settings: SamplerSettings, rare: np.ndarray | None = None
+    capacity: int, settings: ReplaySamplerSettings, rare: np.ndarray | None = None
 ) -> PrioritizedSampler:
     sampler = PrioritizedSampler(capacity, settings)
     indices = np.arange(capacity)
@@ -38,7 +38,7 @@ def filled(
 
 
 def test_new_items_enter_at_the_largest_priority_and_updates_use_delta_plus_eps() -> None:
-    s = SamplerSettings()
+    s = ReplaySamplerSettings()
     sampler = filled(4, s)
     sampler.update(np.array([0, 1]), np.array([-3.0, 0.5]))
     assert sampler.all.leaves(np.array([0])) == pytest.approx((3.0 + s.priority_eps) ** 0.6)
@@ -49,7 +49,7 @@ def test_new_items_enter_at_the_largest_priority_and_updates_use_delta_plus_eps(
 def test_sampling_frequencies_follow_the_priorities() -> None:
     capacity, batch, batches = 40, 32, 1_500
     rng = np.random.default_rng(0)
-    sampler = filled(capacity, SamplerSettings(rare_floor_fraction=0.0))
+    sampler = filled(capacity, ReplaySamplerSettings(rare_floor_fraction=0.0))
     td = rng.exponential(1.0, capacity)
     sampler.update(np.arange(capacity), td)
     counts = np.zeros(capacity)
@@ -67,7 +67,7 @@ def test_rare_events_keep_their_floor_share_of_every_batch() -> None:
     capacity, batch = 1_000, 64
     rare = np.zeros(capacity, bool)
     rare[[5, 500]] = True
-    sampler = filled(capacity, SamplerSettings(rare_floor_fraction=0.1), rare)
+    sampler = filled(capacity, ReplaySamplerSettings(rare_floor_fraction=0.1), rare)
     sampler.update(np.arange(capacity), np.where(rare, 0.01, 5.0))  # rare and unimportant
     rng = np.random.default_rng(1)
     floor = math.ceil(0.1 * batch)
@@ -75,7 +75,7 @@ def test_rare_events_keep_their_floor_share_of_every_batch() -> None:
         sample = sampler.sample(batch, rng)
         assert sample.rare_drawn == floor
         assert rare[sample.indices].sum() >= floor
-    without = filled(capacity, SamplerSettings(rare_floor_fraction=0.1))
+    without = filled(capacity, ReplaySamplerSettings(rare_floor_fraction=0.1))
     assert without.sample(batch, rng).rare_drawn == 0
 
 
@@ -97,7 +97,7 @@ def test_importance_weights_are_as_specified() -> None:
 def test_sample_weights_use_the_mixture_probability_that_drew_them() -> None:
     capacity = 200
     rare = np.arange(capacity) % 50 == 0
-    s = SamplerSettings(rare_floor_fraction=0.25)
+    s = ReplaySamplerSettings(rare_floor_fraction=0.25)
     sampler = filled(capacity, s, rare)
     td = np.random.default_rng(2).exponential(1.0, capacity)
     sampler.update(np.arange(capacity), td)
@@ -115,7 +115,7 @@ def test_sample_weights_use_the_mixture_probability_that_drew_them() -> None:
 
 
 def test_beta_is_annealed_from_its_start_to_one() -> None:
-    s = SamplerSettings(beta_anneal_batches=100)
+    s = ReplaySamplerSettings(beta_anneal_batches=100)
     assert beta_at(0, s) == 0.4
     assert beta_at(50, s) == pytest.approx(0.7)
     assert beta_at(100, s) == 1.0 and beta_at(10_000, s) == 1.0
@@ -126,12 +126,12 @@ def test_beta_is_annealed_from_its_start_to_one() -> None:
 
 
 def test_removed_slots_are_never_drawn_and_state_round_trips() -> None:
-    sampler = filled(64, SamplerSettings())
+    sampler = filled(64, ReplaySamplerSettings())
     sampler.remove(np.arange(0, 64, 2))
     assert sampler.population == 32
     drawn = sampler.sample(256, np.random.default_rng(0)).indices
     assert (drawn % 2 == 1).all()
-    copy = PrioritizedSampler(64, SamplerSettings())
+    copy = PrioritizedSampler(64, ReplaySamplerSettings())
     copy.load_state_dict(sampler.state_dict())
     assert copy.all.total == pytest.approx(sampler.all.total)
     again = copy.sample(256, np.random.default_rng(0))

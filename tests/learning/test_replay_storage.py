@@ -16,8 +16,8 @@ from tamiyo_bus.learning.replay import (
     GraphReplay,
     GraphTransition,
     ReplaySettings,
-    StorageSettings,
-    WriterSettings,
+    ReplayStorageSettings,
+    ReplayWriterSettings,
 )
 from tamiyo_bus.policy import synthetic
 from tamiyo_bus.policy.actions import PolicyAction
@@ -55,8 +55,8 @@ def transition(graph: PolicyGraph, i: int, **overrides: object) -> GraphTransiti
 
 def replay(capacity: int, clock: Clock | None = None, **writer: object) -> GraphReplay:
     settings = ReplaySettings(
-        storage=StorageSettings(capacity_transitions=capacity),
-        writer=WriterSettings(**writer),  # type: ignore[arg-type]
+        storage=ReplayStorageSettings(capacity_transitions=capacity),
+        writer=ReplayWriterSettings(**writer),  # type: ignore[arg-type]
     )
     return GraphReplay(settings, clock=clock or Clock())
 
@@ -112,7 +112,9 @@ def test_a_larger_graph_than_the_rows_admit_is_refused() -> None:
 
 
 def test_the_least_used_topology_makes_room_when_the_table_is_full() -> None:
-    settings = ReplaySettings(storage=StorageSettings(capacity_transitions=32, max_topologies=2))
+    settings = ReplaySettings(
+        storage=ReplayStorageSettings(capacity_transitions=32, max_topologies=2)
+    )
     r = GraphReplay(settings, clock=Clock())
     graph_list = graphs(5, structures=3)  # structures 0 1 2 0 1
     r.add([transition(g, i) for i, g in enumerate(graph_list[:2] + graph_list[3:])])

@@ -5,16 +5,16 @@ shared topologies), sampler (sum-trees, stratified, importance weights) and writ
 from tamiyo_bus.learning.replay.buffer import GraphReplay, ReplaySample, ReplaySettings
 from tamiyo_bus.learning.replay.sampler import (
     PrioritizedSampler,
-    SamplerSettings,
+    ReplaySamplerSettings,
     beta_at,
     importance_weights,
 )
-from tamiyo_bus.learning.replay.storage import ReplayStorage, StorageSettings
+from tamiyo_bus.learning.replay.storage import ReplayStorage, ReplayStorageSettings
 from tamiyo_bus.learning.replay.writer import (
     Expired,
     GraphTransition,
     ReplayWriter,
-    WriterSettings,
+    ReplayWriterSettings,
 )
 
 __all__ = [
@@ -23,12 +23,12 @@ __all__ = [
     "GraphTransition",
     "PrioritizedSampler",
     "ReplaySample",
+    "ReplaySamplerSettings",
     "ReplaySettings",
     "ReplayStorage",
+    "ReplayStorageSettings",
     "ReplayWriter",
-    "SamplerSettings",
-    "StorageSettings",
-    "WriterSettings",
+    "ReplayWriterSettings",
     "beta_at",
     "importance_weights",
 ]

@@ -14,13 +14,13 @@ from torch import Tensor
 
 from tamiyo_bus.learning.graph_batch import GraphTransitions
 from tamiyo_bus.learning.replay.persistence import load_state, save_state
-from tamiyo_bus.learning.replay.sampler import PrioritizedSampler, SamplerSettings
-from tamiyo_bus.learning.replay.storage import ReplayStorage, StorageSettings
+from tamiyo_bus.learning.replay.sampler import PrioritizedSampler, ReplaySamplerSettings
+from tamiyo_bus.learning.replay.storage import ReplayStorage, ReplayStorageSettings
 from tamiyo_bus.learning.replay.writer import (
     Expired,
     GraphTransition,
     ReplayWriter,
-    WriterSettings,
+    ReplayWriterSettings,
 )
 
 IntArray = npt.NDArray[np.int64]
@@ -28,9 +28,9 @@ IntArray = npt.NDArray[np.int64]
 
 @dataclass(frozen=True, slots=True)
 class ReplaySettings:
-    storage: StorageSettings = field(default_factory=StorageSettings)
-    sampler: SamplerSettings = field(default_factory=SamplerSettings)
-    writer: WriterSettings = field(default_factory=WriterSettings)
+    storage: ReplayStorageSettings = field(default_factory=ReplayStorageSettings)
+    sampler: ReplaySamplerSettings = field(default_factory=ReplaySamplerSettings)
+    writer: ReplayWriterSettings = field(default_factory=ReplayWriterSettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
-class SamplerSettings:
+class ReplaySamplerSettings:
     priority_alpha: float = 0.6  # 0: uniform, 1: fully proportional to priority
     priority_eps: float = 1e-6  # added to |delta| so no stored item becomes unreachable
     beta_start: float = 0.4  # importance-weight exponent at the first batch
@@ -45,7 +45,7 @@ class SamplerSettings:
             raise ValueError("priority_eps and importance_weight_cap must be > 0")
 
 
-def beta_at(batches: int, settings: SamplerSettings) -> float:
+def beta_at(batches: int, settings: ReplaySamplerSettings) -> float:
     """Linear annealing from beta_start to beta_end over beta_anneal_batches."""
     span = max(settings.beta_anneal_batches, 1)
     progress = min(max(batches / span, 0.0), 1.0)
@@ -73,9 +73,9 @@ class PrioritySample:
 class PrioritizedSampler:
     """Priorities of ``capacity`` slots; a slot with priority 0 is never drawn."""
 
-    def __init__(self, capacity: int, settings: SamplerSettings | None = None) -> None:
+    def __init__(self, capacity: int, settings: ReplaySamplerSettings | None = None) -> None:
         self.capacity = capacity
-        self.settings = settings or SamplerSettings()
+        self.settings = settings or ReplaySamplerSettings()
         self.all = SumTree(capacity)
         self.rare = SumTree(capacity)
         self.is_rare = np.zeros(capacity, dtype=np.bool_)

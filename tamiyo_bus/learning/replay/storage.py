@@ -61,7 +61,7 @@ def _column(name: str, capacity: int) -> np.ndarray:
 
 
 @dataclass(frozen=True, slots=True)
-class StorageSettings:
+class ReplayStorageSettings:
     capacity_transitions: int = 100_000
     max_topologies: int = 256  # distinct seed placements held at once
     layout_headroom_fraction: float = 0.25  # row widths beyond the first topology's
@@ -84,8 +84,8 @@ class StoredBatch:
 
 
 class ReplayStorage:
-    def __init__(self, settings: StorageSettings | None = None) -> None:
-        self.settings = s = settings or StorageSettings()
+    def __init__(self, settings: ReplayStorageSettings | None = None) -> None:
+        self.settings = s = settings or ReplayStorageSettings()
         self.capacity = s.capacity_transitions
         self.layout: TransitionLayout | None = None
         self.graph_columns: dict[str, np.ndarray] = {}

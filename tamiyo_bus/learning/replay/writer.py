@@ -47,7 +47,7 @@ class GraphTransition:
 
 
 @dataclass(frozen=True, slots=True)
-class WriterSettings:
+class ReplayWriterSettings:
     rare_min_category: int = Category.RED
     max_age_steps: int | None = 1_000_000  # None: no expiry by steps
     max_age_s: float | None = 86_400.0  # None: no expiry by wall-clock age
@@ -70,7 +70,7 @@ class ReplayWriter:
         self,
         storage: ReplayStorage,
         sampler: PrioritizedSampler,
-        settings: WriterSettings | None = None,
+        settings: ReplayWriterSettings | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -78,7 +78,7 @@ class ReplayWriter:
             raise ValueError("sampler and storage must have the same capacity")
         self.storage = storage
         self.sampler = sampler
-        self.settings = settings or WriterSettings()
+        self.settings = settings or ReplayWriterSettings()
         self.clock = clock
         self.counts: Counter[str] = Counter()
 
