@@ -29,10 +29,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
+# ruff, mypy, and the import layers of .importlinter (tools/import_graph.py prints the graph).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 proto: $(STAMP)
 	$(PY) tools/genproto.py

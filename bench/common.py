@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from oona.server import EmbeddedServer
-from oona.settings import ENV_REDIS_URL
+from weatherlight.settings import ENV_REDIS_URL
 
 
 @contextmanager

@@ -47,6 +47,7 @@ from consumers.hub.service import HubSettings, TelemetryHub
 from consumers.nissa.rules import Alert
 from consumers.nissa.service import Nissa, NissaSettings
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.telemetry import add_event, add_metric
 from oona.bus import Bus
 from oona.connection import open_redis
 from oona.consumer import Consumer, Delivery, Subscription
@@ -54,7 +55,6 @@ from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from oona.streams import Stream
 from producers.telemetry import ProducerSettings, TelemetryProducer
-from producers.vocabulary import add_event, add_metric
 
 SEEDS = 16
 
@@ -109,7 +109,7 @@ def _kasmina(url: str, prefix: str, key: bytes, count: int, delay_s: float, gap_
         await asyncio.sleep(delay_s)
         for i in range(count):
             packet = pb.TelemetryPacket(source="kasmina", priority=pb.MESSAGE_PRIORITY_CRITICAL)
-            add_event(packet, "isolation_violation", pb.TELEMETRY_LEVEL_CRITICAL,
+            add_event(packet, "isolation_violation", priority=pb.MESSAGE_PRIORITY_CRITICAL,
                       run="bench", seed=f"c{i}", sent_ns=time.time_ns())  # fmt: skip
             await producer.send(packet)
             await asyncio.sleep(gap_s)

@@ -41,13 +41,13 @@ from tamiyo_bus.learning.replay import (
     ReplaySettings,
     ReplayStorageSettings,
 )
-from tamiyo_bus.policy import synthetic
 from tamiyo_bus.policy.features import RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.reference import PolicyConfig, ReferencePolicy
 from tamiyo_bus.policy.serving import ServingPolicy
 from tamiyo_bus.risk import Category
 from tamiyo_bus.tolaria.lr import LRController, LRSettings
+from tests import states as synthetic
 
 SMALL = PolicyConfig(hidden_dim=128, gat_heads=4, gat_head_dim=16, head_hidden_dim=128)
 FULL = PolicyConfig()

@@ -44,18 +44,18 @@ from bench.common import machine, percentile
 from oona.breaker import BreakerSettings
 from oona.events import BufferedEventSink
 from oona.keys import Keyring, Signer
-from tamiyo_bus.demo.assembly import RunSpec, assemble, build_model, resolve_device
-from tamiyo_bus.demo.recorder import RunRecorder
+from tamiyo_bus.decision import InferenceOutcome
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.risk import BreakerBankSettings, RiskSettings
-from tamiyo_bus.step import StepReason
 from tamiyo_bus.tolaria.data import load
 from tamiyo_bus.tolaria.lr import LRController, LRSettings
 from tamiyo_bus.tolaria.trainer import StepRecord, Tolaria, TolariaSettings
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
+from weatherlight.demo.assembly import RunSpec, assemble, build_model, resolve_device
+from weatherlight.demo.recorder import RunRecorder
 
 NEVER_OPEN = BreakerSettings(failure_threshold=10**9, cooldown_ms=1.0, half_open_max_calls=1)
-MISSED = {StepReason.TIMEOUT_INFERENCE, StepReason.INFERENCE_BUSY}
+MISSED = {InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY}
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,11 @@ from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.delivery import ReportDelivery
-from tamiyo_bus.reports.drill import DrillPlan
 from tamiyo_bus.reports.records import Kind
 from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
 from tamiyo_bus.reports.wal import FsyncPolicy, WalSettings, WriteAheadLog
 from tamiyo_bus.reports.windows import WindowSettings
+from tests.reports.drill import DrillPlan
 
 CRITICAL = pb.MESSAGE_PRIORITY_CRITICAL
 NORMAL = pb.MESSAGE_PRIORITY_NORMAL

@@ -2,9 +2,9 @@
 
 Two figures, p50 / p95 / p99 in milliseconds over many decisions:
 
-(a) ``RiskGate.gate`` alone: score every signal, categorise, alarms, conservative mode,
-    restrict the command, events and metrics;
-(b) ``RiskStage.decide``: (a) plus recording the inference outcome on the inference
+(a) ``RiskGate`` alone (``prepare`` + ``gate_prepared``): score every signal,
+    categorise, alarms, conservative mode, restrict the command, events and metrics;
+(b) ``StepGate.decide``: (a) plus recording the inference outcome on the inference
     breaker and extracting the signals from a SystemStatePacket (16 seeds, the
     trainer's metrics, blueprint metadata) - the whole risk engine on the step path.
 
@@ -32,13 +32,10 @@ from bench.common import machine, percentiles
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
 from oona.metrics import BusMetrics
-from tamiyo_bus.risk import (
-    ConservativeSettings,
-    InferenceOutcome,
-    RiskGate,
-    RiskSettings,
-    RiskStage,
-)
+from tamiyo_bus.decision import InferenceOutcome
+from tamiyo_bus.risk import ConservativeSettings, RiskGate, RiskSettings, StepGate
+from tamiyo_bus.risk.signals import DECISION_SIGNALS
+from tamiyo_bus.risk.tracker import BlueprintLookup
 
 BUDGET_P95_MS = 0.2
 SEEDS = 16
@@ -108,28 +105,29 @@ def scenario(step: int) -> tuple[float, float, bool, InferenceOutcome]:
     if 100 <= phase < 103:
         loss *= 1.3  # loss spike
     hook = 6.0 if 150 <= phase < 170 else 0.9
-    outcome = InferenceOutcome.TIMED_OUT if 250 <= phase < 252 else InferenceOutcome.COMPLETED
+    outcome = InferenceOutcome.TIMED_OUT if 250 <= phase < 252 else InferenceOutcome.DECIDED
     return loss, hook, phase == 300, outcome
 
 
-def make(clock_s: list[float]) -> tuple[RiskGate, RiskStage]:
+def make(clock_s: list[float], lookup: BlueprintLookup) -> tuple[RiskGate, StepGate]:
     settings = RiskSettings(conservative=ConservativeSettings(cooldown_s=5.0))
     gate = RiskGate(settings, BufferedEventSink(), clock=lambda: clock_s[0], metrics=BusMetrics())
-    return gate, RiskStage(gate)
+    return gate, StepGate(gate, lookup)
 
 
 def bench(iterations: int) -> dict[str, object]:
     clock_s = [0.0]
-    gate, stage = make(clock_s)
     blueprints = {f"bp{i}": Blueprint(0.05 * i, False) for i in range(BLUEPRINTS)}
     blueprints["bp-bad"] = Blueprint(0.9, True)
 
     def lookup(ids: Sequence[str]) -> dict[str, Blueprint]:
         return {i: blueprints[i] for i in ids if i in blueprints}
 
+    gate, stage = make(clock_s, lookup)
+
     packets = [packet(s, *scenario(s)[:3]) for s in range(400)]
     signals = [
-        stage.tracker.observe(p, blueprints=lookup, timed_out=scenario(s)[3] != "completed")
+        stage.tracker.observe(p, blueprints=lookup, timed_out=scenario(s)[3].missed_deadline)
         for s, p in enumerate(packets)
     ]
     gate_ns: list[int] = []
@@ -137,12 +135,14 @@ def bench(iterations: int) -> dict[str, object]:
     for step in range(iterations):
         clock_s[0] += 0.1
         command = proposal(step)
+        known = {k: v for k, v in signals[step % 400].items() if k not in DECISION_SIGNALS}
+        decided = {k: v for k, v in signals[step % 400].items() if k in DECISION_SIGNALS}
         start = time.perf_counter_ns()
-        result = gate.gate(command, signals[step % 400], 0.1)
+        result = gate.gate_prepared(command, gate.prepare(known), decided, 0.1)
         gate_ns.append(time.perf_counter_ns() - start)
         categories[result.category.name] = categories.get(result.category.name, 0) + 1
     clock_s[0] = 0.0
-    gate, stage = make(clock_s)
+    gate, stage = make(clock_s, lookup)
     decide_ns: list[int] = []
     conservative_steps = 0
     for step in range(iterations):
@@ -156,7 +156,6 @@ def bench(iterations: int) -> dict[str, object]:
                 command,
                 outcome=outcome,
                 policy_expected_severity=0.1,
-                blueprints=lookup,
                 feature_coverage=0.97,
             )
         else:
@@ -165,7 +164,6 @@ def bench(iterations: int) -> dict[str, object]:
                 command,
                 outcome=InferenceOutcome.REFUSED,
                 policy_expected_severity=None,
-                blueprints=lookup,
             )
         decide_ns.append(time.perf_counter_ns() - start)
         conservative_steps += result.conservative
@@ -190,8 +188,8 @@ def main() -> None:
     )
     print(f"{'figure':<34}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
     for label, key in (
-        ("(a) RiskGate.gate", "gate_ms"),
-        ("(b) RiskStage.decide (whole engine)", "decide_ms"),
+        ("(a) RiskGate (prepare + gate)", "gate_ms"),
+        ("(b) StepGate.decide (whole engine)", "decide_ms"),
     ):
         p = figures[key]
         assert isinstance(p, dict)

@@ -42,20 +42,18 @@ from bench.common import percentiles as shared_percentiles
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
 from oona.keys import Signer
-from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetryPublisher
-from tamiyo_bus.policy import synthetic
+from tamiyo_bus import TamiyoSettings, build_tamiyo
+from tamiyo_bus.decision import InferenceOutcome
+from tamiyo_bus.decision_telemetry import DecisionTelemetry
 from tamiyo_bus.policy.features import RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.reference import ReferencePolicy, architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import ServingPolicy
-from tamiyo_bus.risk import RiskGate, RiskSettings, RiskStage
-from tamiyo_bus.risk.step_gate import RiskCommandGate
-from tamiyo_bus.security.commands import CommandSigner
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
 from tamiyo_bus.settings import StepSettings
-from tamiyo_bus.step import StepController, StepReason
-from tamiyo_bus.urza_client import CachedCatalog, StaticBlueprintCatalog
+from tests import states as synthetic
+from tests.states import StaticBlueprintCatalog
 
 GOAL_STEP_P95_MS = {"reference": 5.0, "large": 10.0}
 GOAL_FORWARD_P95_MS_CPU = 3.0
@@ -153,6 +151,10 @@ def _to_device(graph: PolicyGraph, device: str) -> PolicyGraph:
     return replace(graph, x=graph.x.to(device), edge_attr=graph.edge_attr.to(device))
 
 
+# the deadline missed, or the policy refused after repeated misses
+MISSED = frozenset({InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY, InferenceOutcome.REFUSED})
+
+
 def bench_step(
     size: synthetic.StateSize, device: str, iterations: int, deadline_ms: float
 ) -> dict[str, Any]:
@@ -163,32 +165,24 @@ def bench_step(
     )
     builder, _, static, packets = build_graphs(size, 8)
     settings = StepSettings(step_deadline_ms=deadline_ms)
-    catalog = CachedCatalog(
-        static,
-        deadline_ms=settings.urza_deadline_ms,
-        ttl_s=settings.urza_cache_ttl_s,
-        max_stale_s=settings.urza_max_stale_s,
-    )
-    catalog.prefetch(static.ids(), timeout_s=5.0)
     # The risk engine reviews every command, as in a real run; the synthetic losses are
     # independent draws, so they are held steady to keep its loss signals realistic.
     for packet in packets:
         packet.training_loss = 1.0
-    gate = RiskCommandGate(
-        RiskStage(RiskGate(RiskSettings(), BufferedEventSink())),
-        lambda ids: catalog.resolve(ids, 0.0).metadata,
-    )
     sink = Collect()
-    publisher = TelemetryPublisher(sink, queue_size=settings.telemetry_queue_size)
-    controller = StepController(
-        policy=holder,
-        builder=builder,
-        catalog=catalog,
-        signer=CommandSigner(Signer.generate()),
-        settings=settings,
-        telemetry=publisher,
-        gate=gate,
-    )
+    tamiyo = build_tamiyo(
+        TamiyoSettings(settings),
+        topology=builder.topology,
+        blueprints=static,
+        candidates=static.ids(),
+        signer=Signer.generate(),
+        holder=holder,
+        telemetry=sink,
+        events=BufferedEventSink(),
+    ).start(prefetch_timeout_s=5.0)
+    controller = tamiyo.controller
+    publisher = tamiyo.telemetry
+    assert publisher is not None
     warm = max(iterations // 10, 10)
     samples: list[float] = []
     reasons: list[str] = []
@@ -201,18 +195,10 @@ def bench_step(
         if i >= warm:
             samples.append(elapsed)
             reasons.append(command.reason)
-    controller.wait_idle(5.0)
-    publisher.wait_idle(5.0)
+    tamiyo.wait_idle(5.0)
+    tamiyo.close()
     records = sink.records[warm:]
-    missed = sum(
-        r
-        in (
-            StepReason.TIMEOUT_INFERENCE,
-            StepReason.INFERENCE_BUSY,
-            StepReason.INFERENCE_BREAKER_OPEN,  # refused after repeated misses
-        )
-        for r in reasons
-    )
+    missed = sum(r in MISSED for r in reasons)
 
     def stage(name: str, every_decision: bool = False) -> dict[str, float]:
         # decisions the policy answered in time (the gate may have changed their reason),
@@ -232,7 +218,7 @@ def bench_step(
             "risk": stage("risk_ms", every_decision=True),
             "signing": stage("signing_ms"),
         },
-        "telemetry_dropped": publisher.dropped,
+        "telemetry_dropped": publisher.counters.dropped,
     }
 
 

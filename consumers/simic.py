@@ -21,6 +21,7 @@ from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.keys import Keyring
+from oona.settings import DEFAULT_DATA_DIR
 from oona.streams import Stream
 
 _SCHEMA = """
@@ -43,14 +44,9 @@ CREATE TABLE IF NOT EXISTS field_reports (
 
 @dataclass(frozen=True)
 class SimicSettings:
-    db_path: Path = Path(".tamiyo/simic/field_reports.sqlite3")
+    db_path: Path = DEFAULT_DATA_DIR / "simic" / "field_reports.sqlite3"
     group: str = "simic"
     consumer: str = "simic-1"
-
-    @classmethod
-    def under(cls, data_dir: Path) -> SimicSettings:
-        """The store at ``<data_dir>/simic/field_reports.sqlite3``."""
-        return cls(db_path=data_dir / "simic" / "field_reports.sqlite3")
 
 
 class MalformedReport(ValueError):

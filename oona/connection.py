@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -14,6 +13,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from oona.backoff import Backoff
 from oona.breaker import BreakerSettings, CircuitBreaker
 from oona.errors import BusUnavailable
 from oona.metrics import BusMetrics
@@ -69,7 +69,8 @@ class IoGuard:
         """Run `op`, retrying connection failures with backoff until `budget_ms` runs out."""
         budget = self.settings.io_timeout_ms if budget_ms is None else budget_ms
         deadline = time.monotonic() + budget / 1000.0
-        delay = self.settings.reconnect_backoff_base_ms / 1000.0
+        s = self.settings
+        backoff = Backoff(s.reconnect_backoff_base_ms / 1000.0, s.reconnect_backoff_max_ms / 1000.0)
         last_error: BaseException | None = None
         while True:
             if self.breaker.allow():
@@ -82,10 +83,10 @@ class IoGuard:
                 else:
                     self.breaker.record_success()
                     return result
-            if time.monotonic() + delay > deadline:
+            delay_s = backoff.next_s()
+            if time.monotonic() + delay_s > deadline:
                 state = self.breaker.state
                 raise BusUnavailable(
                     f"server unreachable for {budget:.0f} ms (breaker {state}): {last_error}"
                 ) from last_error
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
-            delay = min(delay * 2, self.settings.reconnect_backoff_max_ms / 1000.0)
+            await asyncio.sleep(delay_s)

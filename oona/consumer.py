@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from leyline_pb import leyline_pb2 as pb
+from oona.backoff import Backoff, backoff_s
 from oona.bus import Bus
 from oona.dedup import DeliveryStatus, EnvelopeLedger, Progress, UnitState
 from oona.envelope import EnvelopeRules, OpenedEntry, open_entry
@@ -142,17 +142,18 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set; an outage is waited out with backoff."""
-        delay = self.settings.reconnect_backoff_base_ms / 1000.0
+        s = self.settings
+        backoff = Backoff(s.reconnect_backoff_base_ms / 1000.0, s.reconnect_backoff_max_ms / 1000.0)
         while not stop.is_set():
             try:
                 if not self._started:
                     await self.start()
                 await self.poll_once()
-                delay = self.settings.reconnect_backoff_base_ms / 1000.0
+                backoff.reset()
             except BusUnavailable as exc:
-                log.warning("bus unavailable, retrying in %.2fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.reconnect_backoff_max_ms / 1000.0)
+                delay_s = backoff.next_s()
+                log.warning("bus unavailable, retrying in %.2fs: %s", delay_s, exc)
+                await asyncio.sleep(delay_s)
 
     async def poll_once(self, *, block: bool = True) -> int:
         """One round; returns the number of entries handled (acked, dead-lettered or
@@ -424,16 +425,20 @@ class Consumer:
         self.metrics.inc("rejected", stream=stream, reason=failure.reason)
         self.events.emit(
             make_event(
-                MESSAGE_REJECTED, pb.TELEMETRY_LEVEL_WARNING, stream=stream, group=self.sub.group,
+                MESSAGE_REJECTED, pb.MESSAGE_PRIORITY_HIGH, stream=stream, group=self.sub.group,
                 entry_id=entry_id, reason=failure.reason, detail=failure.detail[:500],
             )
         )  # fmt: skip
 
     def _schedule_retry(self, stream: str, entry_id: str, deliveries: int) -> None:
-        base = self.settings.retry_backoff_base_ms * (2 ** (deliveries - 1))
-        delay_ms = min(base, self.settings.retry_backoff_max_ms) * (0.5 + random.random() / 2)
+        s = self.settings
+        delay_s = backoff_s(
+            deliveries,
+            base_s=s.retry_backoff_base_ms / 1000.0,
+            max_s=s.retry_backoff_max_ms / 1000.0,
+        )
         self._retries[(stream, entry_id)] = _Retry(
-            stream, entry_id, deliveries, time.monotonic() + delay_ms / 1000.0
+            stream, entry_id, deliveries, time.monotonic() + delay_s
         )
 
     async def _dead_letter(

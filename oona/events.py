@@ -1,11 +1,15 @@
-"""Telemetry events from the security checks: the seam between a check and whatever
-carries events to observability.
+"""Telemetry events: the seam between whatever raises one and whatever carries it to
+observability, and the one rule that gives an event its level.
 
-A check (a command verifier, the PolicyUpdate transaction, a consumer rejecting an
-entry) emits a Leyline TelemetryEvent into an `EventSink`. The sink must not block:
-the step path emits into it. `BufferedEventSink` holds events for a forwarder to drain
-and publish; `LogEventSink` writes them to the log, which is the default so that no
-event is silently discarded when nothing else is wired.
+A component (a consumer rejecting an entry, a command verifier, the risk engine)
+emits a Leyline TelemetryEvent into an `EventSink`. The sink must not block: the step
+path emits into it. `BufferedEventSink` holds events for a forwarder to drain and
+publish; `LogEventSink` writes them to the log, which is the default so that no event
+is silently discarded when nothing else is wired.
+
+An event's level always follows its priority (`level_for`), so the two never
+disagree; which priority each named event travels at is the vocabulary's business
+(leyline_vocab.events), except for Oona's own rejection event, named here.
 """
 
 from __future__ import annotations
@@ -13,18 +17,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from leyline_pb import leyline_pb2 as pb
-from oona.priorities import EventKind, priority_for
 
 log = logging.getLogger(__name__)
 
-MESSAGE_REJECTED = EventKind.MESSAGE_REJECTED
-COMMAND_REJECTED = EventKind.COMMAND_REJECTED
-POLICY_UPDATE_REJECTED = EventKind.POLICY_UPDATE_REJECTED
-POLICY_UPDATE_APPLIED = EventKind.POLICY_UPDATE_APPLIED
-POLICY_ROLLED_BACK = EventKind.POLICY_ROLLED_BACK
+Priority: TypeAlias = pb.MessagePriority.ValueType
+Level: TypeAlias = pb.TelemetryLevel.ValueType
+
+MESSAGE_REJECTED = "message_rejected"
+"""A consumer refused an entry (bad signature, replay, malformed...): HIGH priority."""
+
+_LEVELS: dict[Priority, Level] = {
+    pb.MESSAGE_PRIORITY_CRITICAL: pb.TELEMETRY_LEVEL_CRITICAL,
+    pb.MESSAGE_PRIORITY_HIGH: pb.TELEMETRY_LEVEL_WARNING,
+    pb.MESSAGE_PRIORITY_NORMAL: pb.TELEMETRY_LEVEL_INFO,
+    pb.MESSAGE_PRIORITY_LOW: pb.TELEMETRY_LEVEL_DEBUG,
+}
 
 _LOG_LEVELS = {
     pb.TELEMETRY_LEVEL_DEBUG: logging.DEBUG,
@@ -41,15 +51,19 @@ class EventSink(Protocol):
     def emit(self, event: pb.TelemetryEvent) -> None: ...
 
 
+def level_for(priority: Priority) -> Level:
+    """The telemetry level that goes with a priority."""
+    return _LEVELS.get(priority, pb.TELEMETRY_LEVEL_INFO)
+
+
 def make_event(
-    name: str, level: pb.TelemetryLevel.ValueType, **attributes: str | int
+    name: str, priority: Priority, /, **attributes: str | int | float
 ) -> pb.TelemetryEvent:
-    """A TelemetryEvent with string attributes and the priority the one mapping
-    (oona.priorities) gives its name."""
+    """A TelemetryEvent with string attributes, at ``priority`` and the level it implies."""
     return pb.TelemetryEvent(
-        name=str(name),
-        level=level,
-        priority=priority_for(name),
+        name=name,
+        level=level_for(priority),
+        priority=priority,
         attributes={k: str(v) for k, v in attributes.items()},
     )
 

@@ -4,8 +4,8 @@ Keys never live in the repository: a component is pointed at its keys by setting
 (environment variables, or the same fields set in code). Every failure to obtain a
 key, whether the setting is absent, the file unreadable or the content not an Ed25519
 key, raises `KeyConfigError` naming the setting, at start-up. There is no fallback to
-an unsigned mode: the earlier system ran unsigned when no secret was set, and nobody
-noticed.
+an unsigned mode: a component that quietly ran unsigned for want of a secret would
+look healthy while anyone on the bus could command it.
 
 Accepted encodings, for private and public keys alike: PEM (PKCS#8 private keys,
 SubjectPublicKeyInfo public keys, unencrypted), or the raw 32 key bytes, either as
@@ -201,14 +201,14 @@ class KeySettings:
     trusted_keys: tuple[str, ...] = ()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> KeySettings:
+    def from_env(cls, environ: Mapping[str, str]) -> KeySettings:
         """Settings from TAMIYO_SIGNING_KEY_FILE, TAMIYO_SIGNING_KEY,
         TAMIYO_TRUSTED_KEYS_DIR, TAMIYO_TRUSTED_KEY_FILES (os.pathsep-separated) and
-        TAMIYO_TRUSTED_KEYS (comma-separated); empty values count as unset."""
-        env = os.environ if environ is None else environ
+        TAMIYO_TRUSTED_KEYS (comma-separated) in ``environ``; empty values count as unset.
+        The settings tree (weatherlight.settings) passes the process environment."""
 
         def value(name: str) -> str | None:
-            raw = env.get(name, "").strip()
+            raw = environ.get(name, "").strip()
             return raw or None
 
         key_file = value(ENV_SIGNING_KEY_FILE)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-ENV_REDIS_URL = "TAMIYO_REDIS_URL"
-ENV_DATA_DIR = "TAMIYO_DATA_DIR"
+DEFAULT_DATA_DIR = Path(".tamiyo")
+"""Where every component keeps its files unless told otherwise (``TAMIYO_DATA_DIR``)."""
 
 
 @dataclass(frozen=True)
@@ -18,7 +17,7 @@ class OonaSettings:
     """
 
     redis_url: str = ""
-    data_dir: Path = Path(".tamiyo")
+    data_dir: Path = DEFAULT_DATA_DIR
     key_prefix: str = "tamiyo"
     appendonly: bool = False
 
@@ -55,11 +54,3 @@ class OonaSettings:
     def with_overrides(self, **changes: object) -> OonaSettings:
         """A copy with some fields changed (tests and CLI flags)."""
         return replace(self, **changes)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_env(cls) -> OonaSettings:
-        """Settings with the server URL and data directory taken from the environment."""
-        return cls(
-            redis_url=os.environ.get(ENV_REDIS_URL, ""),
-            data_dir=Path(os.environ.get(ENV_DATA_DIR, ".tamiyo")),
-        )

@@ -8,7 +8,7 @@ from leyline_pb import leyline_pb2 as pb
 
 
 class Stream(StrEnum):
-    """The logical streams of DESIGN.md section 4."""
+    """The logical streams (docs/architecture.md lists who writes and reads each)."""
 
     EMERGENCY = "emergency"
     NORMAL = "normal"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.telemetry import LABEL_RUN, add_metric, decision_packet
 from producers.telemetry import TelemetryProducer
-from producers.vocabulary import LABEL_RUN, add_metric, decision_packet
 
 
 class TelemetryEventSink:

@@ -27,11 +27,12 @@ from collections import deque
 from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.telemetry import effective_priority
+from oona.backoff import Backoff
 from oona.bus import Bus, Outgoing
 from oona.errors import BusUnavailable, StreamFull
 from oona.ids import new_message_id
 from oona.streams import Stream, is_urgent
-from producers.vocabulary import effective_priority
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class TelemetryProducer:
         self._lock = threading.Lock()
         self._normal: deque[pb.TelemetryPacket] = deque()
         self._urgent: deque[pb.TelemetryPacket] = deque()
+        # One urgent flush at a time (the background task and ``flush`` both drain the
+        # queue): the head is published before it is removed, so that a failed publish
+        # leaves it queued, and two flushes would publish it twice.
+        self._urgent_flush = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -189,15 +194,16 @@ class TelemetryProducer:
 
     async def _flush_urgent(self) -> int:
         published = 0
-        while True:
-            with self._lock:
-                if not self._urgent:
-                    return published
-                packet = self._urgent[0]
-            await self._publish_urgent(packet)
-            with self._lock:
-                self._urgent.popleft()
-            published += 1
+        async with self._urgent_flush:
+            while True:
+                with self._lock:
+                    if not self._urgent:
+                        return published
+                    packet = self._urgent[0]
+                await self._publish_urgent(packet)
+                with self._lock:
+                    self._urgent.popleft()
+                published += 1
 
     # ----------------------------------------------------------- lifecycle
 
@@ -228,8 +234,8 @@ class TelemetryProducer:
         wake = self._wake
         loop = asyncio.get_running_loop()
         interval_s = self.settings.flush_interval_ms / 1000.0
-        base_backoff_s = self.settings.urgent_retry_base_ms / 1000.0
-        backoff_s = base_backoff_s
+        s = self.settings
+        backoff = Backoff(s.urgent_retry_base_ms / 1000.0, s.urgent_retry_max_ms / 1000.0)
         next_normal = loop.time() + interval_s
         while True:
             with contextlib.suppress(TimeoutError):
@@ -244,11 +250,11 @@ class TelemetryProducer:
                     log.error("urgent telemetry not published at shutdown: %s", exc)
                     await self._flush_normal()
                     return
-                log.warning("urgent telemetry not published, retrying in %.2fs: %s", backoff_s, exc)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self.settings.urgent_retry_max_ms / 1000.0)
+                delay_s = backoff.next_s()
+                log.warning("urgent telemetry not published, retrying in %.2fs: %s", delay_s, exc)
+                await asyncio.sleep(delay_s)
                 continue
-            backoff_s = base_backoff_s
+            backoff.reset()
             if self._closing:
                 while await self._flush_normal():
                     pass

@@ -1,0 +1,6 @@
+"""Tamiyo, the strategic controller of morphogenetic training: ``build_tamiyo`` assembles
+the step path (policy, Urza cache, risk gate and breakers, signing) from settings."""
+
+from tamiyo_bus.tamiyo import Tamiyo, TamiyoSettings, build_tamiyo, initial_policy
+
+__all__ = ["Tamiyo", "TamiyoSettings", "build_tamiyo", "initial_policy"]

@@ -1,4 +1,5 @@
-"""What the inference worker hands back, and the command a decision proposes.
+"""What the inference worker hands back, how the policy's part of a step ended, and the
+command a decision proposes.
 
 A ``PolicyDecision`` is immutable and self-contained: the caller's thread turns it into
 a command only if it arrived in time, so a late decision is simply dropped.
@@ -8,12 +9,46 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import BreakerName
 from tamiyo_bus.policy.actions import BLEND_METHODS
 from tamiyo_bus.policy.graph import PolicyGraph
 from tamiyo_bus.policy.serving import Inference
 from tamiyo_bus.urza_client import BlueprintMetadata
+
+
+class InferenceOutcome(StrEnum):
+    """How the policy's part of one step ended. The value is the reason code the step's
+    command carries unless the risk gate restricts it; the gate maps each outcome onto
+    the inference breaker (a miss, a busy worker and an error are failures)."""
+
+    DECIDED = "policy"  # the policy decided, with full inputs
+    DECIDED_WITHOUT_URZA = "timeout_urza"  # decided without some blueprint metadata
+    TIMED_OUT = "timeout_inference"  # the deadline passed; the late result is discarded
+    BUSY = "inference_busy"  # not started: the previous inference is still running
+    FAILED = "inference_error"  # the policy raised
+    REFUSED = f"breaker.{BreakerName.INFERENCE}"  # not started: the breaker is open
+
+    @property
+    def decided(self) -> bool:
+        return self in _DECIDED
+
+    @property
+    def failed(self) -> bool:
+        """Counts against the inference breaker."""
+        return self in _FAILED
+
+    @property
+    def missed_deadline(self) -> bool:
+        """Counts as a timeout among the risk signals."""
+        return self in _MISSED
+
+
+_DECIDED = frozenset({InferenceOutcome.DECIDED, InferenceOutcome.DECIDED_WITHOUT_URZA})
+_MISSED = frozenset({InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY})
+_FAILED = _MISSED | {InferenceOutcome.FAILED}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,18 @@
 """Per-decision telemetry, handed off the step path through a bounded queue.
 
-The step path only builds a small frozen record and enqueues it; a background thread
-hands records to the sink (the bus publisher, wired by the telemetry service). When
-the queue is full the oldest record is dropped and counted: the step path never
-waits, and the freshest decisions are the ones kept.
+The step path only builds a small frozen record and submits it; a background worker
+hands records to the sink (the bus publisher, wired by the app). When the queue is
+full the oldest record is dropped and counted: the step path never waits, and the
+freshest decisions are the ones kept.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+from tamiyo_bus.worker import DropRule, QueueWorker
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,45 +40,9 @@ class TelemetrySink(Protocol):
     def publish(self, telemetry: DecisionTelemetry) -> None: ...
 
 
-class TelemetryPublisher:
-    """Bounded, drop-oldest hand-off from the step path to a :class:`TelemetrySink`."""
-
-    def __init__(self, sink: TelemetrySink, *, queue_size: int) -> None:
-        self._sink = sink
-        self._queue: queue.Queue[DecisionTelemetry] = queue.Queue(maxsize=queue_size)
-        self.dropped = 0
-        self.published = 0
-        self.failed = 0
-        threading.Thread(target=self._run, name="tamiyo-telemetry", daemon=True).start()
-
-    def submit(self, telemetry: DecisionTelemetry) -> None:
-        """Enqueue without blocking; when full, drop the oldest record (counted)."""
-        while True:
-            try:
-                self._queue.put_nowait(telemetry)
-                return
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                    self._queue.task_done()
-                    self.dropped += 1
-                except queue.Empty:
-                    continue
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until every queued record reached the sink; False on timeout."""
-        with self._queue.all_tasks_done:
-            return self._queue.all_tasks_done.wait_for(
-                lambda: self._queue.unfinished_tasks == 0, timeout_s
-            )
-
-    def _run(self) -> None:
-        while True:
-            telemetry = self._queue.get()
-            try:
-                self._sink.publish(telemetry)
-                self.published += 1
-            except Exception:
-                self.failed += 1  # a failing sink must never stop the publisher
-            finally:
-                self._queue.task_done()
+def telemetry_publisher(sink: TelemetrySink, *, queue_size: int) -> QueueWorker[DecisionTelemetry]:
+    """Bounded, drop-oldest hand-off from the step path to ``sink`` (the freshest
+    decisions are the ones kept; a failing sink is counted and never stops it)."""
+    return QueueWorker(
+        "tamiyo-telemetry", capacity=queue_size, drop=DropRule.DROP_OLDEST, handle_item=sink.publish
+    )

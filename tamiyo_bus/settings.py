@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class StepSettings:
-    """Budgets and knobs of the step path (DESIGN.md section 6).
+    """Budgets and knobs of the step path (docs/step-path.md).
 
     The caller of ``evaluate_step`` never waits longer than ``step_deadline_ms``: the
     wait for the inference worker ends ``finish_reserve_ms`` before it, leaving that
@@ -19,12 +19,7 @@ class StepSettings:
     # Policy inference budget (p95). A step waits on a blueprint-metadata cache miss
     # only as long as this much of the deadline still remains for inference.
     inference_budget_ms: float = 3.0
-    urza_deadline_ms: float = 10.0
-    urza_cache_ttl_s: float = 30.0
-    urza_max_stale_s: float = 300.0  # stale entries are served (while refreshed) this long
-    telemetry_queue_size: int = 1024
-    normalizer_queue_size: int = 256
-    normalizer_update: bool = True  # update running feature statistics from live steps
+    urza_deadline_ms: float = 10.0  # longest wait on Urza for missing blueprint metadata
     sample_actions: bool = False  # False: greedy decisions; True: sample (exploration)
     issued_by: str = "tamiyo"
     circuit_breaker_name: str = "tamiyo.policy"  # breaker named by the policy's breaker action

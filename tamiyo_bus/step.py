@@ -23,9 +23,9 @@ Read top to bottom, :meth:`StepController.evaluate_step` is the whole step path:
 6. Hand telemetry and the features for the running normalisation statistics to
    background threads through bounded queues, and return.
 
-The caller's thread only ever waits on an Event with a timeout. The worker is a daemon
-thread that is never joined, so a wedged policy can neither stall the trainer nor keep
-the process from exiting.
+The caller's thread only ever waits on an Event with a timeout. The worker
+(tamiyo_bus.worker) is a daemon thread joined only for a bounded time on ``close``, so
+a wedged policy can neither stall the trainer nor keep the process from exiting.
 """
 
 from __future__ import annotations
@@ -33,14 +33,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Protocol
 
 import torch
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.decision import PolicyDecision, propose_command
-from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetryPublisher
+from tamiyo_bus.decision import InferenceOutcome, PolicyDecision, propose_command
+from tamiyo_bus.decision_telemetry import DecisionTelemetry
 from tamiyo_bus.policy.actions import ACTION_SPACE, NO_OP_ACTION
 from tamiyo_bus.policy.graph import GraphBuilder
 from tamiyo_bus.policy.network import InferenceCancelled
@@ -49,19 +48,9 @@ from tamiyo_bus.security.commands import stamp_command
 from tamiyo_bus.security.policy_update import RunningPolicy
 from tamiyo_bus.settings import StepSettings
 from tamiyo_bus.urza_client import CachedCatalog
+from tamiyo_bus.worker import QueueWorker, Worker
 
 _NS_PER_MS = 1_000_000
-
-
-class StepReason(StrEnum):
-    """Reason codes the step path itself decides (the risk gate adds its own)."""
-
-    POLICY = "policy"  # the policy decided, with full inputs
-    TIMEOUT_URZA = "timeout_urza"  # the policy decided without some blueprint metadata
-    TIMEOUT_INFERENCE = "timeout_inference"
-    INFERENCE_BUSY = "inference_busy"
-    INFERENCE_ERROR = "inference_error"
-    INFERENCE_BREAKER_OPEN = "breaker.inference"  # the policy was not run
 
 
 class CommandSigner(Protocol):
@@ -74,13 +63,6 @@ class PolicySource(Protocol):
     """The running policy; tamiyo_bus.security.policy_update.PolicyHolder is one."""
 
     def current(self) -> RunningPolicy: ...
-
-
-@dataclass(frozen=True, slots=True)
-class GateContext:
-    packet: pb.SystemStatePacket
-    decision: PolicyDecision | None  # None: the policy did not decide in time
-    reason: StepReason
 
 
 class CommandGate(Protocol):
@@ -103,8 +85,15 @@ class CommandGate(Protocol):
         ...
 
     def review(
-        self, proposal: pb.AdaptationCommand, context: GateContext
-    ) -> pb.AdaptationCommand: ...
+        self,
+        proposal: pb.AdaptationCommand,
+        packet: pb.SystemStatePacket,
+        outcome: InferenceOutcome,
+        decision: PolicyDecision | None,
+    ) -> pb.AdaptationCommand:
+        """The command to sign: ``proposal`` judged against ``packet``; ``decision`` is
+        None when the policy did not decide in time."""
+        ...
 
 
 @dataclass(slots=True)
@@ -140,7 +129,7 @@ class StepController:
         catalog: CachedCatalog,
         signer: CommandSigner,
         settings: StepSettings | None = None,
-        telemetry: TelemetryPublisher | None = None,
+        telemetry: QueueWorker[DecisionTelemetry] | None = None,
         gate: CommandGate | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -157,8 +146,15 @@ class StepController:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._job: _Job | None = None
-        self._wake = threading.Event()
-        threading.Thread(target=self._work, name="tamiyo-inference", daemon=True).start()
+        self._worker = Worker("tamiyo-inference", self._run_job)
+
+    def start(self) -> None:
+        """Start the inference worker (before the first step)."""
+        self._worker.start()
+
+    def close(self) -> bool:
+        """Stop the inference worker after the decision in flight (bounded wait)."""
+        return self._worker.close()
 
     # ------------------------------------------------------------ the step path
 
@@ -169,31 +165,35 @@ class StepController:
         deadline = started + int((s.step_deadline_ms - s.finish_reserve_ms) * _NS_PER_MS)
         if self._gate is not None and not self._gate.inference_allowed():
             self.stats.refused += 1
-            return self._finish(packet, started, None, StepReason.INFERENCE_BREAKER_OPEN)
+            return self._finish(packet, started, None, InferenceOutcome.REFUSED)
         urza_wait = self._gate is None or self._gate.urza_wait_allowed()
         job = self._submit(packet, deadline, urza_wait)
         if job is None:
             self.stats.busy += 1
-            return self._finish(packet, started, None, StepReason.INFERENCE_BUSY)
+            return self._finish(packet, started, None, InferenceOutcome.BUSY)
         if self._gate is not None:
             self._gate.prepare(packet)
         job.done.wait(max(deadline - time.perf_counter_ns(), 0) / 1e9)
         outcome = self._collect(job)
         if outcome is None:
             self.stats.timeouts += 1
-            return self._finish(packet, started, None, StepReason.TIMEOUT_INFERENCE)
+            return self._finish(packet, started, None, InferenceOutcome.TIMED_OUT)
         if isinstance(outcome, BaseException):
             self.stats.errors += 1
-            return self._finish(packet, started, None, StepReason.INFERENCE_ERROR)
-        reason = StepReason.TIMEOUT_URZA if outcome.urza_timed_out else StepReason.POLICY
-        return self._finish(packet, started, outcome, reason)
+            return self._finish(packet, started, None, InferenceOutcome.FAILED)
+        decided = (
+            InferenceOutcome.DECIDED_WITHOUT_URZA
+            if outcome.urza_timed_out
+            else InferenceOutcome.DECIDED
+        )
+        return self._finish(packet, started, outcome, decided)
 
     def _finish(
         self,
         packet: pb.SystemStatePacket,
         started_ns: int,
         decision: PolicyDecision | None,
-        reason: StepReason,
+        outcome: InferenceOutcome,
     ) -> pb.AdaptationCommand:
         gate_start = time.perf_counter_ns()
         if decision is None:
@@ -203,13 +203,13 @@ class StepController:
             command = propose_command(decision, self.settings.circuit_breaker_name)
             version = decision.policy_version
         stamp_command(command, self.settings.issued_by)
-        command.reason = reason
+        command.reason = outcome
         command.policy_version = version
         command.global_step = packet.global_step
         command.training_run_id = packet.training_run_id
         risk_start = time.perf_counter_ns()
         if self._gate is not None:
-            command = self._gate.review(command, GateContext(packet, decision, reason))
+            command = self._gate.review(command, packet, outcome, decision)
         sign_start = time.perf_counter_ns()
         self._signer.sign(command)
         done = time.perf_counter_ns()
@@ -241,7 +241,7 @@ class StepController:
             snapshot = pb.SystemStatePacket()
             snapshot.CopyFrom(packet)
             self._job = job = _Job(snapshot, deadline_ns, urza_wait, threading.Event())
-        self._wake.set()
+        self._worker.wake()
         return job
 
     def _collect(self, job: _Job) -> PolicyDecision | BaseException | None:
@@ -253,29 +253,26 @@ class StepController:
             job.abandoned = True
             return None
 
-    def _work(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            with self._lock:
-                job = self._job
-            if job is None:
-                continue
-            outcome: PolicyDecision | BaseException
-            try:
-                outcome = self._decide(job)
-            except Exception as error:
-                outcome = error
-            with self._lock:
-                job.finished = True
-                if job.abandoned:
-                    self.stats.late_results_discarded += 1
-                    self.stats.late_forwards_stopped += isinstance(outcome, InferenceCancelled)
-                else:
-                    job.outcome = outcome
-                self._job = None
-                self._idle.notify_all()
-            job.done.set()
+    def _run_job(self) -> None:
+        with self._lock:
+            job = self._job
+        if job is None:
+            return
+        outcome: PolicyDecision | BaseException
+        try:
+            outcome = self._decide(job)
+        except Exception as error:
+            outcome = error
+        with self._lock:
+            job.finished = True
+            if job.abandoned:
+                self.stats.late_results_discarded += 1
+                self.stats.late_forwards_stopped += isinstance(outcome, InferenceCancelled)
+            else:
+                job.outcome = outcome
+            self._job = None
+            self._idle.notify_all()
+        job.done.set()
 
     def _decide(self, job: _Job) -> PolicyDecision:
         """Runs on the worker thread; reads shared state, never writes it."""

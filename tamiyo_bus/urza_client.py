@@ -2,21 +2,23 @@
 
 The step path must never wait on the blueprint library for long: ``CachedCatalog``
 answers from its cache at once, runs misses (and refreshes of stale entries) on its
-own daemon thread, and waits for a miss at most the time it is given. A lookup that
-outlives the wait is not cancelled (a library call cannot be), and lookups do not pile
-up behind it: while one is in flight, ids it does not cover join the one next lookup,
-which starts when it ends. A step that asks for such ids waits (as long as it is given)
-on that next lookup, so it is not answered "missing" merely because another step's
-lookup happened to be in flight.
+own background worker (``start`` it), and waits for a miss at most the time it is
+given. A lookup that outlives the wait is not cancelled (a library call cannot be), and
+lookups do not pile up behind it: while one is in flight, ids it does not cover join the
+one next lookup, which starts when it ends. A step that asks for such ids waits (as
+long as it is given) on that next lookup, so it is not answered "missing" merely
+because another step's lookup happened to be in flight.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from tamiyo_bus.worker import Worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +42,12 @@ class BlueprintCatalog(Protocol):
     def lookup(self, blueprint_ids: Sequence[str]) -> Mapping[str, BlueprintMetadata]: ...
 
 
-class StaticBlueprintCatalog:
-    """An in-memory catalogue (tests, benchmarks, and runs without an Urza store)."""
+@dataclass(frozen=True, slots=True)
+class CatalogSettings:
+    """How long blueprint metadata is trusted once fetched."""
 
-    def __init__(self, entries: Iterable[BlueprintMetadata]) -> None:
-        self._entries = {entry.blueprint_id: entry for entry in entries}
-
-    def lookup(self, blueprint_ids: Sequence[str]) -> Mapping[str, BlueprintMetadata]:
-        return {i: self._entries[i] for i in blueprint_ids if i in self._entries}
-
-    def ids(self) -> tuple[str, ...]:
-        return tuple(self._entries)
+    ttl_s: float = 30.0  # fresh this long
+    max_stale_s: float = 300.0  # past its TTL, served (while refreshed) this long more
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +100,14 @@ class CachedCatalog:
         self._lock = threading.Lock()
         self._pending: _Lookup | None = None  # in flight
         self._next: _Lookup | None = None  # starts when the one in flight ends
-        self._wake = threading.Event()
+        self._worker = Worker("tamiyo-urza", self._serve)
         self.stats = CatalogStats()
-        threading.Thread(target=self._run, name="tamiyo-urza", daemon=True).start()
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def close(self) -> bool:
+        return self._worker.close()
 
     def prefetch(self, blueprint_ids: Sequence[str], timeout_s: float) -> bool:
         """Warm the cache at start-up (off the step path, so not bound by the Urza
@@ -157,7 +159,7 @@ class CachedCatalog:
         with self._lock:
             if self._pending is None:
                 self._pending = _Lookup(blueprint_ids)
-                self._wake.set()
+                self._worker.wake()
                 return self._pending
             uncovered = [i for i in blueprint_ids if i not in self._pending.ids]
             if not uncovered:
@@ -168,14 +170,13 @@ class CachedCatalog:
                 self._next.ids = tuple(dict.fromkeys((*self._next.ids, *uncovered)))
             return self._next
 
-    def _run(self) -> None:
+    def _serve(self) -> None:
+        """Run the lookup in flight, then each next one, until none is left."""
         while True:
-            self._wake.wait()
-            self._wake.clear()
             with self._lock:
                 lookup = self._pending
             if lookup is None:
-                continue
+                return
             started = self._clock()
             try:
                 found = self._catalog.lookup(lookup.ids)
@@ -191,6 +192,4 @@ class CachedCatalog:
                     for blueprint_id in lookup.ids:
                         self._cache[blueprint_id] = _Entry(found.get(blueprint_id), finished)
                 self._pending, self._next = self._next, None
-                if self._pending is not None:
-                    self._wake.set()
             lookup.done.set()

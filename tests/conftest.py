@@ -13,7 +13,8 @@ from oona.bus import Bus
 from oona.connection import open_redis
 from oona.keys import Keyring, Signer
 from oona.server import EmbeddedServer
-from oona.settings import ENV_REDIS_URL, OonaSettings
+from oona.settings import OonaSettings
+from weatherlight.settings import ENV_REDIS_URL
 
 
 @pytest.fixture(scope="session")

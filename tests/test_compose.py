@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from tamiyo_bus.cli import build_parser
+from weatherlight.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 

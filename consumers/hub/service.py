@@ -7,7 +7,7 @@ loop every `yield_every_packets` packets, so an urgent packet waits for at most 
 much telemetry work, never for a whole telemetry read (one consumer reading both
 streams in priority order would make it wait for the read in progress). Neither lane
 can starve the other: the loop alternates between them. Per packet: de-duplicate by
-packet id, normalise (consumers.hub.schema), then
+packet id, normalise (leyline_vocab.schema), then
 
 - CRITICAL: forward at once, as its own aggregate, on `telemetry.aggregated` with
   CRITICAL priority; the entry is acked only after that publish returned;
@@ -36,17 +36,18 @@ from google.protobuf.message import DecodeError
 
 from consumers.hub.dedup import PacketIdCache
 from consumers.hub.overload import OverloadPolicy
-from consumers.hub.schema import Normaliser, SchemaSettings
-from consumers.hub.window import (
-    DUPLICATES,
-    IGNORED,
-    LABELS_DROPPED,
-    MALFORMED,
-    RECEIVED,
-    SHED_PACKETS,
-    Window,
-)
+from consumers.hub.window import Window
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.schema import Normaliser, SchemaSettings
+from leyline_vocab.telemetry import (
+    HUB_DUPLICATES,
+    HUB_IGNORED,
+    HUB_LABELS_DROPPED,
+    HUB_MALFORMED,
+    HUB_RECEIVED,
+    HUB_SHED_PACKETS,
+    effective_priority,
+)
 from oona.bus import Bus, Outgoing
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.errors import BusUnavailable, StreamFull
@@ -54,7 +55,6 @@ from oona.keys import Keyring
 from oona.metrics import LATENCY_BUCKETS_S
 from oona.retention import parse_id
 from oona.streams import URGENT_PRIORITIES, Stream
-from producers.vocabulary import effective_priority
 
 log = logging.getLogger(__name__)
 
@@ -167,21 +167,21 @@ class TelemetryHub:
         envelope = delivery.envelope
         window = self.window
         if envelope.message_type != pb.MESSAGE_TYPE_TELEMETRY:
-            window.counters[IGNORED] += 1
+            window.counters[HUB_IGNORED] += 1
             return
         try:
             packet = pb.TelemetryPacket.FromString(envelope.payload)
         except DecodeError as exc:
             # Counted and skipped, not dead-lettered: dead-lettering would take the
             # other packets signed in the same batch with it.
-            window.counters[MALFORMED] += 1
+            window.counters[HUB_MALFORMED] += 1
             log.warning("malformed telemetry %s from %s: %s", envelope.message_id,
                         envelope.source, exc)  # fmt: skip
             return
-        window.counters[RECEIVED] += 1
+        window.counters[HUB_RECEIVED] += 1
         packet_id = packet.packet_id
         if packet_id and packet_id in self.dedup:
-            window.counters[DUPLICATES] += 1
+            window.counters[HUB_DUPLICATES] += 1
             return
         now_ns = self.clock_ns()
         priority = effective_priority(packet)
@@ -195,7 +195,7 @@ class TelemetryHub:
                 self._entry_ms = parse_id(delivery.entry_id)[0]
             age_ms = now_ns / 1e6 - self._entry_ms
             if self.settings.overload.sheds(priority, age_ms):
-                window.counters[SHED_PACKETS] += 1
+                window.counters[HUB_SHED_PACKETS] += 1
                 return
             self._aggregate(window, packet, source, timestamp_ns, priority)
         if packet_id:
@@ -213,7 +213,7 @@ class TelemetryHub:
         for point in packet.metrics:
             normalised, value, dropped = normaliser.take_point(source, point)
             if dropped:
-                window.counters[LABELS_DROPPED] += dropped
+                window.counters[HUB_LABELS_DROPPED] += dropped
             window.add_point(normalised, value, timestamp_ns, source)
         urgent = priority in URGENT_PRIORITIES
         for event in packet.events:

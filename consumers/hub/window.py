@@ -15,21 +15,15 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from consumers.hub.schema import Labels, MetricSpec, NormalisedPoint
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.schema import Labels, MetricSpec, NormalisedPoint
+from leyline_vocab.telemetry import (
+    HUB_NON_FINITE,
+    HUB_SHED_EVENTS,
+    HUB_SHED_SERIES,
+)
 from oona.ids import new_message_id
 from oona.metrics import LATENCY_BUCKETS_S
-
-# Counter names carried in TelemetryAggregate.hub_counters (increments per window).
-RECEIVED = "packets_received"
-DUPLICATES = "packets_duplicate"
-SHED_PACKETS = "packets_shed"
-SHED_SERIES = "points_shed_series_cap"
-SHED_EVENTS = "events_shed_cap"
-LABELS_DROPPED = "labels_dropped"
-NON_FINITE = "points_non_finite"
-IGNORED = "messages_ignored"
-MALFORMED = "packets_malformed"
 
 
 class SeriesStats:
@@ -97,12 +91,12 @@ class Window:
         """Add one point (already scaled to its base unit); False when it was shed
         because the window holds `max_series` series already."""
         if not math.isfinite(value):
-            self.counters[NON_FINITE] += 1
+            self.counters[HUB_NON_FINITE] += 1
             return False
         entry = self.series.get(point.key)
         if entry is None:
             if len(self.series) >= self.max_series:
-                self.counters[SHED_SERIES] += 1
+                self.counters[HUB_SHED_SERIES] += 1
                 return False
             spec = point.spec
             histogram = len(self.bounds) if spec.kind == pb.METRIC_KIND_HISTOGRAM else None
@@ -115,7 +109,7 @@ class Window:
         """Keep one event for forwarding; False when it was shed over `max_events`
         (never for an `urgent` one: HIGH and CRITICAL events are never shed)."""
         if len(self.events) >= self.max_events and not urgent:
-            self.counters[SHED_EVENTS] += 1
+            self.counters[HUB_SHED_EVENTS] += 1
             return False
         self.events.append(event)
         return True

@@ -1,6 +1,6 @@
 """The live status of each training run, as the status page shows it (pure).
 
-Built from what the producers already send (see producers.vocabulary): Tamiyo's
+Built from what the producers already send (see leyline_vocab.telemetry): Tamiyo's
 decision events with their reasons, breaker and conservative-mode events and gauges,
 the policy's expected risk; Kasmina's per-seed stage and alpha series and its
 seed_transition events, grouped by layer. Bounded: the most recent `max_runs` runs,
@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from consumers.hub.schema import Labels, event_name, metric_spec
 from leyline_pb import leyline_pb2 as pb
-from producers.vocabulary import (
+from leyline_vocab.schema import Labels, event_name, metric_spec
+from leyline_vocab.telemetry import (
     BREAKER_EVENTS,
     BREAKER_STATE_NAMES,
     CONSERVATIVE_EVENTS,

@@ -23,8 +23,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from consumers.hub.schema import Labels, metric_spec
-from producers.vocabulary import (
+from leyline_vocab.schema import Labels, metric_spec
+from leyline_vocab.telemetry import (
     BREAKER_OPEN_LEVEL,
     METRIC_BREAKER_STATE,
     METRIC_CONSERVATIVE,

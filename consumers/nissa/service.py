@@ -2,7 +2,7 @@
 keeps metrics, alerts and run status, and serves them over HTTP:
 
 - ``/metrics``: Prometheus text: the telemetry, Nissa's counters, the bus's streams,
-  groups and dead letters (tamiyo_bus.exporter's collector), and any collector a
+  groups and dead letters (oona.exporter's collector), and any collector a
   supervisor adds;
 - ``/healthz``: JSON, 200 when healthy, 503 with the problems otherwise;
 - ``/alerts``: JSON: firing, pending and recently resolved alerts;
@@ -36,9 +36,9 @@ from oona.bus import Bus
 from oona.connection import resolve_url
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.errors import BusUnavailable
+from oona.exporter import BusCollector
 from oona.keys import Keyring
 from oona.streams import Stream
-from tamiyo_bus.exporter import BusCollector
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from consumers.hub.schema import Labels
-from consumers.hub.window import DUPLICATES, RECEIVED, SHED_PACKETS
 from consumers.nissa.board import BoardSettings, StatusBoard
 from consumers.nissa.health import (
     ComponentStatus,
@@ -31,8 +29,10 @@ from consumers.nissa.rules import (
 )
 from consumers.nissa.store import ExportSettings, MetricStore, prometheus_name
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.schema import Labels
+from leyline_vocab.telemetry import HUB_DUPLICATES, HUB_RECEIVED, HUB_SHED_PACKETS
 
-HUB_COUNTERS = (RECEIVED, DUPLICATES, SHED_PACKETS)
+HUB_COUNTERS = (HUB_RECEIVED, HUB_DUPLICATES, HUB_SHED_PACKETS)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import Metric
 
-from consumers.hub.schema import UNIT_BYTES, UNIT_RATIO, UNIT_SECONDS, Labels
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.schema import UNIT_BYTES, UNIT_RATIO, UNIT_SECONDS, Labels
 
 UNIT_SUFFIXES = {UNIT_SECONDS: "_seconds", UNIT_BYTES: "_bytes", UNIT_RATIO: "_ratio"}
 _INVALID = re.compile(r"[^a-zA-Z0-9_:]")

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import EventKind
 from oona.errors import RejectedMessage
-from oona.priorities import EventKind
 from tamiyo_bus.kasmina.blending import SUPPORTED_METHODS, alpha_at
 from tamiyo_bus.kasmina.lifecycle import (
     ACTIVE,

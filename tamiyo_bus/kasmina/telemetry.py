@@ -14,8 +14,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
-from oona.priorities import EventKind, level_for, priority_for
-from producers.vocabulary import (
+from leyline_vocab.events import EventKind, event
+from leyline_vocab.telemetry import (
     EVENT_SEED_TRANSITION,
     LABEL_LAYER,
     LABEL_RUN,
@@ -23,9 +23,9 @@ from producers.vocabulary import (
     METRIC_SEED_ALPHA,
     METRIC_SEED_STAGE,
     SOURCE_KASMINA,
-    add_event,
     add_metric,
 )
+from oona.events import make_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,25 +114,20 @@ def to_packet(item: StepTelemetry, *, run_id: str) -> pb.TelemetryPacket:
             packet, "seed_isolation_violations", float(seed.isolation_violations), kind=gauge,
             **labels,
         )  # fmt: skip
-    for event in item.events:
-        attributes: dict[str, str | int] = {
+    for change in item.events:
+        attributes: dict[str, str | int | float] = {
             LABEL_RUN: run_id,
-            LABEL_SEED: event.seed_id,
-            LABEL_LAYER: event.layer_id,
-            "from": pb.SeedLifecycleStage.Name(event.from_stage),
-            "to": pb.SeedLifecycleStage.Name(event.to_stage),
-            "reason": event.reason,
-            "blueprint": event.blueprint_id,
-            "step": event.step,
+            LABEL_SEED: change.seed_id,
+            LABEL_LAYER: change.layer_id,
+            "from": pb.SeedLifecycleStage.Name(change.from_stage),
+            "to": pb.SeedLifecycleStage.Name(change.to_stage),
+            "reason": change.reason,
+            "blueprint": change.blueprint_id,
+            "step": change.step,
         }
-        add_event(
-            packet, EVENT_SEED_TRANSITION, pb.TELEMETRY_LEVEL_INFO,
-            priority=pb.MESSAGE_PRIORITY_NORMAL, **attributes,
-        )  # fmt: skip
-        if event.reason == EventKind.ISOLATION_VIOLATION:
-            priority = priority_for(EventKind.ISOLATION_VIOLATION)
-            add_event(
-                packet, EventKind.ISOLATION_VIOLATION, level_for(priority), priority=priority,
-                **attributes,
-            )  # fmt: skip
+        packet.events.append(
+            make_event(EVENT_SEED_TRANSITION, pb.MESSAGE_PRIORITY_NORMAL, **attributes)
+        )
+        if change.reason == EventKind.ISOLATION_VIOLATION:
+            packet.events.append(event(EventKind.ISOLATION_VIOLATION, **attributes))
     return packet

@@ -33,8 +33,8 @@ from enum import StrEnum
 
 import torch
 
+from leyline_vocab.events import BreakerName
 from oona.breaker import CircuitBreaker
-from tamiyo_bus.risk.breakers import BreakerName
 from tamiyo_bus.risk.gate import RiskGate
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ _FAILURES = frozenset({LearningOutcome.NON_FINITE, LearningOutcome.FAILED})
 
 @dataclass(frozen=True, slots=True)
 class LearningGuardSettings:
-    max_grad_norm: float = 0.5  # DESIGN.md section 9: gradients clipped to this L2 norm
+    max_grad_norm: float = 0.5  # gradients are clipped to this global L2 norm
 
     def __post_init__(self) -> None:
         if not self.max_grad_norm > 0:

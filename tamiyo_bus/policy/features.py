@@ -9,9 +9,7 @@ immutable snapshot.
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +25,7 @@ from tamiyo_bus.policy.schema import (
     PARAMETER,
     SEED,
 )
+from tamiyo_bus.worker import DropRule, QueueWorker
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -234,22 +233,36 @@ class NormalizerSnapshot:
         return NormalizerSnapshot.from_moments(count, mean, m2)
 
 
-class RunningNormalizer:
-    """Running feature statistics, updated on a background thread.
+@dataclass(frozen=True, slots=True)
+class NormalizerSettings:
+    update: bool = True  # update the running feature statistics from live steps
+    queue_size: int = 256  # observations waiting for the updater; more are dropped (counted)
 
-    ``observe`` never blocks: a full queue drops the observation and counts it. The
-    background thread drains whatever is queued in one batch, so it holds the
-    interpreter in short bursts and never starves the step path's worker.
+
+class RunningNormalizer:
+    """Running feature statistics, updated on a background worker (``start`` it).
+
+    ``observe`` never blocks: a full queue drops the new observation and counts it. The
+    worker merges whatever is queued in one batch, so it holds the interpreter in short
+    bursts and never starves the step path's worker.
     """
 
     def __init__(self, *, update: bool = True, queue_size: int = 256) -> None:
         self._snapshot = NormalizerSnapshot.initial()
-        self._queue: queue.Queue[dict[str, RawFeatures]] = queue.Queue(maxsize=queue_size)
         self._update = update
-        self.dropped = 0
-        self.observed = 0
-        if update:
-            threading.Thread(target=self._run, name="tamiyo-normalizer", daemon=True).start()
+        self.worker: QueueWorker[dict[str, RawFeatures]] = QueueWorker(
+            "tamiyo-normalizer",
+            capacity=queue_size,
+            drop=DropRule.DROP_NEWEST,
+            handle_batch=self._merge,
+        )
+
+    def start(self) -> None:
+        if self._update:
+            self.worker.start()
+
+    def close(self) -> bool:
+        return self.worker.close()
 
     @property
     def snapshot(self) -> NormalizerSnapshot:
@@ -261,33 +274,16 @@ class RunningNormalizer:
 
     def observe(self, raw: dict[str, RawFeatures]) -> None:
         """Hand one step's raw features to the background updater, never blocking."""
-        if not self._update:
-            return
-        try:
-            self._queue.put_nowait(raw)
-        except queue.Full:
-            self.dropped += 1
+        if self._update:
+            self.worker.submit(raw)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every queued observation is merged; False on timeout."""
-        with self._queue.all_tasks_done:
-            return self._queue.all_tasks_done.wait_for(
-                lambda: self._queue.unfinished_tasks == 0, timeout_s
-            )
+        return self.worker.wait_idle(timeout_s)
 
-    def _run(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            while True:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            batch: dict[str, list[RawFeatures]] = {t: [] for t in NODE_TYPES}
-            for item in items:
-                for node_type, raw in item.items():
-                    batch[node_type].append(raw)
-            self._snapshot = self._snapshot.merged(batch)
-            self.observed += len(items)
-            for _ in items:
-                self._queue.task_done()
+    def _merge(self, items: Sequence[dict[str, RawFeatures]]) -> None:
+        batch: dict[str, list[RawFeatures]] = {t: [] for t in NODE_TYPES}
+        for item in items:
+            for node_type, raw in item.items():
+                batch[node_type].append(raw)
+        self._snapshot = self._snapshot.merged(batch)

@@ -313,11 +313,6 @@ class GraphBuilder:
         raw = _finite(values)
         return _Seeds(tuple(ids), tuple(blueprint_ids), stage, layer, raw.values, raw.presence)
 
-    def _active_per_layer(self, seeds: _Seeds, active: np.ndarray) -> FloatArray:
-        on_layer = seeds.layer[active & (seeds.layer >= 0)]
-        counts = np.bincount(on_layer, minlength=len(self.host.layer_kinds))
-        return counts.astype(np.float32)[:, None]
-
     def _global(
         self, packet: pb.SystemStatePacket, metrics: dict[str, float], seeds: int, active: int
     ) -> RawFeatures:

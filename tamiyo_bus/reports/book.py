@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from leyline_pb import leyline_pb2 as pb
+from oona.backoff import backoff_s
 from tamiyo_bus.reports.records import Ack, Park, Unpark
 
 
@@ -52,8 +53,12 @@ class RetryPolicy:
 
     def delay_s(self, attempts: int, jitter: float) -> float:
         """Wait after the `attempts`-th publish; `jitter` in [0, 1)."""
-        base = min(self.ack_timeout_ms * 2.0 ** (attempts - 1), self.retry_backoff_max_ms)
-        return base * (0.5 + jitter / 2) / 1000.0
+        return backoff_s(
+            attempts,
+            base_s=self.ack_timeout_ms / 1000.0,
+            max_s=self.retry_backoff_max_ms / 1000.0,
+            jitter=jitter,
+        )
 
 
 @dataclass

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass
 from typing import cast
 
 from leyline_pb import leyline_pb2 as pb
+from oona.backoff import backoff_s
 from oona.bus import Bus, Outgoing
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.errors import OonaError
@@ -108,9 +108,12 @@ class ReportDelivery:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _failure_backoff_s(self) -> float:
-        base = self.settings.bus_failure_backoff_base_ms * 2.0 ** (self._failures - 1)
-        capped = min(base, self.settings.bus_failure_backoff_max_ms)
-        return capped * (0.5 + random.random() / 2) / 1000.0
+        s = self.settings
+        return backoff_s(
+            self._failures,
+            base_s=s.bus_failure_backoff_base_ms / 1000.0,
+            max_s=s.bus_failure_backoff_max_ms / 1000.0,
+        )
 
     async def publish_due(self) -> int:
         """One round: park reports out of attempts, publish those due; returns how many

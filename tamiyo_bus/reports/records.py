@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from tamiyo_bus.reports.windows import Decision, EpochEnd, EventKind, ObservedEvent
+from leyline_vocab.events import EventKind
+from tamiyo_bus.reports.windows import Decision, EpochEnd, ObservedEvent
 
 
 class Kind(IntEnum):

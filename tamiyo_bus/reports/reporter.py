@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from leyline_pb import leyline_pb2 as pb
+from oona.backoff import Backoff
 from oona.metrics import BusMetrics
+from oona.settings import DEFAULT_DATA_DIR
 from tamiyo_bus.reports import records
 from tamiyo_bus.reports.book import ReportEntry, ReportState, RetryPolicy
 from tamiyo_bus.reports.records import Ack, Kind, Park, RunEnd, Unpark
@@ -62,7 +64,7 @@ _FULL_LOG_INTERVAL_S = 10.0
 class ReportSettings:
     """The Tamiyo side of field reports; units in the names."""
 
-    wal_dir: Path = Path(".tamiyo/reports")
+    wal_dir: Path = DEFAULT_DATA_DIR / "reports"
     windows: WindowSettings = field(default_factory=WindowSettings)
     wal: WalSettings = field(default_factory=WalSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -93,6 +95,7 @@ class _Pending:
 
 
 _STOP = object()
+WRITE_RETRY_BASE_S = 0.01
 
 
 class FieldReporter:
@@ -342,16 +345,16 @@ class FieldReporter:
                 if p.then is not None:
                     p.then(seq)
 
-        delay = 0.01
+        backoff = Backoff(WRITE_RETRY_BASE_S, self.settings.write_retry_backoff_max_ms / 1000.0)
         while True:
             try:
                 self.wal.append_many(items, then=registered)
                 break
             except OSError:
                 self.metrics.inc("reports_wal_write_errors")
-                log.exception("write-ahead log append failed; retrying in %.2fs", delay)
-                time.sleep(delay)
-                delay = min(delay * 2, self.settings.write_retry_backoff_max_ms / 1000.0)
+                delay_s = backoff.next_s()
+                log.exception("write-ahead log append failed; retrying in %.2fs", delay_s)
+                time.sleep(delay_s)
         self.metrics.inc("reports_written", sum(p.kind is Kind.REPORT for p in pending))
 
     def _housekeeping(self) -> None:

@@ -19,9 +19,9 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import EventKind
 
 SEED_PARAMETERS_METRIC = "parameter_count"
 """Key in `SeedState.metrics`: the seed's trainable parameters."""
@@ -39,15 +39,6 @@ ABORTING_STAGES = frozenset(
 """A target seed seen in one of these stages did not run its course: ABORTED."""
 
 NON_ACTING = frozenset({pb.COMMAND_TYPE_UNKNOWN, pb.COMMAND_TYPE_NO_OP})
-
-
-class EventKind(StrEnum):
-    """What the step path reports between epochs (no Leyline enum covers these)."""
-
-    BREAKER_OPENED = "breaker_opened"
-    RISK_ELEVATED = "risk_elevated"
-    ROLLBACK = "rollback"
-    EMERGENCY = "emergency"
 
 
 @dataclass(frozen=True)

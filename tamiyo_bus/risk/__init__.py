@@ -1,16 +1,16 @@
 """Tamiyo's risk engine: signals, categories and gating, breakers, conservative mode.
 
-The step path talks to ``RiskStage`` (or ``RiskGate`` directly); see docs/risk.md.
+The step path talks to ``StepGate``, which drives ``RiskGate``; see docs/risk.md.
 """
 
-from oona.priorities import EventKind, priority_for
-from tamiyo_bus.risk.breakers import BreakerBankSettings, BreakerName, RiskBreakers
+from leyline_vocab.events import BreakerName
+from tamiyo_bus.risk.breakers import BreakerBankSettings, RiskBreakers
 from tamiyo_bus.risk.conservative import ConservativeMode, ConservativeSettings
 from tamiyo_bus.risk.engine import Category, CategoryRule, Weights
 from tamiyo_bus.risk.gate import GateResult, RiskGate, RiskSettings, breaker_reason
 from tamiyo_bus.risk.gating import GatingSettings, Restriction
 from tamiyo_bus.risk.signals import Signal, Thresholds
-from tamiyo_bus.risk.stage import InferenceOutcome, RiskStage
+from tamiyo_bus.risk.step_gate import StepGate
 from tamiyo_bus.risk.tracker import SignalTracker, TrackerSettings
 
 __all__ = [
@@ -20,20 +20,17 @@ __all__ = [
     "CategoryRule",
     "ConservativeMode",
     "ConservativeSettings",
-    "EventKind",
     "GateResult",
     "GatingSettings",
-    "InferenceOutcome",
     "Restriction",
     "RiskBreakers",
     "RiskGate",
     "RiskSettings",
-    "RiskStage",
     "Signal",
     "SignalTracker",
+    "StepGate",
     "Thresholds",
     "TrackerSettings",
     "Weights",
     "breaker_reason",
-    "priority_for",
 ]

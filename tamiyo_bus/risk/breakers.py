@@ -14,28 +14,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
+from leyline_vocab.events import BreakerName, EventKind, event
+from leyline_vocab.telemetry import (
+    BREAKER_STATE_VALUE,
+    METRIC_BREAKER_STATE,
+    METRIC_BREAKER_TRANSITIONS,
+)
 from oona.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from oona.events import EventSink
-from oona.priorities import INFERENCE_BREAKER, EventKind
-from tamiyo_bus.risk.priorities import risk_event
 
-
-class BreakerName(StrEnum):
-    INFERENCE = INFERENCE_BREAKER
-    URZA = "urza"
-    BUS_IO = "bus_io"
-    POLICY_UPDATE = "policy_update"
-    LEARNING = "learning"
-
-
-STATE_VALUE: dict[BreakerState, float] = {
-    BreakerState.CLOSED: 0.0,
-    BreakerState.HALF_OPEN: 1.0,
-    BreakerState.OPEN: 2.0,
-}
 _EVENT: dict[BreakerState, EventKind] = {
     BreakerState.OPEN: EventKind.BREAKER_OPENED,
     BreakerState.HALF_OPEN: EventKind.BREAKER_HALF_OPEN,
@@ -134,7 +123,7 @@ class RiskBreakers:
         else:
             self._not_closed.add(name)
         if self._metrics is not None:
-            self._metrics.set_gauge("risk_breaker_state", STATE_VALUE[state], breaker=name)
+            self._metrics.set_gauge(METRIC_BREAKER_STATE, BREAKER_STATE_VALUE[state], breaker=name)
 
     def _on_transition(self, name: BreakerName, old: BreakerState, new: BreakerState) -> None:
         if new is BreakerState.CLOSED:
@@ -143,9 +132,9 @@ class RiskBreakers:
             self._not_closed.add(name)
         if self._metrics is not None:
             self._metrics.inc(
-                "risk_breaker_transitions", breaker=name, previous=old.value, to=new.value
+                METRIC_BREAKER_TRANSITIONS, breaker=name, previous=old.value, to=new.value
             )
-            self._metrics.set_gauge("risk_breaker_state", STATE_VALUE[new], breaker=name)
-        self._sink.emit(risk_event(_EVENT[new], name.value, previous=old.value, to=new.value))
+            self._metrics.set_gauge(METRIC_BREAKER_STATE, BREAKER_STATE_VALUE[new], breaker=name)
+        self._sink.emit(event(_EVENT[new], name.value, previous=old.value, to=new.value))
         for listener in self._listeners:
             listener(name, old, new)

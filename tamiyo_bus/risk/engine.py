@@ -132,10 +132,3 @@ def conclude(found: Tally, rule: CategoryRule) -> Assessment:
     """The category and reason code of a tally of every signal."""
     reason = SIGNALS[found.deciding].value if found.deciding >= 0 else NO_SIGNAL
     return Assessment(categorise(found.worst, found.hot, rule), reason, found.worst, found.hot)
-
-
-def assess(scores: Sequence[float], weights: Sequence[float], rule: CategoryRule) -> Assessment:
-    """Category and reason code from per-signal scores (both in SIGNALS order)."""
-    if len(scores) != len(weights):
-        raise ValueError("need one score per weight")
-    return conclude(tally(enumerate(scores), weights, rule.hot_score), rule)

@@ -1,9 +1,8 @@
-"""RiskGate: the one call the step path makes per decision.
+"""RiskGate: the risk engine's judgement of one decision, in two halves.
 
-    gate(proposed command, raw signal values, policy expected severity) -> GateResult
-
-or that call in two halves: ``prepare`` scores the signals the packet gives while the
-policy decides, ``gate_prepared`` adds the decision's own. In order: score every signal
+``prepare`` scores the signals the packet gives while the policy decides;
+``gate_prepared`` adds the decision's own (and the risk head's expected severity) and
+returns the GateResult. In order: score every signal
 (signals.py), categorise (engine.py), raise the events of signals that crossed their
 alarm level, account the decision in conservative mode (conservative.py), restrict the
 command (gating.py), export metrics. Breakers (breakers.py) are consulted for health
@@ -22,11 +21,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import BreakerName, EventKind, event
+from leyline_vocab.telemetry import METRIC_CONSERVATIVE, METRIC_RISK_DECISIONS
 from oona.breaker import BreakerState
 from oona.events import EventSink
-from oona.priorities import EventKind
 from tamiyo_bus.risk.adaptive import AdaptiveSettings, AdaptiveThresholds
-from tamiyo_bus.risk.breakers import BreakerBankSettings, BreakerName, MetricsSink, RiskBreakers
+from tamiyo_bus.risk.breakers import BreakerBankSettings, MetricsSink, RiskBreakers
 from tamiyo_bus.risk.conservative import (
     ConservativeMode,
     ConservativeSettings,
@@ -48,7 +48,6 @@ from tamiyo_bus.risk.gating import (
     restrict,
     restriction,
 )
-from tamiyo_bus.risk.priorities import risk_event
 from tamiyo_bus.risk.signals import (
     DECISION_SIGNALS,
     INDEX,
@@ -59,6 +58,7 @@ from tamiyo_bus.risk.signals import (
     score_all,
     score_into,
 )
+from tamiyo_bus.risk.tracker import TrackerSettings
 
 CONSERVATIVE_REASON = "conservative_mode"
 
@@ -91,6 +91,7 @@ class RiskSettings:
     conservative: ConservativeSettings = field(default_factory=ConservativeSettings)
     breakers: BreakerBankSettings = field(default_factory=BreakerBankSettings)
     adaptive: AdaptiveSettings | None = None  # None: thresholds stay as configured
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
     # An alarm event fires when its signal's score reaches this, and re-arms only once
     # the score is back to 0, so a signal hovering near the level raises one event.
     alarm_score: float = 0.5
@@ -150,24 +151,9 @@ class RiskGate:
         )
         self._armed = [True] * len(ALARMS)
         self._category = Category.GREEN
+        self._published_conservative: bool | None = None
         self.breakers.subscribe(self._on_breaker)
-
-    def gate(
-        self,
-        proposed: pb.AdaptationCommand,
-        signals: Mapping[Signal, float],
-        policy_expected_severity: float | None,
-    ) -> GateResult:
-        """Gate one decision: ``prepare`` and ``gate_prepared`` in one call.
-
-        ``policy_expected_severity`` is the risk head's expected severity in [0, 1]
-        (``PolicyOutput.expected_severity()``), None when the policy did not run. The
-        proposal is annotated, and restricted if it must be, in place (see gating.py),
-        and returned as the result's command.
-        """
-        known = {s: v for s, v in signals.items() if s not in DECISION_SIGNALS}
-        decided = {s: v for s, v in signals.items() if s in DECISION_SIGNALS}
-        return self.gate_prepared(proposed, self.prepare(known), decided, policy_expected_severity)
+        self._publish_conservative(False)
 
     def prepare(self, signals: Mapping[Signal, float]) -> PreparedScores:
         """Score and tally the signals known before the decision (none of
@@ -188,7 +174,10 @@ class RiskGate:
         policy_expected_severity: float | None,
     ) -> GateResult:
         """Gate one decision from its ``prepare``d scores plus ``decision_signals`` (of
-        DECISION_SIGNALS) and the risk head's expected severity (see ``gate``)."""
+        DECISION_SIGNALS) and the risk head's expected severity in [0, 1]
+        (``PolicyOutput.expected_severity()``, None when the policy did not run). The
+        proposal is annotated, and restricted if it must be, in place (see gating.py),
+        and returned as the result's command."""
         values = dict(decision_signals)
         if policy_expected_severity is not None:
             values[Signal.POLICY_RISK] = policy_expected_severity
@@ -207,7 +196,7 @@ class RiskGate:
             events.append(self._category_event(found))
             if found.category is Category.CRITICAL:
                 events.append(
-                    risk_event(EventKind.EMERGENCY, signal=found.reason, score=_r(found.worst))
+                    event(EventKind.EMERGENCY, signal=found.reason, score=_r(found.worst))
                 )
             self._category = found.category
         change = self.conservative.observe(found.category, found.reason, self.breakers.none_open())
@@ -224,11 +213,11 @@ class RiskGate:
         annotations["risk_signal"] = found.reason
         if changed and reason == CONSERVATIVE_REASON:
             annotations["risk_conservative_cause"] = self.conservative.cause
-        for event in events:
-            self._sink.emit(event)
+        for raised in events:
+            self._sink.emit(raised)
         if self._metrics is not None:
-            self._metrics.inc("risk_decisions", category=found.category.name)
-            self._metrics.set_gauge("risk_conservative_mode", float(conservative))
+            self._metrics.inc(METRIC_RISK_DECISIONS, category=found.category.name)
+        self._publish_conservative(conservative)
         return GateResult(
             proposed,
             found.category,
@@ -239,6 +228,13 @@ class RiskGate:
             tuple(events),
             found,
         )
+
+    def _publish_conservative(self, active: bool) -> None:
+        """The conservative-mode gauge, sent when it changes (and once at start): an
+        unchanged gauge costs a packet per decision and says nothing new."""
+        if self._metrics is not None and active is not self._published_conservative:
+            self._published_conservative = active
+            self._metrics.set_gauge(METRIC_CONSERVATIVE, float(active))
 
     def new_epoch(self, epoch: int) -> bool:
         """Tell the gate the training epoch; with adaptive thresholds on, every N epochs
@@ -266,7 +262,7 @@ class RiskGate:
             if self._armed[slot] and s >= level:
                 self._armed[slot] = False
                 events.append(
-                    risk_event(
+                    event(
                         kind, signal=SIGNALS[index].value, score=_r(s), category=found.category.name
                     )
                 )
@@ -274,7 +270,7 @@ class RiskGate:
                 self._armed[slot] = True
 
     def _category_event(self, found: Assessment) -> pb.TelemetryEvent:
-        return risk_event(
+        return event(
             EventKind.RISK_CATEGORY_CHANGED,
             previous=self._category.name,
             category=found.category.name,
@@ -288,10 +284,11 @@ class RiskGate:
             change = self.conservative.trigger(breaker_reason(name))
             if change is not None:
                 self._sink.emit(_mode_event(change))
+                self._publish_conservative(True)
 
 
 def _mode_event(change: Transition) -> pb.TelemetryEvent:
-    return risk_event(
+    return event(
         _MODE_EVENT[change.change],
         cause=change.cause,
         healthy_steps=change.healthy_steps,

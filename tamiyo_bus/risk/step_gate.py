@@ -1,74 +1,27 @@
-"""The risk engine as the step path's command gate.
+"""The risk engine as the step path's command gate: inference outcome -> breakers,
+packet -> signals, proposal -> gated command.
 
-``StepController`` (tamiyo_bus/step.py) asks the gate's ``inference_allowed()`` before
-it runs the policy (an open inference breaker: the step answers NO_OP
-``breaker.inference`` without running it), and hands every stamped, unsigned proposal
-to ``review(proposal, context)`` before it signs it. ``RiskCommandGate`` is that gate:
-it maps the step path's outcome onto the inference breaker, records Urza timeouts on
-the Urza breaker (and, while that breaker is open, tells the step not to wait on
-Urza, through ``urza_wait_allowed()``), reads the risk head's expected severity and
-the feature coverage from the decision, and returns the gated command. The context is
-typed by the protocols below, so this module depends on the step path's shape, not on
-its imports.
+``StepController`` (tamiyo_bus/step.py) asks ``inference_allowed()`` before it runs the
+policy (an open inference breaker: the step answers NO_OP ``breaker.inference`` without
+running it) and ``urza_wait_allowed()`` (not while the Urza breaker is open: the step
+then decides from cached metadata), calls ``prepare(packet)`` while the policy decides,
+and hands every stamped, unsigned proposal to ``review`` before it signs it. A deadline
+miss and a call skipped because the previous inference is still running both count as
+inference failures, so a wedged policy opens the breaker after a few steps instead of
+being retried forever.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import BreakerName
 from oona.breaker import BreakerState
-from tamiyo_bus.risk.breakers import BreakerName
-from tamiyo_bus.risk.gate import GateResult, breaker_reason
-from tamiyo_bus.risk.stage import InferenceOutcome, RiskStage
-from tamiyo_bus.risk.tracker import BlueprintInfo, BlueprintLookup
-
-# The step path's own reason codes for a step without a decision (tamiyo_bus.step).
-_NO_DECISION: dict[str, InferenceOutcome] = {
-    "timeout_inference": InferenceOutcome.TIMED_OUT,
-    "inference_busy": InferenceOutcome.BUSY,
-    "inference_error": InferenceOutcome.FAILED,
-    breaker_reason(BreakerName.INFERENCE): InferenceOutcome.REFUSED,
-}
-
-
-class InferenceView(Protocol):
-    @property
-    def expected_severity(self) -> float: ...
-
-
-class GraphView(Protocol):
-    @property
-    def coverage(self) -> Mapping[str, float]: ...
-
-
-class DecisionView(Protocol):
-    @property
-    def inference(self) -> InferenceView: ...
-
-    @property
-    def graph(self) -> GraphView: ...
-
-    @property
-    def urza_timed_out(self) -> bool: ...
-
-    @property
-    def urza_wait_allowed(self) -> bool: ...
-
-    @property
-    def blueprints(self) -> Mapping[str, BlueprintInfo]: ...
-
-
-class StepContext(Protocol):
-    @property
-    def packet(self) -> pb.SystemStatePacket: ...
-
-    @property
-    def decision(self) -> DecisionView | None: ...
-
-    @property
-    def reason(self) -> str: ...
+from tamiyo_bus.decision import InferenceOutcome, PolicyDecision
+from tamiyo_bus.risk.gate import GateResult, PreparedScores, RiskGate
+from tamiyo_bus.risk.tracker import BlueprintLookup, PacketSignals, SignalTracker
 
 
 def mean_coverage(coverage: Mapping[str, float]) -> float:
@@ -80,22 +33,35 @@ def mean_coverage(coverage: Mapping[str, float]) -> float:
     return sum(coverage.values()) / len(coverage) if coverage else 1.0
 
 
-class RiskCommandGate:
-    """``review`` runs on the caller's thread of ``evaluate_step``, once per decision."""
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    packet: pb.SystemStatePacket
+    seen: PacketSignals
+    scores: PreparedScores
 
-    def __init__(self, stage: RiskStage, blueprints: BlueprintLookup) -> None:
-        self.stage = stage
+
+class StepGate:
+    """One per training run, used from the step path's thread.
+
+    ``blueprints`` answers from what Urza's metadata cache holds now (no waiting); a
+    decision is judged by the metadata the policy decided with instead.
+    """
+
+    def __init__(
+        self, gate: RiskGate, blueprints: BlueprintLookup, tracker: SignalTracker | None = None
+    ) -> None:
+        self.gate = gate
+        self.tracker = tracker or SignalTracker(gate.settings.tracker)
         self._blueprints = blueprints
-        self._urza = stage.gate.breakers[BreakerName.URZA]
+        self._inference = gate.breakers[BreakerName.INFERENCE]
+        self._urza = gate.breakers[BreakerName.URZA]
+        self._epoch: int | None = None
+        self._prepared: _Prepared | None = None
         self.last: GateResult | None = None
 
     def inference_allowed(self) -> bool:
         """Whether the step may run the policy (reserves the trial call when half-open)."""
-        return self.stage.inference_allowed()
-
-    def prepare(self, packet: pb.SystemStatePacket) -> None:
-        """The packet's own risk signals, extracted while the policy decides."""
-        self.stage.prepare(packet, self._blueprints)
+        return self._inference.allow()
 
     def urza_wait_allowed(self) -> bool:
         """Whether the step may wait on Urza for missing metadata: not while the Urza
@@ -103,16 +69,22 @@ class RiskCommandGate:
         re-opens the breaker (steps are sequential, so trials are too)."""
         return self._urza.state is not BreakerState.OPEN
 
-    def review(self, proposal: pb.AdaptationCommand, context: StepContext) -> pb.AdaptationCommand:
-        decision = context.decision
+    def prepare(self, packet: pb.SystemStatePacket) -> None:
+        """Extract and score ``packet``'s own signals now, ahead of ``review`` of the same
+        packet: the step path calls this while the policy decides, when its thread would
+        only wait, so only the decision's part is left after the decision."""
+        self._prepared = self._prepare(packet, self._blueprints)
+
+    def review(
+        self,
+        proposal: pb.AdaptationCommand,
+        packet: pb.SystemStatePacket,
+        outcome: InferenceOutcome,
+        decision: PolicyDecision | None,
+    ) -> pb.AdaptationCommand:
+        """The command to sign: ``proposal`` gated against ``packet`` (restricted in place)."""
         if decision is None:
-            result = self.stage.decide(
-                context.packet,
-                proposal,
-                outcome=_NO_DECISION.get(context.reason, InferenceOutcome.FAILED),
-                policy_expected_severity=None,
-                blueprints=self._blueprints,
-            )
+            result = self.decide(packet, proposal, outcome=outcome, policy_expected_severity=None)
         else:
             if decision.urza_wait_allowed:
                 if decision.urza_timed_out:
@@ -120,10 +92,10 @@ class RiskCommandGate:
                 else:
                     self._urza.record_success()
             known = decision.blueprints
-            result = self.stage.decide(
-                context.packet,
+            result = self.decide(
+                packet,
                 proposal,
-                outcome=InferenceOutcome.COMPLETED,
+                outcome=outcome,
                 policy_expected_severity=decision.inference.expected_severity,
                 # The metadata the policy decided with: no lookup after the decision.
                 blueprints=lambda _: known,
@@ -131,3 +103,45 @@ class RiskCommandGate:
             )
         self.last = result
         return result.command
+
+    def decide(
+        self,
+        packet: pb.SystemStatePacket,
+        proposed: pb.AdaptationCommand,
+        *,
+        outcome: InferenceOutcome,
+        policy_expected_severity: float | None,
+        blueprints: BlueprintLookup | None = None,
+        feature_coverage: float | None = None,
+    ) -> GateResult:
+        """Record the inference outcome on its breaker, complete this step's signals and
+        gate ``proposed``; ``blueprints`` defaults to the cached metadata."""
+        if outcome.decided:
+            self._inference.record_success()
+        elif outcome.failed:
+            self._inference.record_failure()
+        lookup = blueprints or self._blueprints
+        prepared, self._prepared = self._prepared, None
+        if prepared is None or prepared.packet is not packet:
+            prepared = self._prepare(packet, lookup)
+        proposed_blueprint = (
+            proposed.seed.blueprint_id
+            if proposed.command_type == pb.COMMAND_TYPE_SEED
+            and proposed.seed.operation == pb.SEED_OP_GERMINATE
+            else ""
+        )
+        decided = self.tracker.decision_signals(
+            prepared.seen,
+            blueprints=lookup,
+            proposed_blueprint_id=proposed_blueprint,
+            feature_coverage=feature_coverage,
+            timed_out=outcome.missed_deadline,
+        )
+        return self.gate.gate_prepared(proposed, prepared.scores, decided, policy_expected_severity)
+
+    def _prepare(self, packet: pb.SystemStatePacket, blueprints: BlueprintLookup) -> _Prepared:
+        if packet.current_epoch != self._epoch:
+            self._epoch = packet.current_epoch
+            self.gate.new_epoch(packet.current_epoch)
+        seen = self.tracker.observe_packet(packet, blueprints=blueprints)
+        return _Prepared(packet, seen, self.gate.prepare(seen.values))

@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import EventKind, event
 from oona.errors import RejectedMessage
-from oona.events import COMMAND_REJECTED, EventSink, LogEventSink, make_event
+from oona.events import EventSink, LogEventSink
 from oona.freshness import Clock, FreshnessWindow, ReplayCache
 from oona.ids import new_message_id
 from oona.keys import Keyring, Signer
@@ -102,9 +103,8 @@ class CommandVerifier:
         except RejectedMessage as rejection:
             self.metrics.inc("commands_rejected", reason=rejection.reason)
             self.events.emit(
-                make_event(
-                    COMMAND_REJECTED,
-                    pb.TELEMETRY_LEVEL_WARNING,
+                event(
+                    EventKind.COMMAND_REJECTED,
                     reason=rejection.reason,
                     detail=rejection.detail,
                     command_id=command.command_id,

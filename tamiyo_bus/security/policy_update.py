@@ -1,5 +1,5 @@
 """PolicyUpdates applied as one transaction, the `policy` stream listener that feeds
-them in, and the helper Simic uses to publish them.
+them in, and the helpers that build and publish a signed one (a learner's side).
 
 The transaction either installs a new policy or changes nothing. It never writes into
 the running module: it validates the update, builds the new policy in a copy, and
@@ -9,8 +9,8 @@ a swap can never land mid-inference, and the step path never waits on the swap (
 the swap on a wedged inference).
 
 Weights are loaded only with `safetensors.torch.load`, which reads tensors and
-executes nothing. The earlier system unpickled PolicyUpdates; any pickle (bare, or
-inside a `torch.save` zip archive) is refused before a loader sees it.
+executes nothing. A pickle runs code when it is loaded, so any pickle (bare, or inside
+a `torch.save` zip archive) is refused before a loader sees it.
 """
 
 from __future__ import annotations
@@ -29,18 +29,12 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import EventKind, event
 from oona.breaker import CircuitBreaker
 from oona.bus import Bus
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.errors import RejectedMessage
-from oona.events import (
-    POLICY_ROLLED_BACK,
-    POLICY_UPDATE_APPLIED,
-    POLICY_UPDATE_REJECTED,
-    EventSink,
-    LogEventSink,
-    make_event,
-)
+from oona.events import EventSink, LogEventSink
 from oona.freshness import Clock, FreshnessWindow
 from oona.keyfiles import KeySettings
 from oona.keys import Keyring, Signer
@@ -148,7 +142,7 @@ def build_policy_update(
     signer: Signer,
     clock_ns: Clock = time.time_ns,
 ) -> pb.PolicyUpdate:
-    """A signed PolicyUpdate carrying `state_dict` as safetensors (Simic's side)."""
+    """A signed PolicyUpdate carrying `state_dict` as safetensors (the learner's side)."""
     payload = encode_weights(state_dict)
     update = pb.PolicyUpdate(
         policy_id=policy_id,
@@ -273,9 +267,8 @@ class PolicyUpdateTransaction:
         self.metrics.inc("policy_updates_applied")
         self.metrics.set_gauge("policy_version", float(new.version))
         self.events.emit(
-            make_event(
-                POLICY_UPDATE_APPLIED,
-                pb.TELEMETRY_LEVEL_INFO,
+            event(
+                EventKind.POLICY_UPDATE_APPLIED,
                 policy_id=new.policy_id,
                 old_version=old.version,
                 new_version=new.version,
@@ -292,9 +285,8 @@ class PolicyUpdateTransaction:
         self.metrics.inc("policy_rollbacks")
         self.metrics.set_gauge("policy_version", float(restored.version))
         self.events.emit(
-            make_event(
-                POLICY_ROLLED_BACK,
-                pb.TELEMETRY_LEVEL_WARNING,
+            event(
+                EventKind.POLICY_ROLLED_BACK,
                 from_version=rolled_back.version,
                 to_version=restored.version,
                 reason=reason,
@@ -352,9 +344,8 @@ class PolicyUpdateTransaction:
     ) -> None:
         self.metrics.inc("policy_updates_rejected", reason=rejection.reason)
         self.events.emit(
-            make_event(
-                POLICY_UPDATE_REJECTED,
-                pb.TELEMETRY_LEVEL_WARNING,
+            event(
+                EventKind.POLICY_UPDATE_REJECTED,
                 reason=rejection.reason,
                 detail=rejection.detail,
                 policy_id=update.policy_id,

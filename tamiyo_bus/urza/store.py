@@ -9,7 +9,6 @@ library; the run's cache picks the change up when its entry expires.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -17,11 +16,12 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from oona.settings import DEFAULT_DATA_DIR
+from tamiyo_bus.policy.topology import HostTopology
 from tamiyo_bus.urza.blueprint import Blueprint, ConstructorSpec
 from tamiyo_bus.urza.catalogue import default_catalogue
 from tamiyo_bus.urza_client import BlueprintMetadata
 
-ENV_URZA_DB = "TAMIYO_URZA_DB"
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -48,17 +48,8 @@ _COLUMNS = (
 class UrzaSettings:
     """Where the library lives and how long a writer may wait for the file lock."""
 
-    db_path: Path = Path(".tamiyo") / "urza.sqlite"
+    db_path: Path = DEFAULT_DATA_DIR / "urza.sqlite"
     busy_timeout_s: float = 2.0
-
-    @classmethod
-    def from_env(cls, data_dir: Path | None = None) -> UrzaSettings:
-        """TAMIYO_URZA_DB if set, else ``urza.sqlite`` under ``data_dir`` (TAMIYO_DATA_DIR)."""
-        configured = os.environ.get(ENV_URZA_DB, "").strip()
-        if configured:
-            return cls(db_path=Path(configured))
-        base = data_dir or Path(os.environ.get("TAMIYO_DATA_DIR", ".tamiyo"))
-        return cls(db_path=base / "urza.sqlite")
 
 
 class UnknownBlueprint(KeyError):
@@ -191,3 +182,10 @@ class UrzaStore:
             )
         if cursor.rowcount == 0:
             raise UnknownBlueprint(blueprint_id)
+
+
+def candidate_blueprints(store: UrzaStore, topology: HostTopology) -> tuple[str, ...]:
+    """Every library entry that fits a layer of this host, quarantined ones included: the
+    policy sees them and its masks keep it from choosing them."""
+    kinds = {layer.kind for layer in topology.layers}
+    return tuple(b.blueprint_id for b in store.list() if any(k in kinds for k in b.layer_kinds))

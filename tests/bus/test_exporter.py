@@ -7,9 +7,9 @@ import redis
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
 from oona.consumer import Consumer
+from oona.exporter import BusCollector
 from oona.keys import Keyring
 from oona.streams import Stream
-from tamiyo_bus.exporter import BusCollector
 
 from .helpers import Recorder, subscription
 

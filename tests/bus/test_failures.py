@@ -13,7 +13,7 @@ from oona.envelope import SINGLE_FIELD, make_envelope, seal
 from oona.errors import RejectedMessage
 from oona.keys import Keyring, Signer
 from oona.streams import Stream
-from tamiyo_bus.hung_consumer import hold_then_kill
+from weatherlight.hung_consumer import hold_then_kill
 
 from .helpers import Recorder, poll_until, subscription
 

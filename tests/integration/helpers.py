@@ -11,7 +11,6 @@ import torch
 
 from leyline_pb import leyline_pb2 as pb
 from oona.keys import Keyring, Signer
-from tamiyo_bus.demo.recorder import RunRecorder
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.security.commands import CommandSigner, CommandVerifier, stamp_command
@@ -20,6 +19,7 @@ from tamiyo_bus.tolaria.lr import LRController, LRSettings
 from tamiyo_bus.tolaria.models import HostModel, build_host
 from tamiyo_bus.tolaria.trainer import Tolaria, TolariaSettings
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
+from weatherlight.demo.recorder import RunRecorder
 
 RUN_ID = "test-run"
 Rule = Callable[[pb.SystemStatePacket], pb.AdaptationCommand]

@@ -16,9 +16,9 @@ from oona.keys import Keyring, Signer
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from oona.streams import Stream
-from tamiyo_bus.demo.assembly import RunSpec, assemble
 from tamiyo_bus.risk import BreakerName
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
+from weatherlight.demo.assembly import RunSpec, assemble
 
 TELEMETRY = pb.MESSAGE_TYPE_TELEMETRY
 
@@ -45,7 +45,7 @@ async def test_a_server_outage_puts_the_run_in_conservative_mode_and_recovery_is
             events=events,
             adopted_breakers={BreakerName.BUS_IO: bus.io.breaker},
         )
-        gate = run.tamiyo.risk.stage.gate
+        gate = run.tamiyo.risk
         assert gate.breakers[BreakerName.BUS_IO] is bus.io.breaker
         assert not gate.conservative.active
 
@@ -60,7 +60,7 @@ async def test_a_server_outage_puts_the_run_in_conservative_mode_and_recovery_is
         assert outage[:2] == [("breaker_opened", "bus_io"), ("conservative_entered", "")]
         assert [name for name, _ in outage].count("conservative_entered") == 1
         command = run.tamiyo.controller.evaluate_step(run.trainer.state_packet())
-        assert run.tamiyo.risk.last is not None and run.tamiyo.risk.last.conservative
+        assert run.tamiyo.gate.last is not None and run.tamiyo.gate.last.conservative
         assert command.seed.operation != pb.SEED_OP_GERMINATE
 
         server.start()  # the publish retries through the cool-down and the trial call

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from oona.settings import ENV_REDIS_URL
-from tamiyo_bus.cli import main
-from tamiyo_bus.urza.store import ENV_URZA_DB
+from weatherlight.cli import main
+from weatherlight.settings import ENV_REDIS_URL, ENV_URZA_DB
 
 
 def test_demo_runs_end_to_end_and_writes_its_report(

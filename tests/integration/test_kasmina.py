@@ -11,8 +11,8 @@ import torch
 from torch.nn import functional as F
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.telemetry import effective_priority
 from oona.keys import Signer
-from producers.vocabulary import effective_priority
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.kasmina.site import SeedSite

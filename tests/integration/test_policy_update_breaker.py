@@ -15,11 +15,12 @@ from oona.bus import Bus
 from oona.events import BufferedEventSink
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
-from tamiyo_bus.demo.assembly import RunSpec, assemble, initial_policy
-from tamiyo_bus.demo.services import AsyncSide
+from tamiyo_bus import initial_policy
 from tamiyo_bus.risk import BreakerName
 from tamiyo_bus.security.policy_update import build_policy_update, publish_policy_update
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
+from weatherlight.demo.assembly import RunSpec, assemble
+from weatherlight.demo.services import AsyncSide
 
 REJECTIONS_TO_OPEN = 2
 
@@ -41,7 +42,7 @@ async def test_rejected_policy_updates_open_the_adopted_breaker_and_enter_conser
             store=UrzaStore.open_seeded(UrzaSettings(db_path=tmp_path / "urza.sqlite")),
             holder=holder, events=events, adopted_breakers=side.breakers,
         )  # fmt: skip
-        gate = run.tamiyo.risk.stage.gate
+        gate = run.tamiyo.risk
         breaker = gate.breakers[BreakerName.POLICY_UPDATE]
         assert breaker is side.policy_update_breaker
         opened = threading.Event()

@@ -8,8 +8,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.demo import svg
-from tamiyo_bus.demo.recorder import describe, policy_decided
+from weatherlight.demo import svg
+from weatherlight.demo.recorder import describe, policy_decided
 
 
 def _command(kind: int, reason: str, **annotations: str) -> pb.AdaptationCommand:

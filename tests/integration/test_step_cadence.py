@@ -8,13 +8,13 @@ from pathlib import Path
 
 from leyline_pb import leyline_pb2 as pb
 from oona.keys import Signer
-from tamiyo_bus.demo.recorder import RunRecorder
 from tests.integration.helpers import (
     ScriptedController,
     assemble,
     lifecycle_rule,
     trainer,
 )
+from weatherlight.demo.recorder import RunRecorder
 
 S = pb.SeedLifecycleStage
 STEPS = 140

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from tamiyo_bus.cli import main
 from tamiyo_bus.urza.adapters import build_adapter, parameter_count
 from tamiyo_bus.urza.blueprint import REFERENCE_WIDTH, AdapterKind, ConstructorSpec
 from tamiyo_bus.urza.catalogue import default_catalogue, make_blueprint
 from tamiyo_bus.urza.store import UnknownBlueprint, UrzaSettings, UrzaStore
 from tamiyo_bus.urza_client import CachedCatalog
+from weatherlight.cli import main
 
 
 @pytest.fixture
@@ -66,6 +66,7 @@ def test_quarantine_is_visible_to_lookups_and_survives_reseeding(db: Path) -> No
 def test_cached_catalog_reads_the_store(db: Path) -> None:
     store = UrzaStore.open_seeded(UrzaSettings(db_path=db))
     catalog = CachedCatalog(store, deadline_ms=1_000.0, ttl_s=60.0, max_stale_s=60.0)
+    catalog.start()
     assert catalog.prefetch(["mlp-res-8", "conv-res-8"], timeout_s=5.0)
     resolution = catalog.resolve(["mlp-res-8", "conv-res-8"], wait_s=0.0)
     assert not resolution.timed_out

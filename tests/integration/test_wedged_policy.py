@@ -11,8 +11,6 @@ import torch
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
 from oona.keys import Keyring, Signer
-from tamiyo_bus.demo.assembly import RunSpec, assemble
-from tamiyo_bus.demo.recorder import RunRecorder
 from tamiyo_bus.policy.graph import PolicyGraph
 from tamiyo_bus.policy.reference import PolicyConfig, architecture_id
 from tamiyo_bus.policy.registry import registry_digest
@@ -20,6 +18,8 @@ from tamiyo_bus.policy.serving import Inference, ServingPolicy
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
 from tamiyo_bus.settings import StepSettings
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
+from weatherlight.demo.assembly import RunSpec, assemble
+from weatherlight.demo.recorder import RunRecorder
 
 SMALL = PolicyConfig(hidden_dim=32, gat_heads=2, gat_head_dim=8, head_hidden_dim=32)
 DEADLINE_MS = 5.0

@@ -6,11 +6,11 @@ import random
 
 import torch
 
-from tamiyo_bus.policy import synthetic
 from tamiyo_bus.policy.actions import PolicyAction, select_action
 from tamiyo_bus.policy.features import RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.reference import PolicyConfig, ReferencePolicy
+from tests import states as synthetic
 
 TINY = PolicyConfig(hidden_dim=32, gat_heads=2, gat_head_dim=8, head_hidden_dim=32)
 

@@ -15,7 +15,7 @@ from oona.events import BufferedEventSink
 from tamiyo_bus.learning import LearningGuard, LearningGuardSettings, LearningOutcome
 from tamiyo_bus.risk import BreakerBankSettings, BreakerName, RiskGate, RiskSettings
 
-from ..risk.helpers import Clock, command
+from ..risk.helpers import Clock, command, gate_once
 
 MAX_GRAD_NORM = 0.5
 
@@ -135,9 +135,9 @@ def test_failing_steps_put_the_run_in_conservative_mode_which_pauses_learning() 
     assert learner.calls == calls
 
     clock.now = settings.conservative.cooldown_s
-    no_op = gate.gate(command(), {}, None)
+    no_op = gate_once(gate, command(), {}, None)
     for _ in range(settings.conservative.exit_healthy_steps - 1):
-        no_op = gate.gate(command(), {}, None)
+        no_op = gate_once(gate, command(), {}, None)
     assert not no_op.conservative
     assert g.step(learner.optimizer, learner.loss).applied  # the trial
     assert g.breaker.state is BreakerState.CLOSED

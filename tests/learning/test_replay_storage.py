@@ -19,10 +19,10 @@ from tamiyo_bus.learning.replay import (
     ReplayStorageSettings,
     ReplayWriterSettings,
 )
-from tamiyo_bus.policy import synthetic
 from tamiyo_bus.policy.actions import PolicyAction
 from tamiyo_bus.policy.graph import PolicyGraph
 from tamiyo_bus.risk import Category
+from tests import states as synthetic
 
 from .graphs import graphs
 

@@ -2,55 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetryPublisher
-from tamiyo_bus.policy import synthetic
-from tamiyo_bus.policy.features import RunningNormalizer
+from oona.events import BufferedEventSink
+from oona.keys import Keyring, Signer
+from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo
+from tamiyo_bus.decision_telemetry import DecisionTelemetry
+from tamiyo_bus.policy.features import NormalizerSettings
 from tamiyo_bus.policy.graph import GraphBuilder
 from tamiyo_bus.policy.reference import PolicyConfig, architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import ServingPolicy
+from tamiyo_bus.risk import RiskSettings, Thresholds
+from tamiyo_bus.security.commands import CommandVerifier
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
 from tamiyo_bus.settings import StepSettings
-from tamiyo_bus.step import CommandGate, StepController
-from tamiyo_bus.urza_client import BlueprintCatalog, CachedCatalog, StaticBlueprintCatalog
+from tamiyo_bus.step import StepController
+from tamiyo_bus.urza_client import BlueprintCatalog, CachedCatalog
+from tamiyo_bus.worker import QueueWorker
+from tests import states as synthetic
+from tests.states import StaticBlueprintCatalog
 
 SMALL = PolicyConfig(hidden_dim=32, gat_heads=4, gat_head_dim=8, head_hidden_dim=32)
 # Deadlines for tests that assert decisions, not timing: the suite shares the machine.
 RELAXED = StepSettings(step_deadline_ms=5_000.0, inference_budget_ms=1_000.0)
-
-
-class Ed25519TestSigner:
-    """Signs with a real Ed25519 key over the deterministic serialisation of the command
-    with its signature field cleared."""
-
-    key_id = "test-key"
-
-    def __init__(self) -> None:
-        self._key = Ed25519PrivateKey.generate()
-
-    def sign(self, command: pb.AdaptationCommand) -> None:
-        command.ClearField("signature")
-        signature = self._key.sign(command.SerializeToString(deterministic=True))
-        command.signature.key_id = self.key_id
-        command.signature.signature = signature
-
-    def verify(self, command: pb.AdaptationCommand) -> None:
-        """Raise cryptography's InvalidSignature unless ``command`` is signed by us."""
-        unsigned = pb.AdaptationCommand()
-        unsigned.CopyFrom(command)
-        unsigned.ClearField("signature")
-        assert command.signature.key_id == self.key_id
-        self._key.public_key().verify(
-            command.signature.signature, unsigned.SerializeToString(deterministic=True)
-        )
+# The risk engine of the step-path tests: the random policies' risk heads say nothing, so
+# their expected severity is not a signal; every other signal is gated as in a run.
+UNTRAINED_RISK_HEAD = RiskSettings(
+    thresholds=Thresholds(policy_risk_severity_base=1.0, policy_risk_severity_emergency=1.01)
+)
 
 
 class Collect:
@@ -69,56 +53,81 @@ def holder_for(policy: ServingPolicy, version: int = 1) -> PolicyHolder:
 
 @dataclass
 class Stack:
-    controller: StepController
-    holder: PolicyHolder
-    builder: GraphBuilder
-    catalog: CachedCatalog
-    signer: Ed25519TestSigner
+    """A started Tamiyo from ``build_tamiyo``, the key that signs its commands and a
+    verifier that trusts it, and the sink its decision telemetry reaches."""
+
+    tamiyo: Tamiyo
+    signer: Signer
+    verifier: CommandVerifier
     sink: Collect
-    publisher: TelemetryPublisher
     size: synthetic.StateSize
     rng: random.Random = field(default_factory=lambda: random.Random(3))
 
+    @property
+    def controller(self) -> StepController:
+        return self.tamiyo.controller
+
+    @property
+    def holder(self) -> PolicyHolder:
+        return self.tamiyo.holder
+
+    @property
+    def builder(self) -> GraphBuilder:
+        return self.tamiyo.builder
+
+    @property
+    def catalog(self) -> CachedCatalog:
+        return self.tamiyo.catalog
+
+    @property
+    def publisher(self) -> QueueWorker[DecisionTelemetry]:
+        assert self.tamiyo.telemetry is not None
+        return self.tamiyo.telemetry
+
     def packet(self, step: int = 1000) -> pb.SystemStatePacket:
-        return synthetic.packet(self.size, self.builder.topology, self.rng, step=step)
+        packet = synthetic.packet(self.size, self.builder.topology, self.rng, step=step)
+        packet.training_loss = 1.0  # synthetic losses are random draws: hold them steady
+        return packet
+
+    def verify(self, command: pb.AdaptationCommand) -> None:
+        """Raise RejectedMessage unless ``command`` carries a valid signature of ours."""
+        self.verifier.verify(command)
 
 
 def make_stack(
     *,
     policy: ServingPolicy | None = None,
     settings: StepSettings = RELAXED,
+    risk: RiskSettings | None = None,
     size: synthetic.StateSize = synthetic.REFERENCE_SIZE,
     catalog: BlueprintCatalog | None = None,
     candidates: Sequence[str] | None = None,
-    gate: CommandGate | None = None,
     normalizer_update: bool = False,
     prefetch: bool = True,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
 ) -> Stack:
-    host = synthetic.topology(size)
-    static = StaticBlueprintCatalog(synthetic.catalogue(size))
-    cached = CachedCatalog(
-        catalog or static,
-        deadline_ms=settings.urza_deadline_ms,
-        ttl_s=settings.urza_cache_ttl_s,
-        max_stale_s=settings.urza_max_stale_s,
+    """A started Tamiyo on a synthetic host; without ``prefetch`` the first step finds
+    Urza's answer for the candidates not yet in (it was asked at start, not awaited)."""
+    # Low-risk blueprints, so that the gate lets the policy's seed actions through.
+    static = StaticBlueprintCatalog(
+        dataclasses.replace(entry, risk=0.1) for entry in synthetic.catalogue(size)
     )
     ids = tuple(candidates) if candidates is not None else static.ids()
-    if prefetch:
-        assert cached.prefetch(ids, timeout_s=10.0)
-    builder = GraphBuilder(host, ids, RunningNormalizer(update=normalizer_update))
-    holder = holder_for(policy or ServingPolicy(SMALL))
-    signer = Ed25519TestSigner()
+    signer = Signer.generate()
     sink = Collect()
-    publisher = TelemetryPublisher(sink, queue_size=64)
-    controller = StepController(
-        policy=holder,
-        builder=builder,
-        catalog=cached,
+    tamiyo = build_tamiyo(
+        TamiyoSettings(
+            settings,
+            risk or UNTRAINED_RISK_HEAD,
+            normalizer=NormalizerSettings(update=normalizer_update),
+        ),
+        topology=synthetic.topology(size),
+        blueprints=catalog or static,
+        candidates=ids,
         signer=signer,
-        settings=settings,
-        telemetry=publisher,
-        gate=gate,
-        generator=generator,
-    )
-    return Stack(controller, holder, builder, cached, signer, sink, publisher, size)
+        holder=holder_for(policy or ServingPolicy(SMALL)),
+        seed=seed,
+        telemetry=sink,
+        events=BufferedEventSink(),
+    ).start(prefetch_timeout_s=10.0 if prefetch else 0.0)
+    return Stack(tamiyo, signer, CommandVerifier(Keyring.of(signer.public_key())), sink, size)

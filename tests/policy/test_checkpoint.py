@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import save as save_bytes
 
-from tamiyo_bus.policy import synthetic
 from tamiyo_bus.policy.checkpoint import (
     CheckpointMismatchError,
     checkpoint_bytes,
@@ -25,6 +24,7 @@ from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.reference import PolicyConfig, architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import ServingPolicy
+from tests import states as synthetic
 from tests.policy.helpers import SMALL
 
 

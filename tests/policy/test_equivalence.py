@@ -8,12 +8,12 @@ import random
 import pytest
 import torch
 
-from tamiyo_bus.policy import synthetic
 from tamiyo_bus.policy.actions import PolicyOutput
 from tamiyo_bus.policy.features import RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.network import FastPolicy, InferenceCancelled
 from tamiyo_bus.policy.reference import PolicyConfig, ReferencePolicy
+from tests import states as synthetic
 from tests.policy.helpers import SMALL
 
 RTOL = 1e-4

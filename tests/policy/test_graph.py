@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.policy import synthetic
 from tamiyo_bus.policy.features import (
     BLOCK_OFFSETS,
     FEATURE_SPECS,
@@ -25,6 +24,7 @@ from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.registry import bucket, registry_digest
 from tamiyo_bus.policy.schema import NODE_TYPES, RELATIONS, incoming
 from tamiyo_bus.urza_client import BlueprintMetadata
+from tests import states as synthetic
 
 SIZE = synthetic.REFERENCE_SIZE
 
@@ -164,6 +164,7 @@ def test_structure_is_cached_until_seed_placement_changes() -> None:
 
 def test_running_statistics_are_updated_off_the_step_path() -> None:
     normalizer = RunningNormalizer(update=True)
+    normalizer.start()
     builder, metadata, rng = setup(normalizer)
     before = normalizer.snapshot
     packets = [synthetic.packet(SIZE, builder.topology, rng, step=step) for step in range(20)]
@@ -200,13 +201,15 @@ def test_a_full_normalizer_queue_drops_and_counts(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(NormalizerSnapshot, "merged", slow_merge)
     normalizer = RunningNormalizer(update=True, queue_size=1)
+    normalizer.start()
     builder, metadata, rng = setup(normalizer)
     graph = builder.build(synthetic.packet(SIZE, builder.topology, rng), metadata)
     normalizer.observe(graph.raw)
     assert entered.wait(5.0)  # the updater holds the first observation
     for _ in range(3):
         normalizer.observe(graph.raw)  # one fits the queue, two are dropped, none waits
-    assert normalizer.dropped == 2
+    assert normalizer.worker.counters.dropped == 2
     release.set()
     assert normalizer.wait_idle(10.0)
-    assert normalizer.observed == 2
+    assert normalizer.worker.counters.handled == 2
+    assert normalizer.close()

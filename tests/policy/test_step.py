@@ -17,15 +17,17 @@ import pytest
 import torch
 
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.decision_telemetry import TelemetryPublisher
+from tamiyo_bus.decision import InferenceOutcome, PolicyDecision
+from tamiyo_bus.decision_telemetry import telemetry_publisher
 from tamiyo_bus.policy.actions import ACTION_SPACE
 from tamiyo_bus.policy.graph import PolicyGraph
 from tamiyo_bus.policy.serving import Inference, ServingPolicy
+from tamiyo_bus.security.commands import CommandSigner
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
 from tamiyo_bus.settings import StepSettings
-from tamiyo_bus.step import GateContext, StepController, StepReason
+from tamiyo_bus.step import StepController
 from tamiyo_bus.urza_client import BlueprintMetadata
-from tests.policy.helpers import SMALL, Collect, make_stack
+from tests.policy.helpers import RELAXED, SMALL, Collect, make_stack
 
 DEADLINE = StepSettings(step_deadline_ms=5.0)
 REPO = Path(__file__).resolve().parents[2]
@@ -54,14 +56,14 @@ def test_a_decision_is_stamped_signed_and_names_its_policy() -> None:
     stack = make_stack()
     commands = [stack.controller.evaluate_step(stack.packet(step)) for step in (10, 11, 12)]
     for step, command in zip((10, 11, 12), commands, strict=True):
-        assert command.reason == StepReason.POLICY
+        assert command.reason == InferenceOutcome.DECIDED
         assert command.command_type != pb.COMMAND_TYPE_UNKNOWN
         assert command.policy_version == 1
         assert command.global_step == step
         assert command.training_run_id == "synthetic-run"
         assert command.issued_by == "tamiyo"
         assert command.issued_at_ns > 0
-        stack.signer.verify(command)
+        stack.verify(command)
     ids = [c.command_id for c in commands]
     assert len(set(ids)) == 3
     assert ids == sorted(ids)  # time-ordered
@@ -73,13 +75,13 @@ def test_seed_commands_name_a_valid_target(seed: int) -> None:
     operation accepts, and a germination names a candidate blueprint."""
     stack = make_stack(
         settings=StepSettings(step_deadline_ms=5_000.0, sample_actions=True),
-        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
     )
     seen = set()
     for step in range(40):
         packet = stack.packet(step)
         command = stack.controller.evaluate_step(packet)
-        assert command.reason == StepReason.POLICY
+        assert command.reason == InferenceOutcome.DECIDED
         if command.command_type != pb.COMMAND_TYPE_SEED:
             continue
         target = next(s for s in packet.seed_states if s.seed_id == command.target_seed_id)
@@ -108,29 +110,29 @@ def test_hung_policy_returns_signed_noop_within_the_deadline_and_late_result_is_
     command = stack.controller.evaluate_step(stack.packet(2))
     elapsed = time.perf_counter() - start
     assert command.command_type == pb.COMMAND_TYPE_NO_OP
-    assert command.reason == StepReason.TIMEOUT_INFERENCE
+    assert command.reason == InferenceOutcome.TIMED_OUT
     assert elapsed < DEADLINE.step_deadline_ms / 1000 + 0.050
-    stack.signer.verify(command)
+    stack.verify(command)
     assert policy.entered.wait(5.0)
 
     start = time.perf_counter()
     busy = stack.controller.evaluate_step(stack.packet(3))
     assert time.perf_counter() - start < DEADLINE.step_deadline_ms / 1000 + 0.050
-    assert busy.reason == StepReason.INFERENCE_BUSY
+    assert busy.reason == InferenceOutcome.BUSY
     assert busy.command_type == pb.COMMAND_TYPE_NO_OP
-    stack.signer.verify(busy)
+    stack.verify(busy)
 
-    observed_before = stack.builder.normalizer.observed
+    observed_before = stack.builder.normalizer.worker.counters.handled
     policy.release.set()
     assert stack.controller.wait_idle(10.0)
     assert stack.controller.stats.late_results_discarded == late_before + 1
     # released after the step gave up on it: the forward stopped at its first layer
     assert stack.controller.stats.late_forwards_stopped == stopped_before + 1
-    assert stack.builder.normalizer.observed == observed_before
+    assert stack.builder.normalizer.worker.counters.handled == observed_before
     stack.publisher.wait_idle(5.0)
     assert [r.reason for r in stack.sink.records[-2:]] == [
-        StepReason.TIMEOUT_INFERENCE,
-        StepReason.INFERENCE_BUSY,
+        InferenceOutcome.TIMED_OUT,
+        InferenceOutcome.BUSY,
     ]
 
 
@@ -140,7 +142,7 @@ def test_hung_policy_first_call_never_blocks() -> None:
     start = time.perf_counter()
     command = stack.controller.evaluate_step(stack.packet())
     assert time.perf_counter() - start < DEADLINE.step_deadline_ms / 1000 + 0.050
-    assert command.reason == StepReason.TIMEOUT_INFERENCE
+    assert command.reason == InferenceOutcome.TIMED_OUT
     policy.release.set()
 
 
@@ -165,7 +167,7 @@ def test_process_exits_while_the_worker_is_wedged() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [StepReason.TIMEOUT_INFERENCE, StepReason.INFERENCE_BUSY]
+    assert done.stdout.split() == [InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY]
 
 
 class BlockingCatalog:
@@ -185,11 +187,11 @@ def test_urza_past_its_deadline_skips_enrichment() -> None:
     stack = make_stack(catalog=catalog, settings=settings, prefetch=False)
     start = time.perf_counter()
     command = stack.controller.evaluate_step(stack.packet())
-    assert command.reason == StepReason.TIMEOUT_URZA
+    assert command.reason == InferenceOutcome.DECIDED_WITHOUT_URZA
     # Waited on Urza no longer than its deadline (plus inference), not the step deadline.
     assert time.perf_counter() - start < 2.0
     assert command.seed.operation != pb.SEED_OP_GERMINATE  # no metadata: no germination
-    stack.signer.verify(command)
+    stack.verify(command)
     assert stack.catalog.stats.skipped_waits >= 1
     catalog.release.set()
 
@@ -198,14 +200,21 @@ def test_an_inference_error_is_a_signed_noop() -> None:
     stack = make_stack(policy=FailingPolicy(SMALL))
     command = stack.controller.evaluate_step(stack.packet())
     assert command.command_type == pb.COMMAND_TYPE_NO_OP
-    assert command.reason == StepReason.INFERENCE_ERROR
-    stack.signer.verify(command)
+    assert command.reason == InferenceOutcome.FAILED
+    stack.verify(command)
     assert stack.controller.stats.errors == 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Reviewed:
+    packet: pb.SystemStatePacket
+    outcome: InferenceOutcome
+    decision: PolicyDecision | None
 
 
 class RecordingGate:
     def __init__(self) -> None:
-        self.contexts: list[GateContext] = []
+        self.contexts: list[Reviewed] = []
         self.prepared: list[pb.SystemStatePacket] = []
 
     def inference_allowed(self) -> bool:
@@ -217,8 +226,14 @@ class RecordingGate:
     def prepare(self, packet: pb.SystemStatePacket) -> None:
         self.prepared.append(packet)
 
-    def review(self, proposal: pb.AdaptationCommand, context: GateContext) -> pb.AdaptationCommand:
-        self.contexts.append(context)
+    def review(
+        self,
+        proposal: pb.AdaptationCommand,
+        packet: pb.SystemStatePacket,
+        outcome: InferenceOutcome,
+        decision: PolicyDecision | None,
+    ) -> pb.AdaptationCommand:
+        self.contexts.append(Reviewed(packet, outcome, decision))
         replaced = pb.AdaptationCommand()
         replaced.CopyFrom(proposal)
         replaced.ClearField("payload")
@@ -229,14 +244,23 @@ class RecordingGate:
 
 def test_the_gate_reviews_each_command_before_it_is_signed() -> None:
     gate = RecordingGate()
-    stack = make_stack(gate=gate)
-    command = stack.controller.evaluate_step(stack.packet())
+    stack = make_stack()
+    controller = StepController(
+        policy=stack.holder,
+        builder=stack.builder,
+        catalog=stack.catalog,
+        signer=CommandSigner(stack.signer),
+        settings=RELAXED,
+        gate=gate,
+    )
+    controller.start()
+    command = controller.evaluate_step(stack.packet())
     assert command.reason == "gated"
     assert command.command_type == pb.COMMAND_TYPE_NO_OP
-    stack.signer.verify(command)
+    stack.verify(command)
     (context,) = gate.contexts
     assert gate.prepared == [context.packet]  # prepared while the policy decided
-    assert context.reason == StepReason.POLICY
+    assert context.outcome is InferenceOutcome.DECIDED
     assert context.decision is not None
     assert 0.0 <= context.decision.inference.expected_severity <= 1.0
     assert set(context.decision.graph.coverage) == {
@@ -255,7 +279,7 @@ def test_each_decision_publishes_its_telemetry() -> None:
     assert stack.publisher.wait_idle(5.0)
     (record,) = stack.sink.records
     assert record.command_id == command.command_id
-    assert record.reason == StepReason.POLICY
+    assert record.reason == InferenceOutcome.DECIDED
     assert record.build_ms > 0 and record.inference_ms > 0 and record.signing_ms > 0
     assert record.total_ms >= record.build_ms
     assert record.compile_state == ServingPolicy.compile_state
@@ -291,13 +315,14 @@ def test_a_full_telemetry_queue_drops_the_oldest_and_counts() -> None:
     stack.publisher.wait_idle(5.0)
     (template,) = stack.sink.records
     sink = BlockedSink()
-    publisher = TelemetryPublisher(sink, queue_size=2)
+    publisher = telemetry_publisher(sink, queue_size=2)
+    publisher.start()
     records = [_replace(template, command_id=f"c{i}") for i in range(5)]
     publisher.submit(records[0])
     assert sink.entered.wait(5.0)  # c0 is in the sink; the queue is empty
     for record in records[1:]:
         publisher.submit(record)  # never blocks
-    assert publisher.dropped == 2
+    assert publisher.counters.dropped == 2
     sink.release.set()
     assert publisher.wait_idle(5.0)
     assert [r.command_id for r in sink.records] == ["c0", "c3", "c4"]
@@ -319,7 +344,7 @@ def test_a_swapped_policy_decides_the_next_step() -> None:
         )
     second = stack.controller.evaluate_step(stack.packet())
     assert second.policy_version == 2
-    assert second.reason == StepReason.POLICY
+    assert second.reason == InferenceOutcome.DECIDED
 
 
 def test_the_step_path_refuses_a_module_it_cannot_run() -> None:
@@ -330,5 +355,5 @@ def test_the_step_path_refuses_a_module_it_cannot_run() -> None:
             policy=holder,
             builder=stack.builder,
             catalog=stack.catalog,
-            signer=stack.signer,
+            signer=CommandSigner(stack.signer),
         )

@@ -11,8 +11,8 @@ from tamiyo_bus.urza_client import (
     BlueprintMetadata,
     CachedCatalog,
     CatalogResolution,
-    StaticBlueprintCatalog,
 )
+from tests.states import StaticBlueprintCatalog
 
 ENTRY = BlueprintMetadata("bp0", tier=1, parameter_count=10, risk=0.2, quarantined=False)
 ENTRY_1 = dataclasses.replace(ENTRY, blueprint_id="bp1")
@@ -46,7 +46,9 @@ class Scripted:
 
 
 def catalog(source: Scripted, clock: Clock) -> CachedCatalog:
-    return CachedCatalog(source, deadline_ms=50.0, ttl_s=10.0, max_stale_s=60.0, clock=clock)
+    cached = CachedCatalog(source, deadline_ms=50.0, ttl_s=10.0, max_stale_s=60.0, clock=clock)
+    cached.start()
+    return cached
 
 
 def test_a_miss_is_fetched_once_then_served_from_cache() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tamiyo_bus.reports import cli
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.records import Ack
 from tamiyo_bus.reports.reporter import FieldReporter
+from weatherlight import reports_cli as cli
 
 from .helpers import command, fast_settings, state, wait_until
 

@@ -31,10 +31,10 @@ from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from tamiyo_bus.reports.book import ReportState, RetryPolicy
 from tamiyo_bus.reports.delivery import DeliverySettings, ReportDelivery
-from tamiyo_bus.reports.drill import DrillPlan
 from tamiyo_bus.reports.records import Kind
 from tamiyo_bus.reports.reporter import FieldReporter
 from tamiyo_bus.reports.wal import WalSettings, scan
+from tests.reports.drill import DrillPlan
 
 from .conftest import Background
 from .helpers import async_wait_until, command, fast_settings, state
@@ -72,7 +72,7 @@ async def test_tamiyo_killed_mid_run_then_restarted_delivers_every_report_once(
     wal_dir = tmp_path / "wal"
     plan = DrillPlan(epochs=20, decisions_per_epoch=10)
     args = [
-        sys.executable, "-m", "tamiyo_bus.reports.drill", "--wal-dir", str(wal_dir),
+        sys.executable, "-m", "tests.reports.drill", "--wal-dir", str(wal_dir),
         "--redis-url", settings.redis_url, "--prefix", settings.key_prefix,
         "--epochs", str(plan.epochs), "--decisions-per-epoch", str(plan.decisions_per_epoch),
         "--window-epochs", "2", "--step-delay-ms", "5",

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import EventKind
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.records import Ack, Kind
 from tamiyo_bus.reports.reporter import FieldReporter
 from tamiyo_bus.reports.wal import FsyncPolicy, WalSettings, scan, segment_paths
-from tamiyo_bus.reports.windows import EventKind, ObservedEvent, report_id_for
+from tamiyo_bus.reports.windows import ObservedEvent, report_id_for
 
 from .helpers import RUN, command, fast_settings, state
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
-from tamiyo_bus.risk import RiskGate, RiskSettings
+from tamiyo_bus.risk import GateResult, RiskGate, RiskSettings, Signal
+from tamiyo_bus.risk.signals import DECISION_SIGNALS
 
 
 class Clock:
@@ -70,3 +71,15 @@ NO_METADATA = static({})
 
 def names(events: list[pb.TelemetryEvent] | tuple[pb.TelemetryEvent, ...]) -> list[str]:
     return [e.name for e in events]
+
+
+def gate_once(
+    gate: RiskGate,
+    proposed: pb.AdaptationCommand,
+    signals: Mapping[Signal, float],
+    policy_expected_severity: float | None,
+) -> GateResult:
+    """Both halves of ``RiskGate`` in one call, for tests that score given signals."""
+    known = {s: v for s, v in signals.items() if s not in DECISION_SIGNALS}
+    decided = {s: v for s, v in signals.items() if s in DECISION_SIGNALS}
+    return gate.gate_prepared(proposed, gate.prepare(known), decided, policy_expected_severity)

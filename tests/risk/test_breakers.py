@@ -16,7 +16,7 @@ from tamiyo_bus.risk import (
     Signal,
 )
 
-from .helpers import Clock, germinate
+from .helpers import Clock, gate_once, germinate
 
 OPEN, HALF, CLOSED = BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED
 
@@ -107,7 +107,7 @@ def test_any_breaker_opening_enters_conservative_mode() -> None:
         gate.breakers[BreakerName.LEARNING].record_failure()
     assert gate.conservative.active and gate.conservative.cause == "breaker.learning"
     assert [e.name for e in sink.drain()] == ["breaker_opened", "conservative_entered"]
-    result = gate.gate(germinate(), {}, None)
+    result = gate_once(gate, germinate(), {}, None)
     assert result.command.command_type == pb.COMMAND_TYPE_NO_OP
     assert result.reason == "conservative_mode"
     assert result.command.annotations["risk_conservative_cause"] == "breaker.learning"
@@ -116,8 +116,8 @@ def test_any_breaker_opening_enters_conservative_mode() -> None:
 def test_gate_exports_decisions_and_conservative_mode_as_metrics() -> None:
     clock, metrics = Clock(), BusMetrics()
     gate = RiskGate(RiskSettings(), BufferedEventSink(), clock=clock, metrics=metrics)
-    gate.gate(germinate(), {}, None)
-    gate.gate(germinate(), {Signal.DEVICE_MEMORY: 1.0}, None)  # RED: conservative on
+    gate_once(gate, germinate(), {}, None)
+    gate_once(gate, germinate(), {Signal.DEVICE_MEMORY: 1.0}, None)  # RED: conservative on
     assert metrics.count("risk_decisions", category="GREEN") == 1
     assert metrics.count("risk_decisions", category="RED") == 1
     gauges = metrics.snapshot()["gauges"]
@@ -138,9 +138,9 @@ def test_conservative_mode_ends_while_a_paused_breaker_awaits_its_trial() -> Non
     assert gate.conservative.learning_paused
     healthy_steps = settings.conservative.exit_healthy_steps
     for _ in range(healthy_steps):
-        assert gate.gate(germinate(), {}, None).conservative  # still open: not healthy
+        assert gate_once(gate, germinate(), {}, None).conservative  # still open: not healthy
     clock.now = max(settings.breakers.learning.cooldown_ms / 1000, settings.conservative.cooldown_s)
-    results = [gate.gate(germinate(), {}, None) for _ in range(healthy_steps)]
+    results = [gate_once(gate, germinate(), {}, None) for _ in range(healthy_steps)]
     assert [r.conservative for r in results] == [True] * (healthy_steps - 1) + [False]
     assert learning.state is HALF and not gate.conservative.learning_paused
     assert learning.allow()  # the trial learning step

@@ -8,7 +8,7 @@ from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.risk import Category, ConservativeMode, ConservativeSettings, RiskSettings, Signal
 from tamiyo_bus.risk.conservative import REPEATED_HIGH_RISK, ModeChange
 
-from .helpers import Clock, germinate, make_gate, names
+from .helpers import Clock, gate_once, germinate, make_gate, names
 
 G, Y, OR, R = Category.GREEN, Category.YELLOW, Category.ORANGE, Category.RED
 
@@ -113,7 +113,7 @@ def test_gate_alternating_loss_does_not_flap_and_holds_germination() -> None:
     for step in range(100):
         clock.now += 1.0
         signals = {Signal.LOSS_DELTA: 0.45 if step % 2 == 0 else 0.0}  # RED, GREEN, ...
-        result = gate.gate(germinate(), signals, None)
+        result = gate_once(gate, germinate(), signals, None)
         commands.append(result.command.command_type)
     mode_events = [n for n in names(sink.drain()) if n.startswith("conservative")]
     assert mode_events == ["conservative_entered"]

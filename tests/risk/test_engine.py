@@ -9,12 +9,19 @@ from hypothesis import strategies as st
 
 from oona.events import BufferedEventSink
 from tamiyo_bus.risk import CategoryRule, RiskGate, RiskSettings, Signal, Weights
-from tamiyo_bus.risk.engine import assess, conclude, tally
+from tamiyo_bus.risk.engine import Assessment, conclude, tally
 from tamiyo_bus.risk.signals import INDEX, SIGNALS
 
 WEIGHTS = Weights().vector()
 RULE = CategoryRule()
 # Scores on a coarse grid, so that ties between signals are common.
+
+
+def assess(scores: list[float], weights: tuple[float, ...], rule: CategoryRule) -> Assessment:
+    """The category of every score tallied in one pass, in SIGNALS order."""
+    return conclude(tally(enumerate(scores), weights, rule.hot_score), rule)
+
+
 SCORES = st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.8, 1.0]), min_size=17, max_size=17)
 
 

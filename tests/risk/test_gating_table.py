@@ -13,7 +13,7 @@ from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.risk import Category, Restriction, Signal, Thresholds
 from tamiyo_bus.risk.signals import SIGNALS, ScoreTable, score, score_all
 
-from .helpers import germinate, make_gate
+from .helpers import gate_once, germinate, make_gate
 
 G, Y, OR, R, C = (
     Category.GREEN,
@@ -86,9 +86,9 @@ def test_gating_per_signal(signal: Signal, where: str) -> None:
     gate, _, _ = make_gate()
     value = values(signal)[where]
     if signal is Signal.POLICY_RISK:
-        result = gate.gate(germinate(), {}, value)
+        result = gate_once(gate, germinate(), {}, value)
     else:
-        result = gate.gate(germinate(), {signal: value}, None)
+        result = gate_once(gate, germinate(), {signal: value}, None)
     half, past = EXPECTED[signal]
     expected = {"below": G, "between": half, "past": past}[where]
     assert result.category is expected
@@ -105,9 +105,9 @@ def test_gating_per_signal(signal: Signal, where: str) -> None:
 
 def test_emergency_at_critical_and_conservative_from_red() -> None:
     gate, sink, _ = make_gate()
-    red = gate.gate(germinate(), {Signal.GRADIENT_NORM: 1e6}, None)
+    red = gate_once(gate, germinate(), {Signal.GRADIENT_NORM: 1e6}, None)
     assert red.restriction is Restriction.NO_OP and red.conservative
-    critical = gate.gate(germinate(), {Signal.LOSS_DELTA: float("inf")}, None)
+    critical = gate_once(gate, germinate(), {Signal.LOSS_DELTA: float("inf")}, None)
     assert critical.command.command_type == pb.COMMAND_TYPE_EMERGENCY
     assert critical.command.reason == "loss_delta"
     emergency = [e for e in sink.drain() if e.name == "emergency"]
@@ -117,9 +117,9 @@ def test_emergency_at_critical_and_conservative_from_red() -> None:
 def test_several_hot_dimensions_escalate_together() -> None:
     gate, _, _ = make_gate()
     hot = {Signal.GRADIENT_NORM: 1e6, Signal.DEVICE_MEMORY: 1.0}  # two at 0.9
-    assert gate.gate(germinate(), hot, None).category is R
+    assert gate_once(gate, germinate(), hot, None).category is R
     three = {**hot, Signal.TIMEOUTS: 5.0}
-    result = gate.gate(germinate(), three, None)
+    result = gate_once(gate, germinate(), three, None)
     assert result.category is C and result.assessment.hot == 3
     assert result.reason == "gradient_norm"  # worst weighted score, first on a tie
 
@@ -133,9 +133,9 @@ def test_policy_risk_is_expected_severity_not_arg_max_confidence() -> None:
         return sum(k * pk for k, pk in enumerate(p)) / (len(p) - 1)
 
     gate, _, _ = make_gate()
-    assert gate.gate(germinate(), {}, expected_severity(confident_safe)).category is G
+    assert gate_once(gate, germinate(), {}, expected_severity(confident_safe)).category is G
     gate, _, _ = make_gate()
-    assert gate.gate(germinate(), {}, expected_severity(confident_critical)).category is R
+    assert gate_once(gate, germinate(), {}, expected_severity(confident_critical)).category is R
 
 
 def test_missing_signals_score_zero_and_coverage_reads_lower_as_worse() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from leyline_pb import leyline_pb2 as pb
-from oona.priorities import EventKind, level_for, priority_for
-from tamiyo_bus.risk.priorities import risk_event
+from leyline_vocab.events import EventKind, event, priority_for
+from oona.events import level_for
 
 CRITICAL, HIGH, NORMAL = (
     pb.MESSAGE_PRIORITY_CRITICAL,
@@ -36,6 +36,7 @@ CRITICAL, HIGH, NORMAL = (
         (EventKind.COMMAND_REJECTED, "", HIGH),
         (EventKind.POLICY_UPDATE_REJECTED, "", HIGH),
         (EventKind.POLICY_UPDATE_APPLIED, "", NORMAL),
+        (EventKind.POLICY_ROLLED_BACK, "", HIGH),
         ("some_other_event", "", NORMAL),  # names from elsewhere map too
     ],
 )
@@ -45,15 +46,15 @@ def test_priority_mapping(kind: str, breaker: str, priority: int) -> None:
 
 def test_every_event_kind_is_mapped_and_levels_follow_priority() -> None:
     for kind in EventKind:
-        event = risk_event(kind, "inference" if "breaker" in kind else "")
-        assert event.priority in (CRITICAL, HIGH, NORMAL)
-        assert event.level == level_for(event.priority)
+        built = event(kind, "inference" if "breaker" in kind else "")
+        assert built.priority in (CRITICAL, HIGH, NORMAL)
+        assert built.level == level_for(built.priority)
     assert level_for(CRITICAL) == pb.TELEMETRY_LEVEL_CRITICAL
     assert level_for(HIGH) == pb.TELEMETRY_LEVEL_WARNING
     assert level_for(NORMAL) == pb.TELEMETRY_LEVEL_INFO
 
 
 def test_event_carries_its_attributes_and_breaker() -> None:
-    event = risk_event(EventKind.BREAKER_OPENED, "inference", previous="closed", to="open")
-    assert event.name == "breaker_opened"
-    assert dict(event.attributes) == {"breaker": "inference", "previous": "closed", "to": "open"}
+    built = event(EventKind.BREAKER_OPENED, "inference", previous="closed", to="open")
+    assert built.name == "breaker_opened"
+    assert dict(built.attributes) == {"breaker": "inference", "previous": "closed", "to": "open"}

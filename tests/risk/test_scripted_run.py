@@ -1,4 +1,4 @@
-"""A scripted run through the risk engine's step-path seam (RiskStage): a loss spike, a
+"""A scripted run through the risk engine's step-path seam (StepGate): a loss spike, a
 quarantined blueprint, an inference hang, then recovery. The exact sequence of
 commands, breaker transitions and events is the contract.
 
@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from leyline_pb import leyline_pb2 as pb
 from oona.breaker import BreakerSettings
 from oona.events import BufferedEventSink
+from tamiyo_bus.decision import InferenceOutcome
 from tamiyo_bus.risk import (
     BreakerBankSettings,
     BreakerName,
     ConservativeSettings,
-    InferenceOutcome,
     RiskGate,
     RiskSettings,
-    RiskStage,
     SignalTracker,
+    StepGate,
     Thresholds,
     TrackerSettings,
     breaker_reason,
@@ -122,7 +122,9 @@ def test_spike_quarantine_hang_recovery() -> None:
         conservative=ConservativeSettings(cooldown_s=5.0, exit_healthy_steps=3),
     )
     gate = RiskGate(settings, sink, clock=clock)
-    stage = RiskStage(gate, SignalTracker(TrackerSettings(timeout_window_decisions=3)))
+    stage = StepGate(
+        gate, static(BLUEPRINTS), SignalTracker(TrackerSettings(timeout_window_decisions=3))
+    )
     transitions: list[tuple[int, str, str]] = []
     gate.breakers.subscribe(lambda _, old, new: transitions.append((int(clock.now), old, new)))
     commands, events, modes = [], [], []
@@ -130,7 +132,7 @@ def test_spike_quarantine_hang_recovery() -> None:
         clock.now = float(t)
         if stage.inference_allowed():
             outcome = {
-                OK: InferenceOutcome.COMPLETED,
+                OK: InferenceOutcome.DECIDED,
                 TIMEOUT: InferenceOutcome.TIMED_OUT,
                 BUSY: InferenceOutcome.BUSY,
             }[inference]
@@ -146,8 +148,7 @@ def test_spike_quarantine_hang_recovery() -> None:
             packet(t, loss, bad_stage),
             proposal,
             outcome=outcome,
-            policy_expected_severity=0.05 if outcome is InferenceOutcome.COMPLETED else None,
-            blueprints=static(BLUEPRINTS),
+            policy_expected_severity=0.05 if outcome.decided else None,
         )
         commands.append(
             (t, pb.CommandType.Name(result.command.command_type), result.command.reason)

@@ -1,5 +1,5 @@
-"""The risk gate on the real step path: ``StepController.evaluate_step`` with
-``RiskCommandGate``, driven by the policy's real outputs (random-initialised weights)."""
+"""The risk gate on the real step path: Tamiyo from ``build_tamiyo``, driven by the
+policy's real outputs (random-initialised weights)."""
 
 from __future__ import annotations
 
@@ -17,36 +17,26 @@ from leyline_pb import leyline_pb2 as pb
 from oona.breaker import BreakerState
 from oona.events import BufferedEventSink
 from oona.keys import Signer
-from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetryPublisher
-from tamiyo_bus.policy import synthetic
-from tamiyo_bus.policy.features import RunningNormalizer
+from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo
+from tamiyo_bus.decision import InferenceOutcome
+from tamiyo_bus.decision_telemetry import DecisionTelemetry
+from tamiyo_bus.policy.features import NormalizerSettings, RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
 from tamiyo_bus.policy.reference import architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import Inference, ServingPolicy
-from tamiyo_bus.risk import (
-    BreakerName,
-    Category,
-    InferenceOutcome,
-    RiskGate,
-    RiskSettings,
-    RiskStage,
-    Signal,
-)
+from tamiyo_bus.risk import BreakerName, Category, RiskGate, RiskSettings, Signal, StepGate
 from tamiyo_bus.risk.signals import INDEX, ScoreTable, Thresholds
-from tamiyo_bus.risk.step_gate import RiskCommandGate
-from tamiyo_bus.security.commands import CommandSigner
 from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
 from tamiyo_bus.settings import StepSettings
-from tamiyo_bus.step import StepController
 from tamiyo_bus.urza_client import (
     BlueprintCatalog,
     BlueprintMetadata,
-    CachedCatalog,
-    StaticBlueprintCatalog,
 )
+from tests import states as synthetic
+from tests.states import StaticBlueprintCatalog
 
-from .helpers import Clock, germinate
+from .helpers import Clock, gate_once, germinate
 
 SIZE = synthetic.REFERENCE_SIZE
 
@@ -81,46 +71,40 @@ def rig(
     policy: ServingPolicy,
     catalogue: list[BlueprintMetadata],
     deadline_ms: float,
-    telemetry: TelemetryPublisher | None = None,
+    telemetry: Records | None = None,
     *,
     urza: BlueprintCatalog | None = None,
     urza_deadline_ms: float = 10.0,
-) -> tuple[StepController, RiskCommandGate, BufferedEventSink, Clock, list[pb.SystemStatePacket]]:
-    """Without ``urza`` the catalogue is served from memory and prefetched."""
-    host = synthetic.topology(SIZE)
+) -> tuple[Tamiyo, BufferedEventSink, Clock, list[pb.SystemStatePacket]]:
+    """A started Tamiyo from the factory; without ``urza`` the catalogue is served from
+    memory and prefetched."""
     static = StaticBlueprintCatalog(catalogue)
     settings = StepSettings(
         step_deadline_ms=deadline_ms,
         inference_budget_ms=min(deadline_ms / 2, 1_000.0),
         urza_deadline_ms=urza_deadline_ms,
-        normalizer_update=False,
     )
-    catalog = CachedCatalog(
-        urza or static, deadline_ms=urza_deadline_ms, ttl_s=3600.0, max_stale_s=3600.0
-    )
-    if urza is None:
-        assert catalog.prefetch(static.ids(), timeout_s=5.0)
     clock, sink = Clock(), BufferedEventSink()
-    gate = RiskCommandGate(
-        RiskStage(RiskGate(RiskSettings(), sink, clock=clock)),
-        lambda ids: catalog.resolve(ids, 0.0).metadata,
-    )
-    controller = StepController(
-        policy=PolicyHolder(
+    tamiyo = build_tamiyo(
+        TamiyoSettings(settings, normalizer=NormalizerSettings(update=False)),
+        topology=synthetic.topology(SIZE),
+        blueprints=urza or static,
+        candidates=static.ids(),
+        signer=Signer.generate(),
+        holder=PolicyHolder(
             RunningPolicy(policy, "test", 1, architecture_id(policy), registry_digest())
         ),
-        builder=GraphBuilder(host, static.ids(), RunningNormalizer(update=False)),
-        catalog=catalog,
-        signer=CommandSigner(Signer.generate()),
-        settings=settings,
         telemetry=telemetry,
-        gate=gate,
-    )
+        events=sink,
+        clock=clock,
+    ).start(prefetch_timeout_s=5.0 if urza is None else 0.0)
     rng = random.Random(3)
-    packets = [synthetic.packet(SIZE, host, rng, step=1000 + i) for i in range(4)]
+    packets = [
+        synthetic.packet(SIZE, tamiyo.builder.topology, rng, step=1000 + i) for i in range(4)
+    ]
     for packet in packets:
         packet.training_loss = 1.0  # synthetic losses are random draws: hold them steady
-    return controller, gate, sink, clock, packets
+    return tamiyo, sink, clock, packets
 
 
 def safe_catalogue(quarantined: tuple[int, ...] = ()) -> list[BlueprintMetadata]:
@@ -140,7 +124,7 @@ def test_gate_uses_the_risk_heads_expected_severity(policy: ServingPolicy) -> No
     def gated(risk_logits: torch.Tensor) -> tuple[float, Category]:
         severity = float(dataclasses.replace(out, risk_logits=risk_logits).expected_severity())
         gate = RiskGate(RiskSettings(), BufferedEventSink(), clock=Clock())
-        return severity, gate.gate(germinate(), {}, severity).category
+        return severity, gate_once(gate, germinate(), {}, severity).category
 
     severity, category = gated(out.risk_logits)
     expected = table.score(INDEX[Signal.POLICY_RISK], severity) * 0.8  # the policy-risk weight
@@ -155,16 +139,16 @@ def test_gate_uses_the_risk_heads_expected_severity(policy: ServingPolicy) -> No
 
 def test_evaluate_step_issues_gated_signed_commands(policy: ServingPolicy) -> None:
     records = Records()
-    publisher = TelemetryPublisher(records, queue_size=16)
-    controller, gate, _, _, packets = rig(policy, safe_catalogue(), 2_000.0, publisher)
+    tamiyo, _, _, packets = rig(policy, safe_catalogue(), 2_000.0, records)
+    gate = tamiyo.gate
     for packet in packets:
-        command = controller.evaluate_step(packet)
-        controller.wait_idle(5.0)
+        command = tamiyo.evaluate_step(packet)
+        tamiyo.controller.wait_idle(5.0)
         assert command.signature.signature  # signed after the gate
         assert gate.last is not None and gate.last.command is command
         assert command.annotations["risk_category"] == gate.last.category.name
         assert command.command_type != pb.COMMAND_TYPE_EMERGENCY
-    assert publisher.wait_idle(5.0)
+    assert tamiyo.wait_idle(5.0)
     assert len(records.records) == len(packets)
     for record in records.records:  # the risk engine's time is its own line of the breakdown
         assert 0.0 < record.risk_ms <= record.gating_ms
@@ -173,7 +157,8 @@ def test_evaluate_step_issues_gated_signed_commands(policy: ServingPolicy) -> No
 def test_quarantined_blueprint_in_the_model_gives_a_signed_emergency(
     policy: ServingPolicy,
 ) -> None:
-    controller, gate, sink, _, packets = rig(policy, safe_catalogue((1,)), deadline_ms=2_000.0)
+    tamiyo, sink, _, packets = rig(policy, safe_catalogue((1,)), deadline_ms=2_000.0)
+    controller = tamiyo.controller
     packet = packets[0]
     assert any(
         s.blueprint_id == "bp1" and s.stage != pb.SEED_STAGE_DORMANT for s in packet.seed_states
@@ -184,13 +169,14 @@ def test_quarantined_blueprint_in_the_model_gives_a_signed_emergency(
     assert command.reason == "blueprint_quarantine" and command.signature.signature
     critical = [e.name for e in sink.drain() if e.priority == pb.MESSAGE_PRIORITY_CRITICAL]
     assert critical == ["blueprint_quarantined", "emergency"]
-    assert gate.stage.gate.conservative.active
+    assert tamiyo.risk.conservative.active
 
 
 def test_wedged_policy_opens_the_inference_breaker_then_recovers() -> None:
     torch.manual_seed(0)
     hanging = HangingPolicy()
-    controller, gate, sink, clock, packets = rig(hanging, safe_catalogue(), deadline_ms=500.0)
+    tamiyo, sink, clock, packets = rig(hanging, safe_catalogue(), deadline_ms=500.0)
+    controller = tamiyo.controller
     steps: Iterator[pb.SystemStatePacket] = iter(packets * 4)
     reasons = [controller.evaluate_step(next(steps)).reason for _ in range(4)]
     assert reasons == [
@@ -207,7 +193,7 @@ def test_wedged_policy_opens_the_inference_breaker_then_recovers() -> None:
         ("conservative_entered", "MESSAGE_PRIORITY_NORMAL"),
         ("breaker_opened", "MESSAGE_PRIORITY_CRITICAL"),  # step 3; the mode is already on
     ]
-    assert gate.stage.gate.conservative.cause == "timeouts"
+    assert tamiyo.risk.conservative.cause == "timeouts"
     assert controller.stats.refused == 1  # step 4: the policy was not run
     hanging.release.set()
     assert controller.wait_idle(10.0)  # the late result is discarded
@@ -240,10 +226,11 @@ class HeldUrza:
 def test_an_open_urza_breaker_skips_the_wait_until_half_open(policy: ServingPolicy) -> None:
     urza = HeldUrza(safe_catalogue())
     urza_deadline_ms = 20_000.0  # a step that waited on Urza would take this long
-    controller, gate, sink, clock, packets = rig(
+    tamiyo, sink, clock, packets = rig(
         policy, safe_catalogue(), 60_000.0, urza=urza, urza_deadline_ms=urza_deadline_ms
     )
-    breaker = gate.stage.gate.breakers[BreakerName.URZA]
+    controller = tamiyo.controller
+    breaker = tamiyo.risk.breakers[BreakerName.URZA]
     for _ in range(breaker.settings.failure_threshold):
         breaker.record_failure()
     assert breaker.state is BreakerState.OPEN
@@ -287,15 +274,15 @@ def test_signals_prepared_while_the_policy_decides_gate_exactly_as_unprepared() 
         return {i: catalogue[i] for i in ids if i in catalogue}
 
     def run(prepared: bool) -> list[tuple[str, str, bool]]:
-        stage = RiskStage(RiskGate(RiskSettings(), BufferedEventSink(), clock=Clock()))
+        stage = StepGate(RiskGate(RiskSettings(), BufferedEventSink(), clock=Clock()), lookup)
         out = []
         for i, packet in enumerate(packets):
             if prepared:
-                stage.prepare(packet, lookup)
+                stage.prepare(packet)
             proposal = germinate(f"bp{i % 8}")
             result = stage.decide(
-                packet, proposal, outcome=InferenceOutcome.COMPLETED,
-                policy_expected_severity=0.1, blueprints=lookup, feature_coverage=0.9,
+                packet, proposal, outcome=InferenceOutcome.DECIDED,
+                policy_expected_severity=0.1, feature_coverage=0.9,
             )  # fmt: skip
             out.append((result.category.name, result.reason, result.conservative))
         return out

@@ -14,7 +14,7 @@ from tamiyo_bus.risk.adaptive import AdaptiveSettings, AdaptiveThresholds, adapt
 from tamiyo_bus.risk.signals import ScoreTable
 from tamiyo_bus.risk.tracker import relative_rise
 
-from .helpers import NO_METADATA, germinate, make_gate, static
+from .helpers import NO_METADATA, gate_once, germinate, make_gate, static
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,9 @@ def test_diverged_loss_is_critical() -> None:
     tracker = SignalTracker()
     gate, _, _ = make_gate()
     tracker.observe(packet(1.0), blueprints=NO_METADATA)
-    result = gate.gate(germinate(), tracker.observe(packet(math.inf), blueprints=NO_METADATA), None)
+    result = gate_once(
+        gate, germinate(), tracker.observe(packet(math.inf), blueprints=NO_METADATA), None
+    )
     assert result.command.command_type == pb.COMMAND_TYPE_EMERGENCY
     assert result.reason == "loss_delta"
 
@@ -133,15 +135,16 @@ def test_gate_uses_adapted_thresholds() -> None:
     settings = RiskSettings(adaptive=AdaptiveSettings(every_epochs=1, k_sigma=0.0, min_samples=5))
     gate, _, _ = make_gate(settings)
     slow = {Signal.STEP_LATENCY: 5000.0}  # slow for the defaults: YELLOW
-    assert gate.gate(germinate(), slow, None).category.name == "YELLOW"
+    assert gate_once(gate, germinate(), slow, None).category.name == "YELLOW"
     gate.new_epoch(0)
     for _ in range(5):
-        gate.gate(germinate(), slow, None)
+        gate_once(gate, germinate(), slow, None)
     assert gate.new_epoch(1)
     assert gate.score_table == ScoreTable.from_thresholds(
         Thresholds(step_latency_ms_base=2_000.0, step_latency_ms_emergency=20_000.0)
     )
-    assert gate.gate(germinate(), slow, None).category.name == "GREEN"  # base moved 2x (the cap)
+    # The base moved 2x (the cap): the same latency is no longer a risk.
+    assert gate_once(gate, germinate(), slow, None).category.name == "GREEN"
 
 
 def test_thresholds_replace_keeps_units_in_names() -> None:

@@ -9,8 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import EventKind
 from oona.errors import RejectedMessage
-from oona.events import COMMAND_REJECTED, BufferedEventSink
+from oona.events import BufferedEventSink
 from oona.ids import id_timestamp_ns
 from oona.keys import Keyring, Signer
 from oona.metrics import BusMetrics
@@ -131,7 +132,7 @@ def test_each_rejection_reason_is_counted_and_emitted(signer: Signer, keyring: K
         assert verifier.metrics.count("commands_rejected", reason=reason) == 1
     assert isinstance(verifier.events, BufferedEventSink)
     events = verifier.events.drain()
-    assert [e.name for e in events] == [COMMAND_REJECTED] * len(expected)
+    assert [e.name for e in events] == [EventKind.COMMAND_REJECTED] * len(expected)
     assert [e.attributes["reason"] for e in events] == expected
     assert events[1].attributes["key_id"] == stranger.signature.key_id
     assert verifier.metrics.count("commands_verified") == 1

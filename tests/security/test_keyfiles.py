@@ -32,8 +32,8 @@ from oona.keyfiles import (
 )
 from oona.keys import key_id_for
 from oona.streams import Stream
-from tamiyo_bus.security import keytool
 from tamiyo_bus.security.policy_update import PolicyUpdateListener
+from weatherlight import keys_cli as keytool
 
 from .helpers import make_holder
 

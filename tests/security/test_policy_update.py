@@ -15,16 +15,11 @@ import torch
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import EventKind
 from oona.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from oona.bus import Bus
 from oona.errors import RejectedMessage
-from oona.events import (
-    MESSAGE_REJECTED,
-    POLICY_ROLLED_BACK,
-    POLICY_UPDATE_APPLIED,
-    POLICY_UPDATE_REJECTED,
-    BufferedEventSink,
-)
+from oona.events import MESSAGE_REJECTED, BufferedEventSink
 from oona.keyfiles import KeySettings
 from oona.keys import Keyring, Signer
 from oona.signed import POLICY_UPDATE_DOMAIN, sign_message
@@ -99,14 +94,14 @@ def test_valid_update_is_installed_with_old_kept_for_rollback(
     assert weight_bytes(original.module) == weight_bytes(small_policy(0))  # never written
     assert holder.previous is original
     [applied] = events.drain()
-    assert applied.name == POLICY_UPDATE_APPLIED
+    assert applied.name == EventKind.POLICY_UPDATE_APPLIED
     assert (applied.attributes["old_version"], applied.attributes["new_version"]) == ("1", "2")
     assert metrics.count("policy_updates_applied") == 1
 
     restored = transaction.rollback("rollback_command")
     assert holder.current() is original and restored is original
     [rolled_back] = events.drain()
-    assert rolled_back.name == POLICY_ROLLED_BACK
+    assert rolled_back.name == EventKind.POLICY_ROLLED_BACK
     assert rolled_back.attributes["from_version"] == "2"
     with pytest.raises(RollbackUnavailable):
         transaction.rollback("again")
@@ -181,7 +176,7 @@ def test_every_failed_update_leaves_the_weights_bit_identical(
     for reason in cases:
         assert metrics.count("policy_updates_rejected", reason=reason) == 1
     emitted = events.drain()
-    assert {e.name for e in emitted} == {POLICY_UPDATE_REJECTED}
+    assert {e.name for e in emitted} == {EventKind.POLICY_UPDATE_REJECTED}
     assert [e.attributes["reason"] for e in emitted] == list(cases)
     assert metrics.count("policy_updates_applied") == 0
 
@@ -251,7 +246,11 @@ async def test_listener_applies_a_published_update_and_dead_letters_a_bad_one_on
     assert listener.consumer.retries_scheduled == 0
     assert (await bus.redis.xpending(bus.key(Stream.POLICY), "tamiyo"))["pending"] == 0
     policy_events = [e.name for e in events.drain() if e.name != MESSAGE_REJECTED]
-    assert policy_events == [POLICY_UPDATE_APPLIED, POLICY_UPDATE_REJECTED, POLICY_UPDATE_REJECTED]
+    assert policy_events == [
+        EventKind.POLICY_UPDATE_APPLIED,
+        EventKind.POLICY_UPDATE_REJECTED,
+        EventKind.POLICY_UPDATE_REJECTED,
+    ]
     assert bus.metrics.count("rejected") == 3  # each also counted and evented by the bus
     assert bus.metrics.count("policy_updates_rejected", reason="not_newer") == 1
 

@@ -7,16 +7,11 @@ from __future__ import annotations
 import time
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import EventKind, event
 from oona.bus import Bus
 from oona.consumer import Consumer, Subscription
 from oona.envelope import SINGLE_FIELD, make_envelope, seal
-from oona.events import (
-    COMMAND_REJECTED,
-    MESSAGE_REJECTED,
-    POLICY_UPDATE_APPLIED,
-    BufferedEventSink,
-    make_event,
-)
+from oona.events import MESSAGE_REJECTED, BufferedEventSink
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from oona.streams import Stream
@@ -88,7 +83,7 @@ async def test_every_rejection_reason_is_counted_emitted_and_dead_lettered_once(
 
 
 def test_security_events_carry_the_priority_of_the_one_mapping() -> None:
-    rejected = make_event(COMMAND_REJECTED, pb.TELEMETRY_LEVEL_WARNING, reason="stale")
-    applied = make_event(POLICY_UPDATE_APPLIED, pb.TELEMETRY_LEVEL_INFO)
+    rejected = event(EventKind.COMMAND_REJECTED, reason="stale")
+    applied = event(EventKind.POLICY_UPDATE_APPLIED)
     assert rejected.priority == pb.MESSAGE_PRIORITY_HIGH
     assert applied.priority == pb.MESSAGE_PRIORITY_NORMAL

@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.telemetry import add_event, add_metric
 from oona.bus import Bus
 from oona.envelope import BATCH_FIELD, SINGLE_FIELD
 from oona.streams import Stream
-from producers.vocabulary import add_event, add_metric
 
 
 def seed_packet(
@@ -28,8 +28,8 @@ def seed_packet(
 
 def critical_packet(run: str, seed: str, reason: str = "isolation breached") -> pb.TelemetryPacket:
     packet = pb.TelemetryPacket(source="kasmina", priority=pb.MESSAGE_PRIORITY_CRITICAL)
-    add_event(packet, "isolation_violation", pb.TELEMETRY_LEVEL_CRITICAL,
-              priority=pb.MESSAGE_PRIORITY_CRITICAL, run=run, seed=seed, reason=reason)  # fmt: skip
+    add_event(packet, "isolation_violation", priority=pb.MESSAGE_PRIORITY_CRITICAL,
+              run=run, seed=seed, reason=reason)  # fmt: skip
     return packet
 
 

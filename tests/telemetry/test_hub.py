@@ -8,11 +8,11 @@ import time
 from consumers.hub.overload import OverloadPolicy
 from consumers.hub.service import HubSettings, TelemetryHub
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.telemetry import add_event
 from oona.bus import Bus
 from oona.keys import Keyring
 from oona.streams import Stream
 from producers.telemetry import TelemetryProducer
-from producers.vocabulary import add_event
 
 from .helpers import critical_packet, read_aggregates, seed_packet, wait_until
 
@@ -83,7 +83,7 @@ async def test_under_overload_normal_is_shed_and_counted_but_urgent_never(
     for i in range(5):
         await producer.send(critical_packet("r1", f"s{i}"))
         high = pb.TelemetryPacket(priority=pb.MESSAGE_PRIORITY_HIGH)
-        add_event(high, "loss_spike", pb.TELEMETRY_LEVEL_WARNING, run="r1", n=i)
+        add_event(high, "loss_spike", priority=pb.MESSAGE_PRIORITY_HIGH, run="r1", n=i)
         await producer.send(high)
     # The hub reads every entry 10 s after it was written: it is far behind.
     late = HubSettings(window_ms=60_000, overload=OverloadPolicy(shed_after_ms=2_000))

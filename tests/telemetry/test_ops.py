@@ -10,13 +10,15 @@ import yaml
 
 from consumers.hub.service import HubSettings
 from consumers.nissa.service import NissaSettings
-from consumers.weatherlight.services import Weatherlight, WeatherlightSettings, default_services
+from leyline_vocab.telemetry import add_metric
 from oona.bus import Bus
+from oona.events import BufferedEventSink
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from producers.sinks import DecisionTelemetrySink, TelemetryMetricsSink
 from producers.telemetry import TelemetryProducer
-from producers.vocabulary import add_metric
+from tamiyo_bus.risk import RiskGate, RiskSettings
+from weatherlight.services import Weatherlight, WeatherlightSettings, default_services
 
 from .helpers import seed_packet, wait_until
 from .test_nissa import get
@@ -64,9 +66,10 @@ async def test_every_metric_the_dashboard_queries_is_exported(
         await kasmina.flush()
         tamiyo = TelemetryProducer(bus, source="tamiyo")
         DecisionTelemetrySink(tamiyo).publish(_Record())
-        metrics = TelemetryMetricsSink(tamiyo, run="run-1")
-        metrics.set_gauge("risk_breaker_state", 0.0, breaker="inference")
-        metrics.set_gauge("risk_conservative_mode", 0.0)
+        # The risk engine publishes its breaker and conservative-mode gauges from the start.
+        RiskGate(
+            RiskSettings(), BufferedEventSink(), metrics=TelemetryMetricsSink(tamiyo, run="run-1")
+        )
         await tamiyo.flush()
         url = running.status_url
         assert url is not None

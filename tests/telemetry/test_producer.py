@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.telemetry import add_metric
 from oona.bus import Bus
 from oona.connection import open_redis
 from oona.envelope import BATCH_FIELD, SINGLE_FIELD
@@ -14,7 +15,6 @@ from oona.settings import OonaSettings
 from oona.streams import Stream
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
 from producers.telemetry import ProducerSettings, TelemetryProducer
-from producers.vocabulary import add_metric
 
 from .helpers import critical_packet, seed_packet, stream_len, wait_until
 
@@ -82,6 +82,21 @@ async def test_critical_and_high_go_at_once_on_the_emergency_lane_one_entry_each
     assert await stream_len(bus, Stream.TELEMETRY) == 0
     await producer.stop()  # flushes the NORMAL packet on the way out
     assert await stream_len(bus, Stream.TELEMETRY) == 1
+
+
+async def test_concurrent_flushes_publish_each_urgent_packet_once(bus: Bus) -> None:
+    """The background task and an explicit flush drain the emergency lane together."""
+    producer = TelemetryProducer(bus, source="kasmina")
+    await producer.start()
+    try:
+        for i in range(20):
+            producer.emit(critical_packet("r1", f"s{i}"))
+        flushed = await asyncio.gather(producer.flush(), producer.flush(), producer.flush())
+    finally:
+        await producer.stop()
+    assert sum(flushed) <= 20
+    assert producer.stats.urgent == 20
+    assert await stream_len(bus, Stream.EMERGENCY) == 20
 
 
 async def test_the_buffer_is_bounded_and_drops_the_oldest_counted(bus: Bus) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from consumers.nissa.rules import (
-    DEFAULT_RULES,
     AlertEngine,
     AlertRule,
     AlertSettings,
@@ -156,13 +155,3 @@ def test_rules_load_from_json(tmp_path: Path) -> None:
     [rule] = load_rules(path)
     assert rule == AlertRule("loss", "tolaria.loss", Op.GT, 5.0, 60.0, Stat.MEAN,
                              Severity.CRITICAL, (("run", "r"),))  # fmt: skip
-
-
-def test_default_rules_watch_metrics_the_producers_emit() -> None:
-    names = {rule.metric for rule in DEFAULT_RULES}
-    assert names == {
-        "tamiyo.decision_latency",
-        "tamiyo.expected_risk_severity",
-        "tamiyo.risk_breaker_state",
-        "tamiyo.risk_conservative_mode",
-    }

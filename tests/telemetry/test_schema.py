@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.hub.schema import (
+from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.schema import (
     UNIT_BYTES,
     UNIT_RATIO,
     UNIT_SECONDS,
@@ -14,8 +15,7 @@ from consumers.hub.schema import (
     metric_spec,
     normalise_labels,
 )
-from leyline_pb import leyline_pb2 as pb
-from producers.vocabulary import add_event, effective_priority
+from leyline_vocab.telemetry import add_event, effective_priority
 
 HIST = pb.METRIC_KIND_HISTOGRAM
 S = UNIT_SECONDS
@@ -99,7 +99,8 @@ def test_a_critical_event_makes_the_packet_critical_whatever_its_own_priority() 
     assert effective_priority(packet) == pb.MESSAGE_PRIORITY_NORMAL
     add_event(packet, "loss_spike", priority=pb.MESSAGE_PRIORITY_HIGH)
     assert effective_priority(packet) == pb.MESSAGE_PRIORITY_HIGH
-    add_event(packet, "isolation_violation", pb.TELEMETRY_LEVEL_CRITICAL)
+    # A producer outside the vocabulary may set only the level: CRITICAL still counts.
+    packet.events.add(name="isolation_violation", level=pb.TELEMETRY_LEVEL_CRITICAL)
     assert effective_priority(packet) == pb.MESSAGE_PRIORITY_CRITICAL
     assert effective_priority(pb.TelemetryPacket()) == pb.MESSAGE_PRIORITY_NORMAL
     low = pb.TelemetryPacket(priority=pb.MESSAGE_PRIORITY_LOW)

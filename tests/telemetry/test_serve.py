@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from consumers.weatherlight import serve
 from oona.keyfiles import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, ENV_TRUSTED_KEYS_DIR
-from oona.settings import ENV_REDIS_URL
+from weatherlight import serve
+from weatherlight.settings import ENV_REDIS_URL
 
 from .test_nissa import get
 
@@ -45,7 +45,7 @@ async def test_serve_runs_the_services_and_stops_gracefully_on_sigterm(
     server_url: str, tmp_path: Path
 ) -> None:
     # the serve command without the rest of the CLI (no torch import: seconds faster)
-    command = [sys.executable, "-m", "consumers.weatherlight.serve", "--port", "0",
+    command = [sys.executable, "-m", "weatherlight.serve", "--port", "0",
                "--instance", "serve-test"]  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         *command, "--ephemeral-keys", env=_env(server_url, tmp_path), cwd=ROOT,

@@ -13,14 +13,14 @@ import pytest
 
 from consumers.hub.service import HubSettings
 from consumers.nissa.service import NissaSettings
-from consumers.weatherlight.services import Weatherlight, WeatherlightSettings, default_services
-from consumers.weatherlight.supervisor import SupervisorSettings
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink
 from producers.telemetry import TelemetryProducer
+from weatherlight.services import Weatherlight, WeatherlightSettings, default_services
+from weatherlight.supervisor import SupervisorSettings
 
 from .helpers import critical_packet, seed_packet, wait_until
 from .test_nissa import get

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from consumers.hub.schema import Labels, MetricSpec, NormalisedPoint, metric_spec
 from consumers.hub.window import Window
 from consumers.nissa.health import ComponentStatus, HealthSettings, LagSample
 from consumers.nissa.rules import AlertRule, Op, Stat
 from consumers.nissa.state import NissaCollector, NissaState, StateSettings
 from consumers.nissa.store import ExportSettings, prometheus_name
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.schema import Labels, MetricSpec, NormalisedPoint, metric_spec
 
 ALPHA = metric_spec("kasmina", "seed_alpha", "", pb.METRIC_KIND_GAUGE)
 LATENCY = metric_spec("kasmina", "apply_latency", "ms")

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, nullcontext
 
 import pytest
 
@@ -14,25 +15,27 @@ from consumers.hub.service import HubSettings
 from consumers.nissa.health import HealthSettings
 from consumers.nissa.service import NissaSettings
 from consumers.nissa.state import StateSettings
-from consumers.weatherlight.drain import DrainStats, drain_service
-from consumers.weatherlight.services import (
-    Weatherlight,
-    hub_service,
-    nissa_service,
-)
-from consumers.weatherlight.supervisor import (
-    ServiceContext,
-    ServiceSpec,
-    SupervisorSettings,
-    SystemMode,
-)
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus, Outgoing
-from oona.consumer import Delivery
+from oona.consumer import Consumer, Delivery
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from oona.streams import Stream
 from producers.telemetry import TelemetryProducer
+from weatherlight.drain import Drain, DrainStats, drain_subscription
+from weatherlight.services import (
+    Weatherlight,
+    hub_service,
+    nissa_service,
+)
+from weatherlight.supervisor import (
+    BusComponent,
+    ServiceContext,
+    ServiceSpec,
+    SupervisorSettings,
+    SystemMode,
+    bus_service,
+)
 
 from .helpers import critical_packet, wait_until
 from .test_nissa import get
@@ -142,15 +145,23 @@ async def test_the_drain_takes_emergency_before_normal_and_stops_gracefully(
     seen: list[bytes] = []
     entered = asyncio.Event()
     release = asyncio.Event()
+    stats = DrainStats()
+    drain = Drain(stats)
 
-    async def route(delivery: Delivery) -> None:
+    async def handle(delivery: Delivery) -> None:
+        """The drain's own handling, watched: the last message is held in flight when
+        shutdown is asked for."""
+        await drain.handle(delivery)
         seen.append(delivery.envelope.payload)
-        if len(seen) == 40:  # the last one is in flight when shutdown is asked for
+        if len(seen) == 40:
             entered.set()
             await release.wait()
 
-    stats = DrainStats()
-    spec = ServiceSpec("drain", drain_service(stats, {pb.MESSAGE_TYPE_EVENT: route}))
+    def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
+        subscription = drain_subscription(context.consumer_name)
+        return nullcontext(Consumer(bus, subscription, handle, context.keyring))
+
+    spec = ServiceSpec("drain", bus_service(build))
     running = weatherlight([spec], settings, signer, keyring)
     await running.start()
     await asyncio.wait_for(entered.wait(), timeout=10)

@@ -8,9 +8,10 @@ import pytest
 
 from consumers.hub.dedup import PacketIdCache
 from consumers.hub.overload import OverloadPolicy
-from consumers.hub.schema import Labels, MetricSpec, NormalisedPoint, metric_spec
-from consumers.hub.window import SHED_EVENTS, SHED_SERIES, Window
+from consumers.hub.window import Window
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.schema import Labels, MetricSpec, NormalisedPoint, metric_spec
+from leyline_vocab.telemetry import HUB_SHED_EVENTS, HUB_SHED_SERIES
 
 LATENCY = metric_spec("kasmina", "apply_latency", "s")
 ALPHA = metric_spec("kasmina", "seed_alpha", "", pb.METRIC_KIND_GAUGE)
@@ -64,8 +65,8 @@ def test_bounds_are_counted_never_silent() -> None:
     assert not window.add_event(pb.ForwardedEvent(packet_id="2"))
     assert window.add_event(pb.ForwardedEvent(packet_id="3"), urgent=True)
     [aggregate] = window.to_aggregates(hub="h", end_ns=2)
-    assert aggregate.hub_counters[SHED_SERIES] == 1
-    assert aggregate.hub_counters[SHED_EVENTS] == 1
+    assert aggregate.hub_counters[HUB_SHED_SERIES] == 1
+    assert aggregate.hub_counters[HUB_SHED_EVENTS] == 1
     assert [e.packet_id for e in aggregate.events] == ["1", "3"]
 
 

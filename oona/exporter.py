@@ -1,0 +1,63 @@
+"""The bus's own state as Prometheus metrics (served by `tamiyo-bus bus-exporter`).
+
+Read from the server at scrape time, so every scrape is current and the exporter
+holds no state: per stream its length, per group its lag (undelivered + unacked)
+and pending count, and the length of each dead-letter stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from oona.replies import entries, group_lag, text
+
+
+class BusCollector(Collector):
+    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+        self.client = client
+        self.stream_prefix = f"{key_prefix}:stream:"
+        self.dead_prefix = f"{key_prefix}:dead:"
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        length = GaugeMetricFamily(
+            "oona_stream_entries", "Entries held in a stream", labels=["stream"]
+        )
+        lag = GaugeMetricFamily(
+            "oona_group_lag_entries",
+            "Entries a consumer group has not yet acked (undelivered + pending)",
+            labels=["stream", "group"],
+        )
+        pending = GaugeMetricFamily(
+            "oona_group_pending_entries", "Entries delivered and not yet acked",
+            labels=["stream", "group"],
+        )  # fmt: skip
+        dead = GaugeMetricFamily(
+            "oona_dead_letter_entries", "Entries in a dead-letter stream", labels=["stream"]
+        )
+        for raw_key in self.client.scan_iter(match=self.stream_prefix + "*", _type="stream"):
+            key = raw_key.decode()
+            stream = key.removeprefix(self.stream_prefix)
+            length.add_metric([stream], float(self.client.xlen(key)))
+            groups: Any = self.client.xinfo_groups(key)
+            count_after = self._counter(key)
+            for group in groups:
+                name = text(group["name"])
+                lag.add_metric([stream, name], float(group_lag(group, count_after)))
+                pending.add_metric([stream, name], float(group["pending"]))
+        for raw_key in self.client.scan_iter(match=self.dead_prefix + "*", _type="stream"):
+            key = raw_key.decode()
+            dead.add_metric([key.removeprefix(self.dead_prefix)], float(self.client.xlen(key)))
+        yield from (length, lag, pending, dead)
+
+    def _counter(self, key: str) -> Callable[[str], int]:
+        """Counts the entries of ``key`` after an exclusive start id."""
+
+        def count(after: str) -> int:
+            return len(entries(self.client.xrange(key, after, "+")))
+
+        return count

@@ -1,0 +1,44 @@
+"""The `tamiyo-bus` command. Each subcommand lives in its own module and registers
+itself here, so this file stays a table of contents."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from weatherlight import exporter_cli, keys_cli, reports_cli, selfcheck, serve, urza_cli
+from weatherlight.demo import cli as demo_cli
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+SUBCOMMANDS: tuple[Register, ...] = (
+    demo_cli.register,
+    selfcheck.register,
+    exporter_cli.register,
+    keys_cli.register,
+    serve.register,
+    urza_cli.register,
+    reports_cli.register,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tamiyo-bus",
+        description="Tamiyo, the strategic controller of morphogenetic training, on Redis Streams.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in SUBCOMMANDS:
+        register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

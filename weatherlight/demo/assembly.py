@@ -1,0 +1,168 @@
+"""Putting a morphogenetic run together: Urza, Tamiyo, Kasmina and Tolaria in-process.
+
+One place builds the whole run, so the demo, the overhead benchmark and the
+integration tests run exactly the same composition:
+
+    Urza store -> tamiyo_bus.build_tamiyo (policy, cache, risk gate, signing)
+    the async side's bus IO breaker -> the risk gate's BUS_IO breaker (one breaker)
+    CommandVerifier (trusted keys) -> Kasmina (seed sites of the host) <- LRController
+    Tolaria (host model, dataset, optimiser) calls all of it every step
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from leyline_vocab.events import BreakerName
+from oona.breaker import CircuitBreaker
+from oona.events import EventSink
+from oona.keys import Keyring, Signer
+from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo, initial_policy
+from tamiyo_bus.decision_telemetry import TelemetrySink
+from tamiyo_bus.kasmina.executor import Kasmina
+from tamiyo_bus.kasmina.settings import KasminaSettings
+from tamiyo_bus.policy.topology import HostTopology
+from tamiyo_bus.risk import RiskSettings
+from tamiyo_bus.risk.breakers import MetricsSink
+from tamiyo_bus.security.commands import CommandVerifier
+from tamiyo_bus.security.policy_update import PolicyHolder
+from tamiyo_bus.settings import StepSettings
+from tamiyo_bus.tolaria.data import Dataset, load
+from tamiyo_bus.tolaria.lr import LRController, LRSettings
+from tamiyo_bus.tolaria.models import HostModel, build_host, host_topology
+from tamiyo_bus.tolaria.trainer import Tolaria, TolariaSettings, TrainingObserver
+from tamiyo_bus.urza.store import UrzaStore, candidate_blueprints
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to train and how; the demo's flags map onto these fields."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    width: int = 64
+    depth: int = 3
+    epochs: int = 20
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when available, else CPU
+    base_lr: float = 3e-3
+    decision_every_steps: int = 1
+    step: StepSettings = field(default_factory=StepSettings)
+    kasmina: KasminaSettings = field(default_factory=KasminaSettings)
+    risk: RiskSettings = field(default_factory=RiskSettings)
+
+    @property
+    def tamiyo(self) -> TamiyoSettings:
+        return TamiyoSettings(self.step, self.risk)
+
+    def steps_per_epoch(self, data: Dataset) -> int:
+        return len(data.train_x) // self.batch_size
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Run:
+    """Every part of one assembled run."""
+
+    spec: RunSpec
+    run_id: str
+    device: torch.device
+    data: Dataset
+    model: HostModel
+    topology: HostTopology
+    lr: LRController
+    kasmina: Kasmina
+    tamiyo: Tamiyo
+    trainer: Tolaria
+    warm_decision_ms: float  # graph build + inference, median after warm-up
+
+    @property
+    def host_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def close(self) -> None:
+        self.tamiyo.close()
+
+
+def build_model(spec: RunSpec, data: Dataset, device: torch.device) -> HostModel:
+    torch.manual_seed(spec.seed)
+    return build_host(
+        spec.model,
+        features=data.features,
+        classes=data.classes,
+        image_shape=data.image_shape,
+        width=spec.width,
+        depth=spec.depth,
+    ).to(device)
+
+
+def assemble(
+    spec: RunSpec,
+    *,
+    run_id: str,
+    signer: Signer,
+    keyring: Keyring,
+    store: UrzaStore,
+    observers: Sequence[TrainingObserver] = (),
+    holder: PolicyHolder | None = None,
+    telemetry: TelemetrySink | None = None,
+    events: EventSink | None = None,
+    metrics: MetricsSink | None = None,
+    adopted_breakers: Mapping[BreakerName, CircuitBreaker] | None = None,
+) -> Run:
+    """The whole in-process step path for ``spec``, Tamiyo's workers started and warm;
+    no training step has run yet (``Run.close`` stops the workers). Without ``holder``
+    Tamiyo starts from ``initial_policy``."""
+    device = resolve_device(spec.device)
+    data = load(spec.dataset, spec.seed).to(device)
+    model = build_model(spec, data, device)
+    topology = host_topology(model)
+    total_steps = spec.epochs * spec.steps_per_epoch(data)
+    lr = LRController(
+        LRSettings(base_lr=spec.base_lr, warmup_steps=min(100, total_steps // 10),
+                   total_steps=total_steps)
+    )  # fmt: skip
+    kasmina = Kasmina(
+        model.sites,
+        blueprints=store,
+        verifier=CommandVerifier(keyring, events=events),
+        learning_rates=lr,
+        host_parameters=sum(p.numel() for p in model.parameters()),
+        training_run_id=run_id,
+        device=device,
+        settings=spec.kasmina,
+    )
+    tamiyo = build_tamiyo(
+        spec.tamiyo, topology=topology, blueprints=store,
+        candidates=candidate_blueprints(store, topology), signer=signer,
+        holder=holder or initial_policy(device, spec.seed), seed=spec.seed,
+        telemetry=telemetry, events=events, metrics=metrics, adopted_breakers=adopted_breakers,
+    ).start()  # fmt: skip
+    trainer = Tolaria(
+        model,
+        data,
+        TolariaSettings(
+            epochs=spec.epochs,
+            batch_size=spec.batch_size,
+            decision_every_steps=spec.decision_every_steps,
+            seed=spec.seed,
+        ),
+        lr=lr,
+        training_run_id=run_id,
+        kasmina=kasmina,
+        controller=tamiyo.controller,
+        observers=observers,
+    )
+    decision_ms = tamiyo.warm_up(trainer.state_packet())
+    return Run(
+        spec, run_id, device, data, model, topology, lr, kasmina, tamiyo, trainer, decision_ms
+    )

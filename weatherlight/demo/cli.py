@@ -1,0 +1,224 @@
+"""`tamiyo-bus demo`: the main job.
+
+A morphogenetic training run end to end on the embedded server (or TAMIYO_REDIS_URL):
+Tolaria trains the host, Tamiyo decides every step, Kasmina grows seeds, Urza supplies
+blueprints; Weatherlight runs the telemetry hub, Nissa (live status page), Simic's
+field-report intake and the policy-update listener beside it. A progress bar while it
+runs; at the end a printed summary and, in the run directory, ``report.html``,
+``summary.json``, the field-report log and Simic's store.
+
+Keys are a throw-away Ed25519 pair made for this run and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from leyline_vocab.telemetry import SOURCE_TAMIYO, SOURCE_TOLARIA
+from oona.keys import Keyring, Signer
+from oona.server import EmbeddedServer
+from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
+from tamiyo_bus import initial_policy
+from tamiyo_bus.reports.book import ReportState
+from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
+from tamiyo_bus.tolaria.data import DATASETS
+from tamiyo_bus.tolaria.models import MODELS
+from tamiyo_bus.tolaria.trainer import TrainingObserver
+from tamiyo_bus.urza.store import UrzaStore
+from weatherlight.demo.assembly import RunSpec, assemble, resolve_device
+from weatherlight.demo.observers import FieldReportObserver, TolariaTelemetry
+from weatherlight.demo.progress import ProgressBar
+from weatherlight.demo.recorder import RunRecorder
+from weatherlight.demo.report import write_report
+from weatherlight.demo.services import AsyncSide, ServiceSettings
+from weatherlight.demo.summary import summarise
+from weatherlight.settings import SystemSettings
+
+REPORTS_SETTLE_S = 20.0  # at the end, how long to wait for Simic to ack the last reports
+IDLE_WAIT_S = 5.0
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `demo` to the CLI."""
+    parser = commands.add_parser(
+        "demo", help="the main job: a morphogenetic training run with Tamiyo on every step"
+    )
+    defaults = RunSpec()
+    parser.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
+    parser.add_argument("--model", choices=MODELS, default=defaults.model, help="host model")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="run seed (data, model)")
+    parser.add_argument(
+        "--device", default=defaults.device, help="auto (CUDA when available), cpu, cuda, cuda:1"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs"), help="parent of the run directory"
+    )
+    parser.add_argument("--width", type=int, default=defaults.width, help="host layer width")
+    parser.add_argument("--depth", type=int, default=defaults.depth, help="host hidden layers")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument(
+        "--decision-every", type=int, default=defaults.decision_every_steps,
+        help="ask Tamiyo every N-th step (default 1: every step)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--step-deadline-ms", type=float, default=defaults.step.step_deadline_ms,
+        help="evaluate_step deadline",
+    )  # fmt: skip
+    parser.add_argument(
+        "--greedy", action="store_true",
+        help="take the policy's arg-max instead of sampling it (exploration is the default)",
+    )  # fmt: skip
+    parser.add_argument("--nissa-port", type=int, default=0, help="status page port (0: any)")
+    parser.set_defaults(run=run)
+
+
+def _spec(args: argparse.Namespace) -> RunSpec:
+    base = RunSpec()
+    step = replace(
+        base.step, step_deadline_ms=args.step_deadline_ms, sample_actions=not args.greedy
+    )
+    return replace(
+        base, dataset=args.dataset, model=args.model, epochs=args.epochs, seed=args.seed,
+        device=args.device, width=args.width, depth=args.depth, batch_size=args.batch_size,
+        decision_every_steps=args.decision_every, step=step,
+    )  # fmt: skip
+
+
+def _settle_reports(reporter: FieldReporter, run_id: str) -> dict[ReportState, int]:
+    """Close the run's windows and give Simic a moment to ack the last reports."""
+    reporter.on_run_end(run_id)
+    reporter.flush()
+    deadline = time.monotonic() + REPORTS_SETTLE_S
+    while reporter.book.counts()[ReportState.PENDING] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return reporter.book.counts()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
+    spec = _spec(args)
+    device = resolve_device(spec.device)
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.dataset}-{spec.model}-s{spec.seed}"
+    run_dir = args.out / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    signer = Signer.generate()
+    keyring = Keyring.of(signer.public_key())
+    system = SystemSettings.from_env()
+    oona = system.oona
+    server: EmbeddedServer | None = None
+    if not oona.redis_url:
+        server = EmbeddedServer(data_dir=run_dir / "redis").start()
+        oona = oona.with_overrides(redis_url=server.url)
+    oona = oona.with_overrides(key_prefix=f"demo-{run_id}")
+    store = UrzaStore.open_seeded(system.urza)
+    holder = initial_policy(device, spec.seed)
+    side = AsyncSide(
+        oona=oona, signer=signer, keyring=keyring, run_id=run_id, run_dir=run_dir,
+        holder=holder, policy_update_breaker=spec.risk.breakers.policy_update,
+        settings=ServiceSettings(nissa_port=args.nissa_port),
+    )  # fmt: skip
+    print(f"tamiyo-bus demo: run {run_id} on {device} (key {signer.key_id}, throw-away)")
+    print(f"  server      {server.version() if server else oona.redis_url}")
+    print(f"  urza        {store.settings.db_path}")
+    reporter = FieldReporter(ReportSettings(wal_dir=run_dir / "field_reports")).start()
+    try:
+        side.start()
+        print(f"  status page {side.status_url or '-'}")
+        print(f"  run dir     {run_dir}")
+        side.deliver_reports(reporter)
+        tamiyo_producer = side.producer(SOURCE_TAMIYO)
+        recorder = RunRecorder()
+        reports = FieldReportObserver(reporter)
+        observers: list[TrainingObserver] = [
+            recorder,
+            reports,
+            TolariaTelemetry(side.producer(SOURCE_TOLARIA), run_id),
+        ]
+        built = assemble(
+            spec, run_id=run_id, signer=signer, keyring=keyring, store=store,
+            observers=observers, holder=holder,
+            telemetry=DecisionTelemetrySink(tamiyo_producer),
+            events=TelemetryEventSink(tamiyo_producer, run=run_id),
+            metrics=TelemetryMetricsSink(tamiyo_producer, run=run_id),
+            adopted_breakers=side.breakers,
+        )  # fmt: skip
+        side.forward_kasmina(built.kasmina.outbox)
+        steps = spec.epochs * spec.steps_per_epoch(built.data)
+        progress = ProgressBar(steps, spec.epochs)
+        built.trainer.observers = (*built.trainer.observers, progress)
+        print(
+            f"  host        {spec.model} {spec.depth}x{spec.width} on {spec.dataset}: "
+            f"{built.host_parameters:,} parameters, {len(built.kasmina.seeds)} seed slots, "
+            f"{steps:,} steps\n"
+        )
+        budget_ms = spec.step.step_deadline_ms - spec.step.finish_reserve_ms
+        if built.warm_decision_ms > budget_ms:
+            print(
+                f"  note: a decision takes about {built.warm_decision_ms:.1f} ms on this machine, "
+                f"more than the {budget_ms:.1f} ms the {spec.step.step_deadline_ms:g} ms step "
+                "deadline leaves it:\n        most steps will be NO_OPs and the inference "
+                "breaker will keep the policy out\n        (a longer --step-deadline-ms lets "
+                "it decide).\n"
+            )
+        # Everything built so far lives for the whole run: a full collection would
+        # re-scan it (hundreds of milliseconds with torch loaded) on whichever thread
+        # triggers it, the trainer's included. Frozen, it is never scanned again.
+        gc.collect()
+        gc.freeze()
+        started = time.perf_counter()
+        built.trainer.run()
+        wall_s = time.perf_counter() - started
+        progress.close()
+        counts = _settle_reports(reporter, run_id)
+        built.tamiyo.wait_idle(IDLE_WAIT_S)
+        built.close()
+        status_url = side.status_url or "-"
+    finally:
+        side.stop()
+        reporter.close()
+        if server is not None:
+            server.stop()
+
+    producers = side.producers.values()
+    services = {
+        "telemetry": f"{sum(p.stats.batched + p.stats.urgent for p in producers):,} packets "
+        f"published ({sum(p.stats.urgent for p in producers)} urgent), "
+        f"{sum(p.stats.dropped for p in producers)} dropped; Kasmina outbox dropped "
+        f"{built.kasmina.outbox.dropped}",
+        "field reports": f"{sum(counts.values())} written, {counts[ReportState.ACKED]} acked "
+        f"by Simic, {counts[ReportState.PENDING]} pending, {counts[ReportState.PARKED]} parked; "
+        f"{reports.refused} offers refused",
+        "status page": f"{status_url} (served while the demo ran)",
+        "run report": str(run_dir / "report.html"),
+    }
+    summary = summarise(
+        run_id=run_id, dataset=spec.dataset, model=spec.model, device=str(device), wall_s=wall_s,
+        recorder=recorder, kasmina=built.kasmina, host_parameters=built.host_parameters,
+        step_deadline_ms=spec.step.step_deadline_ms, services=services,
+    )  # fmt: skip
+    (run_dir / "summary.json").write_text(
+        json.dumps(summary.to_json(), indent=2, default=_json_default), encoding="utf-8"
+    )
+    write_report(
+        run_dir / "report.html", summary=summary, recorder=recorder,
+        history=built.kasmina.history, seed_ids=list(built.kasmina.seeds),
+        flags={k: str(v) for k, v in sorted(vars(args).items()) if k != "run"},
+    )  # fmt: skip
+    print("\n".join(summary.lines()))
+    sys.stdout.flush()
+    return 0
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)

@@ -1,0 +1,152 @@
+"""The registry of services Weatherlight supervises, and Weatherlight itself.
+
+Each entry is a `ServiceSpec(name, run)`; adding a service is one more line in
+`default_services`, with a run function of the same shape as `hub_service` below: open
+a bus client from the context, run the component until `context.stop` is set, close
+the client. Simic's field-report intake runs when its settings say where its store is
+(`serve` puts it under TAMIYO_DATA_DIR, the demo in the run directory). Tamiyo's
+policy-update listener is not here: it swaps the policy of the process that runs the
+step path, so it runs there (the demo adds it to its own Weatherlight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+
+from prometheus_client.registry import Collector
+
+from consumers.hub.service import HubSettings, TelemetryHub
+from consumers.nissa.service import Nissa, NissaSettings
+from consumers.simic import ReportStore, SimicIntake, SimicSettings
+from oona.bus import Bus
+from oona.keys import Keyring, Signer
+from oona.settings import OonaSettings
+from weatherlight.drain import DrainCollector, DrainStats, drain_service
+from weatherlight.supervisor import (
+    BusComponent,
+    ServiceContext,
+    ServiceRun,
+    ServiceSpec,
+    ServiceState,
+    Supervisor,
+    SupervisorCollector,
+    SupervisorSettings,
+    bus_service,
+)
+
+NISSA = "nissa"
+SIMIC = "simic"
+
+
+@dataclass(frozen=True)
+class WeatherlightSettings:
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    hub: HubSettings = field(default_factory=HubSettings)
+    nissa: NissaSettings = field(default_factory=NissaSettings)
+    simic: SimicSettings | None = None  # None: no field-report intake in this process
+
+
+def hub_service(settings: HubSettings) -> ServiceRun:
+    def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
+        return nullcontext(
+            TelemetryHub(bus, context.keyring, settings, consumer_name=context.consumer_name)
+        )
+
+    return bus_service(build)
+
+
+def nissa_service(settings: NissaSettings, collectors: Sequence[Collector] = ()) -> ServiceRun:
+    """Nissa, reporting Weatherlight's health in /healthz and its state in /metrics."""
+
+    @asynccontextmanager
+    async def build(bus: Bus, context: ServiceContext) -> AsyncIterator[Nissa]:
+        nissa = Nissa(
+            bus,
+            context.keyring,
+            settings,
+            consumer_name=context.consumer_name,
+            components=(context.supervisor,),
+            collectors=(SupervisorCollector(context.supervisor), *collectors),
+        )
+        http = nissa.start_http()
+        await context.supervisor.publish_endpoint(NISSA, http.url if http else "")
+        yield nissa
+
+    return bus_service(build)
+
+
+def simic_service(settings: SimicSettings) -> ServiceRun:
+    """Simic's intake: stores field reports durably, then acks them."""
+
+    @asynccontextmanager
+    async def build(bus: Bus, context: ServiceContext) -> AsyncIterator[SimicIntake]:
+        store = ReportStore(settings.db_path)
+        try:
+            named = replace(settings, consumer=context.consumer_name)
+            yield SimicIntake(bus, context.keyring, store, named)
+        finally:
+            store.close()
+
+    return bus_service(build)
+
+
+def default_services(settings: WeatherlightSettings) -> list[ServiceSpec]:
+    drain = DrainStats()
+    specs = [
+        ServiceSpec("drain", drain_service(drain)),
+        ServiceSpec("telemetry-hub", hub_service(settings.hub)),
+        ServiceSpec(NISSA, nissa_service(settings.nissa, (DrainCollector(drain),))),
+    ]
+    if settings.simic is not None:
+        specs.append(ServiceSpec(SIMIC, simic_service(settings.simic)))
+    return specs
+
+
+class Weatherlight:
+    """The supervisor running `specs`, started and stopped as a unit (the `serve`
+    command, the demo and tests)."""
+
+    def __init__(
+        self,
+        specs: Sequence[ServiceSpec],
+        *,
+        oona: OonaSettings,
+        signer: Signer,
+        keyring: Keyring,
+        instance: str,
+        settings: SupervisorSettings | None = None,
+    ) -> None:
+        self.supervisor = Supervisor(
+            specs, instance, oona, signer, keyring, settings or SupervisorSettings()
+        )
+        self.stop_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def status_url(self) -> str | None:
+        return self.supervisor.endpoints.get(NISSA) or None
+
+    async def run(self) -> None:
+        """Supervise until `stop_event` is set (by `stop` or a signal handler)."""
+        await self.supervisor.run(self.stop_event)
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Start supervising in the background; returns once every service runs."""
+        self._task = asyncio.create_task(self.run(), name="weatherlight")
+        await self.supervisor.wait_until(
+            lambda s: (
+                all(st.state is ServiceState.RUNNING for st in s.status.values())
+                and (NISSA not in s.status or NISSA in s.endpoints)
+            ),
+            timeout_s,
+        )
+
+    async def stop(self) -> None:
+        """Graceful shutdown: services finish in-flight work, ack it and stop."""
+        self.stop_event.set()
+        if self._task is not None:
+            await self._task
+            self._task = None

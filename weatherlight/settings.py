@@ -1,0 +1,79 @@
+"""The one settings tree of a deployment, and the one place the environment is read.
+
+Each component keeps its own frozen settings dataclass (documented in
+docs/configuration.md); ``SystemSettings`` composes them, puts every path under one
+data directory, and ``from_env`` reads the environment once for all of them. The
+commands build it first and hand each component its branch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from consumers.simic import SimicSettings
+from oona.keyfiles import KeySettings
+from oona.settings import DEFAULT_DATA_DIR, OonaSettings
+from tamiyo_bus import TamiyoSettings
+from tamiyo_bus.kasmina.settings import KasminaSettings
+from tamiyo_bus.reports.reporter import ReportSettings
+from tamiyo_bus.urza.store import UrzaSettings
+from weatherlight.services import WeatherlightSettings
+
+ENV_REDIS_URL = "TAMIYO_REDIS_URL"
+ENV_DATA_DIR = "TAMIYO_DATA_DIR"
+ENV_URZA_DB = "TAMIYO_URZA_DB"
+
+
+@dataclass(frozen=True)
+class SystemSettings:
+    """Every component's settings; ``under(data_dir)`` places their files (each
+    component's default path, moved from the default data directory)."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    oona: OonaSettings = field(default_factory=OonaSettings)
+    keys: KeySettings = field(default_factory=KeySettings)
+    urza: UrzaSettings = field(default_factory=UrzaSettings)
+    tamiyo: TamiyoSettings = field(default_factory=TamiyoSettings)
+    kasmina: KasminaSettings = field(default_factory=KasminaSettings)
+    reports: ReportSettings = field(default_factory=ReportSettings)
+    weatherlight: WeatherlightSettings = field(default_factory=WeatherlightSettings)
+
+    @classmethod
+    def under(cls, data_dir: Path) -> SystemSettings:
+        """Defaults, with the server's data, Urza's library, the field-report log and
+        Simic's store under ``data_dir``."""
+
+        def moved(default: Path) -> Path:
+            return data_dir / default.relative_to(DEFAULT_DATA_DIR)
+
+        return cls(
+            data_dir=data_dir,
+            oona=OonaSettings(data_dir=data_dir),
+            urza=UrzaSettings(db_path=moved(UrzaSettings().db_path)),
+            reports=ReportSettings(wal_dir=moved(ReportSettings().wal_dir)),
+            weatherlight=WeatherlightSettings(
+                simic=SimicSettings(db_path=moved(SimicSettings().db_path))
+            ),
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SystemSettings:
+        """``under(TAMIYO_DATA_DIR)``, with TAMIYO_REDIS_URL, TAMIYO_URZA_DB and the key
+        variables (oona.keyfiles.KeySettings.from_env) applied; empty values count as
+        unset."""
+        env = os.environ if environ is None else environ
+
+        def value(name: str) -> str:
+            return env.get(name, "").strip()
+
+        base = cls.under(Path(value(ENV_DATA_DIR) or DEFAULT_DATA_DIR))
+        urza_db = value(ENV_URZA_DB)
+        return replace(
+            base,
+            oona=replace(base.oona, redis_url=value(ENV_REDIS_URL)),
+            keys=KeySettings.from_env(env),
+            urza=replace(base.urza, db_path=Path(urza_db)) if urza_db else base.urza,
+        )
