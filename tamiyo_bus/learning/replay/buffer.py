@@ -86,8 +86,8 @@ class GraphReplay:
         )
 
     def update_priorities(self, sample: ReplaySample, td_errors: Tensor | np.ndarray) -> int:
-        """New priorities from |TD error| for the sampled items still stored; the
-        number of stale ones (their slot was reused or expired) is returned."""
+        """New priorities from |TD error| (in the sample's order) for the sampled items
+        still stored; the number of stale ones (slot reused or expired) is returned."""
         errors = np.asarray(torch.as_tensor(td_errors).detach().cpu(), dtype=np.float64)
         c = self.storage
         current = c.valid[sample.slots] & (c.columns["serial"][sample.slots] == sample.serials)

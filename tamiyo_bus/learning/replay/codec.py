@@ -99,12 +99,11 @@ class Topology:
         return self.num_blueprints * self.num_layers
 
     def nbytes(self) -> int:
-        """What this topology holds beyond the structure (which its builder holds too)."""
-        return int(
-            self.cells.nbytes
-            + sum(c.nbytes for c in self.columns.values())
-            + sum(t.nbytes for t in self.templates.values())
-        )
+        """Bytes of this topology's arrays, its structure's included (after a reload the
+        replay is the structure's only holder)."""
+        arrays = [v for v in vars(self.structure).values() if isinstance(v, np.ndarray)]
+        arrays += [self.cells, *self.columns.values()]
+        return int(sum(a.nbytes for a in arrays))
 
 
 @dataclass(frozen=True, slots=True)

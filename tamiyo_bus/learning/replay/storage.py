@@ -9,6 +9,7 @@ and counted by the live slots that use it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -122,8 +123,8 @@ class ReplayStorage:
         if found is not None:
             self._remember(structure, found)
             return found, np.empty(0, np.int64)
-        evicted = self._make_room()
         self._ensure_layout(topology)
+        evicted = self._make_room()
         tid = self._next_topology
         self._next_topology += 1
         self._add_topology(tid, topology)
@@ -220,7 +221,7 @@ class ReplayStorage:
         self.columns["topology"][slots] = -1
 
     def gather(self, slots: IntArray) -> StoredBatch:
-        """Decode ``slots`` (live ones), grouped by topology."""
+        """Decode ``slots`` (which must hold live items), grouped by topology."""
         topology = self.columns["topology"][slots]
         order = np.argsort(topology, kind="stable")
         slots, topology = slots[order], topology[order]
@@ -270,7 +271,7 @@ class ReplayStorage:
             "cursor": self.cursor,
             "serials": self.serials,
             "next_topology": self._next_topology,
-            "layout": None if self.layout is None else list(_layout_tuple(self.layout)),
+            "layout": None if self.layout is None else list(dataclasses.astuple(self.layout)),
             "valid": self.valid,
             **{f"column/{k}": v for k, v in self.columns.items()},
             **{f"graph/{k}": v for k, v in self.graph_columns.items()},
@@ -286,6 +287,9 @@ class ReplayStorage:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = len(state["valid"])
+        if saved != self.capacity:
+            raise ValueError(f"state of {saved} slots, this storage has {self.capacity}")
         self.cursor = int(state["cursor"])
         self.serials = int(state["serials"])
         self._next_topology = int(state["next_topology"])
@@ -311,10 +315,6 @@ class ReplayStorage:
             )
             structure.template[...] = state[prefix + "template"]
             self._add_topology(tid, Topology(structure))
-
-
-def _layout_tuple(layout: TransitionLayout) -> tuple[int, int, int, int]:
-    return (layout.feature_cells, layout.node_cells, layout.compat_cells, layout.mask_bits)
 
 
 def _tensor(values: np.ndarray) -> torch.Tensor:

@@ -60,10 +60,6 @@ class Expired:
     age_s: int
     policy_lag: int
 
-    @property
-    def total(self) -> int:
-        return self.age_steps + self.age_s + self.policy_lag
-
 
 class ReplayWriter:
     def __init__(
