@@ -16,7 +16,6 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
-BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +35,10 @@ class Advantages:
 
 
 def next_state_values(
-    values: FloatArray,
-    last_value: float | FloatArray,
-    truncated: BoolArray,
-    final_values: FloatArray | None = None,
+    values: npt.ArrayLike,
+    last_value: npt.ArrayLike,
+    truncated: npt.ArrayLike,
+    final_values: npt.ArrayLike | None = None,
 ) -> FloatArray:
     """V(s_{t+1}) for a contiguous rollout: ``values`` shifted by one step, the last
     step bootstrapped from ``last_value``.
@@ -49,22 +48,22 @@ def next_state_values(
     critic's value of the state the cut left behind) instead; without it a truncated
     step in the middle of the rollout is an error, not a silent zero.
     """
-    values = np.asarray(values, dtype=np.float32)
-    truncated = np.asarray(truncated, dtype=np.bool_)
-    shifted = np.concatenate((values[1:], np.asarray(last_value, np.float32)[None, ...]))
+    current = np.asarray(values, dtype=np.float32)
+    cut = np.asarray(truncated, dtype=np.bool_)
+    shifted = np.concatenate((current[1:], np.asarray(last_value, np.float32)[None, ...]))
     if final_values is not None:
-        return np.where(truncated, np.asarray(final_values, np.float32), shifted)
-    if truncated[:-1].any():
+        return np.where(cut, np.asarray(final_values, np.float32), shifted)
+    if cut[:-1].any():
         raise ValueError("truncated steps inside the rollout need final_values")
     return shifted
 
 
 def compute_gae(
-    rewards: FloatArray,
-    values: FloatArray,
-    next_values: FloatArray,
-    terminated: BoolArray,
-    truncated: BoolArray,
+    rewards: npt.ArrayLike,
+    values: npt.ArrayLike,
+    next_values: npt.ArrayLike,
+    terminated: npt.ArrayLike,
+    truncated: npt.ArrayLike,
     settings: GAESettings | None = None,
 ) -> Advantages:
     """GAE backwards over time (axis 0; any trailing axes are parallel environments).
@@ -74,14 +73,15 @@ def compute_gae(
     ``terminated[t] | truncated[t]`` cuts the trace between t and t + 1.
     """
     s = settings or GAESettings()
-    rewards = np.asarray(rewards, dtype=np.float64)
-    values64 = np.asarray(values, dtype=np.float64)
-    alive = 1.0 - np.asarray(terminated, dtype=np.float64)
-    carries = s.gamma * s.gae_lambda * (1.0 - (np.asarray(terminated) | np.asarray(truncated)))
-    deltas = rewards + s.gamma * np.asarray(next_values, dtype=np.float64) * alive - values64
-    advantages = np.empty_like(deltas)
-    running = np.zeros_like(deltas[0]) if deltas.size else np.zeros(())
+    ended = np.asarray(terminated, dtype=np.bool_)
+    episode_over = ended | np.asarray(truncated, dtype=np.bool_)
+    critic = np.asarray(values, dtype=np.float64)
+    bootstrap = np.asarray(next_values, dtype=np.float64) * ~ended
+    deltas = np.asarray(rewards, dtype=np.float64) + s.gamma * bootstrap - critic
+    carries = s.gamma * s.gae_lambda * ~episode_over
+    advantages = np.zeros_like(deltas)
+    running = np.zeros(deltas.shape[1:])
     for t in range(len(deltas) - 1, -1, -1):
         running = deltas[t] + carries[t] * running
         advantages[t] = running
-    return Advantages(advantages.astype(np.float32), (advantages + values64).astype(np.float32))
+    return Advantages(advantages.astype(np.float32), (advantages + critic).astype(np.float32))

@@ -7,7 +7,8 @@ import torch
 
 from tamiyo_bus.learning.graph_batch import GraphGroup, GraphTransitions
 from tamiyo_bus.learning.graph_evaluation import GraphPolicyEvaluator
-from tamiyo_bus.policy.actions import entropy, log_prob
+from tamiyo_bus.policy.actions import PolicyAction, entropy, log_prob
+from tamiyo_bus.policy.graph import PolicyGraph
 from tamiyo_bus.policy.reference import ReferencePolicy
 
 from .graphs import TINY, graphs, sampled_actions
@@ -15,7 +16,7 @@ from .graphs import TINY, graphs, sampled_actions
 STRUCTURES = 3
 
 
-def setup() -> tuple[ReferencePolicy, GraphTransitions, list, list]:  # type: ignore[type-arg]
+def setup() -> tuple[ReferencePolicy, GraphTransitions, list[PolicyGraph], list[PolicyAction]]:
     torch.manual_seed(0)
     policy = ReferencePolicy(TINY)
     graph_list = graphs(12, STRUCTURES)

@@ -15,7 +15,13 @@ from tamiyo_bus.learning.gae import Advantages
 from tamiyo_bus.learning.graph_batch import GraphTransitions
 from tamiyo_bus.learning.graph_evaluation import GraphPolicyEvaluator
 from tamiyo_bus.learning.guard import LearningGuard, LearningGuardSettings, LearningOutcome
-from tamiyo_bus.learning.learner import PPOBatch, PPOLearner, PPOUpdateStats, autocast_dtype
+from tamiyo_bus.learning.learner import (
+    PPOBatch,
+    PPOLearner,
+    PPOUpdateStats,
+    StatsSink,
+    autocast_dtype,
+)
 from tamiyo_bus.learning.ppo import MixedPrecision, PPOSettings
 from tamiyo_bus.policy.reference import ReferencePolicy
 from tamiyo_bus.tolaria.lr import LRController, LRSettings
@@ -34,17 +40,21 @@ def guard(paused: bool = False, max_grad_norm: float = 0.5) -> LearningGuard:
 
 
 def cartpole_learner(
-    settings: PPOSettings, *, seed: int = 0, lr: LRController | None = None, **kwargs: object
+    settings: PPOSettings,
+    *,
+    lr: LRController | None = None,
+    learning_guard: LearningGuard | None = None,
+    sink: StatsSink | None = None,
 ) -> tuple[PPOLearner[CategoricalInputs], ActorCritic]:
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     model = ActorCritic()
     learner = PPOLearner(
         evaluator(model),
-        kwargs.pop("guard", None) or guard(),  # type: ignore[arg-type]
+        learning_guard or guard(),
         lr or LRController(CONSTANT),
         settings,
-        generator=torch.Generator().manual_seed(seed),
-        **kwargs,  # type: ignore[arg-type]
+        sink=sink,
+        generator=torch.Generator().manual_seed(0),
     )
     return learner, model
 
@@ -81,7 +91,7 @@ def test_every_step_goes_through_the_guard_and_advances_the_lr_controller() -> N
 
 def test_a_paused_guard_refuses_the_update_and_nothing_changes() -> None:
     lr = LRController(CONSTANT)
-    learner, model = cartpole_learner(PPOSettings(), lr=lr, guard=guard(paused=True))
+    learner, model = cartpole_learner(PPOSettings(), lr=lr, learning_guard=guard(paused=True))
     before = [p.detach().clone() for p in model.parameters()]
     stats = learner.update(one_batch(model))
     assert stats.refused is LearningOutcome.PAUSED
@@ -126,7 +136,7 @@ def test_the_kl_target_stops_the_epochs() -> None:
 
 def test_the_guard_and_the_settings_must_clip_alike() -> None:
     with pytest.raises(ValueError, match=r"clips at 1\.0"):
-        cartpole_learner(PPOSettings(), guard=guard(max_grad_norm=1.0))
+        cartpole_learner(PPOSettings(), learning_guard=guard(max_grad_norm=1.0))
 
 
 def test_mixed_precision_per_device() -> None:

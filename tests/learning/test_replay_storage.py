@@ -4,8 +4,10 @@ once, expiry and persistence work, and stale priority updates are ignored."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,26 +39,26 @@ class Clock:
         return self.now_s
 
 
-def transition(graph: PolicyGraph, i: int, **overrides: object) -> GraphTransition:
-    fields: dict[str, object] = {
-        "graph": graph,
-        "action": PolicyAction(3, seed=i % 4, blend=1, alpha_log_steps=4.5 + i),
-        "log_prob": -1.0 - i,
-        "value": 0.25 * i,
-        "reward": float(i),
-        "policy_version": 7,
-        "step": 100 + i,
-        "advantage": 0.5,
-        "returns": 1.5,
-    }
-    fields.update(overrides)
-    return GraphTransition(**fields)  # type: ignore[arg-type]
+def transition(graph: PolicyGraph, i: int, **overrides: Any) -> GraphTransition:
+    """Transition ``i``: recognisable values derived from ``i``, any field overridden."""
+    base = GraphTransition(
+        graph=graph,
+        action=PolicyAction(3, seed=i % 4, blend=1, alpha_log_steps=4.5 + i),
+        log_prob=-1.0 - i,
+        value=0.25 * i,
+        reward=float(i),
+        policy_version=7,
+        step=100 + i,
+        advantage=0.5,
+        returns=1.5,
+    )
+    return dataclasses.replace(base, **overrides)
 
 
-def replay(capacity: int, clock: Clock | None = None, **writer: object) -> GraphReplay:
+def replay(capacity: int, clock: Clock | None = None, **writer: Any) -> GraphReplay:
     settings = ReplaySettings(
         storage=ReplayStorageSettings(capacity_transitions=capacity),
-        writer=ReplayWriterSettings(**writer),  # type: ignore[arg-type]
+        writer=ReplayWriterSettings(**writer),
     )
     return GraphReplay(settings, clock=clock or Clock())
 
@@ -180,6 +182,8 @@ def test_persistence_round_trips_without_code_in_the_file(tmp_path: Path) -> Non
     for ga, gb in zip(a.transitions.groups, b.transitions.groups, strict=True):
         assert all(torch.equal(ga.x[t], gb.x[t]) for t in ga.x)
         assert torch.equal(ga.edge_attr, gb.edge_attr)
+    with pytest.raises(ValueError, match="32 slots"):
+        replay(64, clock).load(path)
 
 
 def test_a_file_of_another_format_is_refused(tmp_path: Path) -> None:
