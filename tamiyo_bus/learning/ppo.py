@@ -20,10 +20,10 @@ class MixedPrecision(StrEnum):
     """AUTO: float16 autocast with a GradScaler on CUDA, float32 on the CPU. ON: also
     bfloat16 autocast on the CPU. OFF: float32 everywhere.
 
-    bfloat16 on the CPU measured faster for the full policy, but it moves the
-    log-probabilities of an unchanged policy by an approx KL of 1e-3 to 2.5e-2 against
-    float32, as much as ``target_kl`` itself, so PPO's ratios would start as noise;
-    float16 moves them by about 5e-5 (docs/learning.md).
+    bfloat16 on the CPU measured faster, but it moves the log-probabilities of an
+    unchanged policy by an approx KL of 2e-4 to 2.5e-2 against float32, up to and beyond
+    ``target_kl``, so PPO's ratios would start as noise; float16 moves them by at most
+    about 5e-5 (docs/learning.md).
     """
 
     AUTO = "auto"
