@@ -149,9 +149,8 @@ def batch_entropy(out: PolicyOutput, masks: ActionMasks) -> Tensor:
         if num_blueprints > 0:
             logits = out.blueprint_logits[:, None, :].expand(-1, num_seeds, -1)
             per_seed = categorical_entropy(masked_log_softmax(logits, masks.blueprint, 2), 2)
-            seed_probs = seed_log_probs[
-                :, :, _GERMINATE_COLUMNS.to(device)
-            ].exp()  # [G, S, germinate]
+            germinate = _GERMINATE_COLUMNS.to(device)
+            seed_probs = seed_log_probs[:, :, germinate].exp()  # [G, S, germinate columns]
             expected = (seed_probs * per_seed[:, :, None]).sum(dim=1)
             conditional = conditional.index_add(1, _GERMINATE_ACTIONS.to(device), expected)
     gaussian = _HALF_LOG_2PI_E + out.log_std.float()
@@ -160,7 +159,6 @@ def batch_entropy(out: PolicyOutput, masks: ActionMasks) -> Tensor:
         _HAS_BLEND.to(device), (blend + gaussian[0])[:, None], 0.0
     )
     conditional = conditional + torch.where(_HAS_LR.to(device), gaussian[1], 0.0).expand(groups, -1)
-    result: Tensor = categorical_entropy(action_log_probs, -1) + (action_probs * conditional).sum(
-        dim=-1
-    )
+    expected_rest = (action_probs * conditional).sum(dim=-1)
+    result: Tensor = categorical_entropy(action_log_probs, -1) + expected_rest
     return result
