@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tamiyo_bus.learning.graph_batch import GraphTransitions
+from tamiyo_bus.learning.graph_evaluation import GraphPolicyEvaluator
 from tamiyo_bus.learning.replay import (
     GraphReplay,
     GraphTransition,
@@ -23,10 +24,11 @@ from tamiyo_bus.learning.replay import (
 )
 from tamiyo_bus.policy.actions import PolicyAction
 from tamiyo_bus.policy.graph import PolicyGraph
+from tamiyo_bus.policy.reference import ReferencePolicy
 from tamiyo_bus.risk import Category
 from tests import states as synthetic
 
-from .graphs import graphs
+from .graphs import TINY, graphs, sampled_actions
 
 FP16_TOLERANCE = 5e-3  # float16 of features clipped to +-10
 
@@ -85,6 +87,29 @@ def test_a_stored_transition_decodes_to_the_graph_and_choice_that_were_stored() 
         assert float(group.actions.alpha_log_steps[row]) == 4.5 + i
         assert stored.columns["log_prob"][position] == -1.0 - i
         assert stored.columns["step"][position] == 100 + i
+
+
+def test_the_policy_sees_a_decoded_graph_as_the_original() -> None:
+    torch.manual_seed(0)
+    policy = ReferencePolicy(TINY)
+    graph_list = graphs(12, structures=3)
+    actions = sampled_actions(policy, graph_list)
+    r = replay(16)
+    slots = r.add(
+        [
+            dataclasses.replace(transition(g, i), action=a)
+            for i, (g, a) in enumerate(zip(graph_list, actions, strict=True))
+        ]
+    )
+    stored = r.storage.gather(slots)
+    evaluator = GraphPolicyEvaluator(policy)
+    every = torch.arange(len(graph_list))
+    with torch.no_grad():
+        original = evaluator.evaluate(GraphTransitions.of(graph_list, actions), every)
+        decoded = evaluator.evaluate(GraphTransitions.from_groups(stored.groups), every)
+    order = torch.tensor([int(np.flatnonzero(slots == slot)[0]) for slot in stored.slots])
+    torch.testing.assert_close(decoded.log_prob, original.log_prob[order], atol=5e-3, rtol=0)
+    torch.testing.assert_close(decoded.value, original.value[order], atol=5e-3, rtol=0)
 
 
 def test_memory_is_bounded_by_capacity_and_a_row_fits_4_kb_at_the_reference_size() -> None:
