@@ -11,7 +11,6 @@ import pytest
 from weatherlight.cli import main
 from weatherlight.settings import ENV_REDIS_URL, ENV_URZA_DB
 
-
 EPOCHS = "6"
 
 
