@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine
 from leyline_pb import leyline_pb2 as pb
-from tamiyo_bus.policy.baselines import DecisionPolicy, NoOpPolicy, RandomPolicy
+from tamiyo_bus.policy.baselines import NoOpPolicy, RandomPolicy
 from tamiyo_bus.policy.heuristic import HeuristicPolicy
+from tamiyo_bus.policy.serving import DecisionPolicy
 from tamiyo_bus.sim import SimSettings, VectorSim
 from tamiyo_bus.sim.rollout import graph_builder, run_episode
 

@@ -35,6 +35,7 @@ CONSERVATIVE_EVENTS = {EventKind.CONSERVATIVE_ENTERED: True, EventKind.CONSERVAT
 METRIC_DECISIONS = "decisions_total"
 METRIC_DECISION_LATENCY = "decision_latency"
 METRIC_INFERENCE_LATENCY = "inference_latency"
+METRIC_CADENCE = "decision_cadence_steps"
 METRIC_RISK = "expected_risk_severity"
 METRIC_BREAKER_STATE = "risk_breaker_state"
 METRIC_CONSERVATIVE = "risk_conservative_mode"
@@ -116,6 +117,8 @@ def decision_packet(
     *,
     run: str,
     step: int,
+    decision_step: int,
+    cadence_steps: int,
     command_type: pb.CommandType.ValueType,
     action: str,
     reason: str,
@@ -125,17 +128,20 @@ def decision_packet(
     inference_s: float | None,
     expected_risk: float | None,
 ) -> pb.TelemetryPacket:
-    """One Tamiyo decision: an event with its reason for the status page, a decision
-    counter per command type, the decision latency and, when the policy ran, its
-    inference latency and the risk head's expected severity."""
+    """One Tamiyo decision: an event with its reason and the step it was decided on
+    (``decision_step``) and applied at (``step``) for the status page, a decision
+    counter per command type, the cadence in force, the decision latency and, when the
+    policy ran, its inference latency and the risk head's expected severity."""
     type_name = pb.CommandType.Name(command_type)
     packet = pb.TelemetryPacket(source=SOURCE_TAMIYO)
     add_event(
-        packet, EVENT_DECISION, run=run, step=step, command_type=type_name, action=action,
+        packet, EVENT_DECISION, run=run, step=step, decision_step=decision_step,
+        command_type=type_name, action=action,
         reason=reason, command_id=command_id, policy_version=policy_version,
     )  # fmt: skip
     add_metric(packet, METRIC_DECISIONS, 1.0, run=run, command_type=type_name)
     add_metric(packet, METRIC_DECISION_LATENCY, latency_s, "s", run=run)
+    add_metric(packet, METRIC_CADENCE, float(cadence_steps), kind=pb.METRIC_KIND_GAUGE, run=run)
     if inference_s is not None:
         add_metric(packet, METRIC_INFERENCE_LATENCY, inference_s, "s", run=run)
     if expected_risk is not None:

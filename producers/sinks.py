@@ -67,6 +67,10 @@ class DecisionRecord(Protocol):
     @property
     def global_step(self) -> int: ...
     @property
+    def decision_step(self) -> int: ...
+    @property
+    def cadence_steps(self) -> int: ...
+    @property
     def policy_version(self) -> int: ...
     @property
     def command_type(self) -> int: ...
@@ -94,6 +98,8 @@ class DecisionTelemetrySink:
             decision_packet(
                 run=record.training_run_id,
                 step=record.global_step,
+                decision_step=record.decision_step,
+                cadence_steps=record.cadence_steps,
                 command_type=pb.CommandType.ValueType(record.command_type),
                 action=record.action,
                 reason=record.reason,

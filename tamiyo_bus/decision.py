@@ -43,13 +43,15 @@ class InferenceOutcome(StrEnum):
 
     @property
     def missed_deadline(self) -> bool:
-        """Counts as a timeout among the risk signals."""
+        """Held a step up to its deadline: counts as a timeout among the risk signals."""
         return self in _MISSED
 
 
 _DECIDED = frozenset({InferenceOutcome.DECIDED, InferenceOutcome.DECIDED_WITHOUT_URZA})
-_MISSED = frozenset({InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY, InferenceOutcome.STALE})
-_FAILED = _MISSED | {InferenceOutcome.FAILED}
+_MISSED = frozenset({InferenceOutcome.TIMED_OUT, InferenceOutcome.BUSY})
+# A stale decision held no step up (it is dropped, not waited for), so it is no missed
+# deadline; but a run of them is a slow or wedged policy, so the breaker counts it.
+_FAILED = _MISSED | {InferenceOutcome.STALE, InferenceOutcome.FAILED}
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ layer boundary (``InferenceCancelled``) so it stops taking CPU from the trainer.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,6 +46,7 @@ class WorkerStats:
     superseded: int = 0  # waiting jobs replaced by a newer one, or results by a newer result
     late_results_discarded: int = 0  # results of abandoned jobs
     late_forwards_stopped: int = 0  # of those, forwards stopped between layers
+    cpu_ms: float = 0.0  # the worker's CPU time over every job: what it took from the host
 
 
 class InferenceWorker:
@@ -140,12 +142,14 @@ class InferenceWorker:
             self._run(job)
 
     def _run(self, job: Job) -> None:
+        started = time.thread_time_ns()
         outcome: PolicyDecision | BaseException
         try:
             outcome = self._decide(job)
         except Exception as error:
             outcome = error
         with self._lock:
+            self.stats.cpu_ms += (time.thread_time_ns() - started) / 1e6
             job.finished = True
             if job.abandoned:
                 self.stats.late_results_discarded += 1

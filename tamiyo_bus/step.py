@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 
@@ -45,7 +45,7 @@ from tamiyo_bus.decision_telemetry import DecisionTelemetry
 from tamiyo_bus.inference_worker import InferenceWorker, Job
 from tamiyo_bus.policy.actions import ACTION_SPACE, NO_OP_ACTION
 from tamiyo_bus.policy.graph import GraphBuilder
-from tamiyo_bus.policy.serving import ServingPolicy
+from tamiyo_bus.policy.serving import DecisionPolicy, ServingPolicy
 from tamiyo_bus.security.commands import stamp_command
 from tamiyo_bus.security.policy_update import RunningPolicy
 from tamiyo_bus.settings import DecisionMode, StepSettings
@@ -127,7 +127,7 @@ class StepController:
         gate: CommandGate | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        _serving(policy.current())
+        _decider(policy.current())
         self.settings = s = settings or StepSettings()
         self._policy = policy
         self._builder = builder
@@ -142,6 +142,7 @@ class StepController:
         )
         self.worker = InferenceWorker(self._decide)
         self._next_submit_step = 0
+        self._caller_ns = 0  # evaluate_step's time since the last decision
 
     def start(self) -> None:
         """Start the inference worker (before the first step)."""
@@ -171,13 +172,18 @@ class StepController:
             outcome, decision = self._collect_ahead(packet)
             if packet.global_step >= self._next_submit_step:
                 submitted = self._submit(packet, deadline_ns=None, posts_result=True)
-                if outcome is None and isinstance(submitted, InferenceOutcome):
-                    outcome = submitted
+                if decision is None and isinstance(submitted, InferenceOutcome):
+                    outcome = submitted  # the breaker kept the policy from this packet
         else:
             outcome, decision = self._decide_now(packet, started, mode)
-        if outcome is None:
-            return None
-        return self._finish(packet, started, decision, outcome)
+        command = None if outcome is None else self._finish(packet, started, decision, outcome)
+        self._caller_ns += time.perf_counter_ns() - started
+        if decision is not None:
+            # What a decision costs the host: the worker's CPU time and every moment the
+            # trainer's thread spent in evaluate_step since the previous decision.
+            self.cadence.observe_decision(decision.cpu_ms + self._caller_ns / _NS_PER_MS)
+            self._caller_ns = 0
+        return command
 
     def _collect_ahead(
         self, packet: pb.SystemStatePacket
@@ -282,7 +288,6 @@ class StepController:
         if decision is not None:
             self.stats.decided += 1
             self._builder.normalizer.observe(decision.graph.raw)
-            self.cadence.observe_decision(decision.cpu_ms + (done - gate_start) / _NS_PER_MS)
         if self._telemetry is not None:
             times = _Times(started_ns, gate_start, risk_start, sign_start, done)
             self._telemetry.submit(_telemetry(command, decision, times, self.cadence.steps))
@@ -312,7 +317,7 @@ class StepController:
         graph = self._builder.build(packet, resolution.metadata)
         built = time.perf_counter_ns()
         running = self._policy.current()
-        inference = _serving(running).decide(
+        inference = _decider(running).decide(
             graph,
             greedy=not s.sample_actions,
             generator=self._generator,
@@ -338,10 +343,14 @@ def _decided(decision: PolicyDecision) -> InferenceOutcome:
     return InferenceOutcome.DECIDED
 
 
-def _serving(running: RunningPolicy) -> ServingPolicy:
-    if not isinstance(running.module, ServingPolicy):
-        raise TypeError(f"the step path runs a ServingPolicy, not {type(running.module).__name__}")
-    return running.module
+def _decider(running: RunningPolicy) -> DecisionPolicy:
+    """The running module as the step path runs it: anything that decides on a graph."""
+    decide = getattr(running.module, "decide", None)
+    if not callable(decide):
+        raise TypeError(
+            f"the step path runs a policy with decide(), not {type(running.module).__name__}"
+        )
+    return cast(DecisionPolicy, running.module)
 
 
 @dataclass(frozen=True, slots=True)

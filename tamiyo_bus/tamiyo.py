@@ -16,7 +16,9 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import TracebackType
+from typing import cast
 
 import torch
 
@@ -26,12 +28,14 @@ from oona.breaker import CircuitBreaker
 from oona.events import EventSink, LogEventSink
 from oona.keys import Signer
 from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetrySink, telemetry_publisher
+from tamiyo_bus.policy.baselines import NoOpPolicy, RandomPolicy
 from tamiyo_bus.policy.features import NormalizerSettings, RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder
+from tamiyo_bus.policy.heuristic import HeuristicPolicy
 from tamiyo_bus.policy.profiles import PROFILES, Profile, default_profile
 from tamiyo_bus.policy.reference import architecture_id
 from tamiyo_bus.policy.registry import registry_digest
-from tamiyo_bus.policy.serving import ServingPolicy
+from tamiyo_bus.policy.serving import DecisionPolicy, ServingPolicy
 from tamiyo_bus.policy.topology import HostTopology
 from tamiyo_bus.risk.breakers import MetricsSink
 from tamiyo_bus.risk.gate import RiskGate, RiskSettings
@@ -49,6 +53,7 @@ from tamiyo_bus.urza_client import (
 from tamiyo_bus.worker import QueueWorker
 
 INITIAL_POLICY_ID = "tamiyo-initial"
+BASELINE_FAMILY = "tamiyo-baseline"
 CATALOG_PREFETCH_S = 10.0
 WARM_UP_ROUNDS = 20
 
@@ -76,6 +81,35 @@ def initial_policy(
     policy = ServingPolicy(PROFILES[profile or default_profile(device)], device=device)
     return PolicyHolder(
         RunningPolicy(policy, INITIAL_POLICY_ID, 1, architecture_id(policy), registry_digest())
+    )
+
+
+class Baseline(StrEnum):
+    """The hand-written policies a run can use instead of the network."""
+
+    HEURISTIC = "heuristic"
+    RANDOM = "random"
+    NONE = "none"
+
+
+BASELINES: Mapping[Baseline, Callable[[], torch.nn.Module]] = {
+    Baseline.HEURISTIC: HeuristicPolicy,
+    Baseline.RANDOM: RandomPolicy,
+    Baseline.NONE: NoOpPolicy,
+}
+
+
+def baseline_policy(baseline: Baseline) -> PolicyHolder:
+    """A baseline on the step path at version 1. Its architecture id names it, so no
+    PolicyUpdate (network weights) is ever accepted for it."""
+    return PolicyHolder(
+        RunningPolicy(
+            BASELINES[baseline](),
+            f"baseline-{baseline}",
+            1,
+            f"{BASELINE_FAMILY}/{baseline}",
+            registry_digest(),
+        )
     )
 
 
@@ -153,17 +187,19 @@ class Tamiyo:
         step that misses its deadline would count against the inference breaker.
 
         Returns the median time of the second half of the rounds (ms): what a decision
-        costs on this machine, to compare with the step deadline before training.
+        costs on this machine. The cadence starts from it, instead of deciding every step
+        until the first decisions are measured.
         """
         metadata = self.catalog.resolve(self.builder.candidates, CATALOG_PREFETCH_S).metadata
-        policy = self.holder.current().module
-        assert isinstance(policy, ServingPolicy)
+        policy = cast(DecisionPolicy, self.holder.current().module)
         times_ms = []
         for _ in range(rounds):
             started = time.perf_counter()
             policy.decide(self.builder.build(packet, metadata))
             times_ms.append((time.perf_counter() - started) * 1000.0)
-        return statistics.median(times_ms[rounds // 2 :])
+        cost_ms = statistics.median(times_ms[rounds // 2 :])
+        self.controller.cadence.observe_decision(cost_ms)
+        return cost_ms
 
 
 def build_tamiyo(

@@ -293,7 +293,7 @@ class Kasmina:
         elif kind == pb.COMMAND_TYPE_EMERGENCY:
             for seed in self.seeds.values():
                 if swept_by(kind, seed.stage):
-                    self._move(seed, S.SEED_STAGE_CULLED, "emergency")
+                    self._move(seed, pb.SEED_STAGE_CULLED, "emergency")
         elif kind == pb.COMMAND_TYPE_ROLLBACK:
             self._rollback(command.target_seed_id)
         else:
@@ -305,11 +305,11 @@ class Kasmina:
             seed = self._target(target_seed_id)
             if seed.stage not in ACTIVE:
                 raise _Refusal("wrong_stage", f"{seed.seed_id} is {S.Name(seed.stage)}")
-            self._move(seed, S.SEED_STAGE_CULLED, "rollback")
+            self._move(seed, pb.SEED_STAGE_CULLED, "rollback")
             return
         for seed in self.seeds.values():
             if swept_by(pb.COMMAND_TYPE_ROLLBACK, seed.stage):
-                self._move(seed, S.SEED_STAGE_CULLED, "rollback")
+                self._move(seed, pb.SEED_STAGE_CULLED, "rollback")
 
     def _target(self, seed_id: str) -> Seed:
         seed = self.seeds.get(seed_id)
@@ -382,7 +382,7 @@ class Kasmina:
         seed.germinated_step = self.step
         seed.gradient_norm = math.nan
         seed.isolation_violations = 0
-        self._move(seed, S.SEED_STAGE_GERMINATED, why)
+        self._move(seed, pb.SEED_STAGE_GERMINATED, why)
 
     def _start_blending(self, seed: Seed, order: pb.SeedCommand) -> None:
         _refuse_if(blend_refusal(order))
@@ -397,16 +397,16 @@ class Kasmina:
     def _move(self, seed: Seed, stage: pb.SeedLifecycleStage.ValueType, reason: str) -> None:
         """Change a seed's stage and everything that goes with it; record the event."""
         previous = seed.stage
-        if stage == S.SEED_STAGE_CULLED:
+        if stage == pb.SEED_STAGE_CULLED:
             self._release(seed)
-        elif stage in (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY):
+        elif stage in (pb.SEED_STAGE_SHADOWING, pb.SEED_STAGE_PROBATIONARY):
             seed.alpha = 1.0
-        elif stage == S.SEED_STAGE_FOSSILIZED:
+        elif stage == pb.SEED_STAGE_FOSSILIZED:
             seed.alpha = 1.0
             if seed.module is not None:
                 seed.module.requires_grad_(False)
             self._drop_optimizer(seed)
-        elif stage == S.SEED_STAGE_DORMANT:
+        elif stage == pb.SEED_STAGE_DORMANT:
             seed.blueprint_id, seed.blueprint_risk = "", 0.0
             seed.isolation_violations = 0
             seed.gradient_norm = math.nan
@@ -457,7 +457,7 @@ class Kasmina:
             seed.gradient_norm = norm
             assert seed.optimizer is not None
             if not math.isfinite(norm):
-                self._move(seed, S.SEED_STAGE_CULLED, "gradient_health")
+                self._move(seed, pb.SEED_STAGE_CULLED, "gradient_health")
                 continue
             seed.optimizer.step()
             seed.optimizer.zero_grad(set_to_none=True)
@@ -467,7 +467,7 @@ class Kasmina:
         if self.step < self.paused_until_step:
             return
         for seed in self.seeds.values():
-            if seed.stage == S.SEED_STAGE_BLENDING and seed.alpha < 1.0:
+            if seed.stage == pb.SEED_STAGE_BLENDING and seed.alpha < 1.0:
                 seed.blend_progress_steps += 1
                 seed.alpha = alpha_at(
                     seed.blend_method,
@@ -488,6 +488,17 @@ class Kasmina:
             )
         self._check_isolation()
         self._scheduled_transitions()
+        if self._events or self._apply_ms or step % self.settings.telemetry_every_steps == 0:
+            self._report(step)
+        self._events.clear()
+        self._apply_ms = 0.0
+        self.step = step + 1
+        self.stats.finalized += 1
+        self._finalize_ms = (time.perf_counter() - started) * 1000.0
+        self.finalize_latencies_ms.append(self._finalize_ms)
+
+    def _report(self, step: int) -> None:
+        """Hand this step's telemetry record to the outbox (never blocks)."""
         snapshots = tuple(
             SeedSnapshot(
                 seed.seed_id,
@@ -501,7 +512,7 @@ class Kasmina:
                 seed.blueprint_id,
             )
             for seed in self.seeds.values()
-            if seed.stage != S.SEED_STAGE_DORMANT
+            if seed.stage != pb.SEED_STAGE_DORMANT
         )
         self.outbox.offer(
             StepTelemetry(
@@ -513,12 +524,6 @@ class Kasmina:
                 self._finalize_ms,
             )
         )
-        self._events.clear()
-        self._apply_ms = 0.0
-        self.step = step + 1
-        self.stats.finalized += 1
-        self._finalize_ms = (time.perf_counter() - started) * 1000.0
-        self.finalize_latencies_ms.append(self._finalize_ms)
 
     def _check_isolation(self) -> None:
         self._last_violations = 0
@@ -527,7 +532,7 @@ class Kasmina:
             if violated is None:
                 continue
             for seed in site.seeds:
-                if seed.stage != S.SEED_STAGE_TRAINING:
+                if seed.stage != pb.SEED_STAGE_TRAINING:
                     continue
                 seed.isolation_checks += 1
                 self.stats.isolation_checks += 1
@@ -535,7 +540,7 @@ class Kasmina:
                     self._last_violations += 1
                     seed.isolation_violations += 1
                     self.stats.isolation_violations += 1
-                    self._move(seed, S.SEED_STAGE_CULLED, EventKind.ISOLATION_VIOLATION)
+                    self._move(seed, pb.SEED_STAGE_CULLED, EventKind.ISOLATION_VIOLATION)
 
     def _scheduled_transitions(self) -> None:
         """Culled slots move on by ``rules.scheduled_stage``, back to DORMANT."""

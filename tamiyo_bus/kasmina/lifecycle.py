@@ -23,44 +23,42 @@ from dataclasses import dataclass
 
 from leyline_pb import leyline_pb2 as pb
 
-S = pb.SeedLifecycleStage
-
 TRANSITIONS: Mapping[int, Mapping[int, pb.SeedLifecycleStage.ValueType]] = {
-    pb.SEED_OP_GERMINATE: {S.SEED_STAGE_DORMANT: S.SEED_STAGE_GERMINATED},
-    pb.SEED_OP_START_TRAINING: {S.SEED_STAGE_GERMINATED: S.SEED_STAGE_TRAINING},
-    pb.SEED_OP_START_BLENDING: {S.SEED_STAGE_TRAINING: S.SEED_STAGE_BLENDING},
+    pb.SEED_OP_GERMINATE: {pb.SEED_STAGE_DORMANT: pb.SEED_STAGE_GERMINATED},
+    pb.SEED_OP_START_TRAINING: {pb.SEED_STAGE_GERMINATED: pb.SEED_STAGE_TRAINING},
+    pb.SEED_OP_START_BLENDING: {pb.SEED_STAGE_TRAINING: pb.SEED_STAGE_BLENDING},
     pb.SEED_OP_ADVANCE: {
-        S.SEED_STAGE_BLENDING: S.SEED_STAGE_SHADOWING,
-        S.SEED_STAGE_SHADOWING: S.SEED_STAGE_PROBATIONARY,
+        pb.SEED_STAGE_BLENDING: pb.SEED_STAGE_SHADOWING,
+        pb.SEED_STAGE_SHADOWING: pb.SEED_STAGE_PROBATIONARY,
     },
-    pb.SEED_OP_FOSSILIZE: {S.SEED_STAGE_PROBATIONARY: S.SEED_STAGE_FOSSILIZED},
+    pb.SEED_OP_FOSSILIZE: {pb.SEED_STAGE_PROBATIONARY: pb.SEED_STAGE_FOSSILIZED},
     pb.SEED_OP_CULL: {
-        stage: S.SEED_STAGE_CULLED
+        stage: pb.SEED_STAGE_CULLED
         for stage in (
-            S.SEED_STAGE_GERMINATED,
-            S.SEED_STAGE_TRAINING,
-            S.SEED_STAGE_BLENDING,
-            S.SEED_STAGE_SHADOWING,
-            S.SEED_STAGE_PROBATIONARY,
+            pb.SEED_STAGE_GERMINATED,
+            pb.SEED_STAGE_TRAINING,
+            pb.SEED_STAGE_BLENDING,
+            pb.SEED_STAGE_SHADOWING,
+            pb.SEED_STAGE_PROBATIONARY,
         )
     },
 }
 
 ACTIVE = frozenset(TRANSITIONS[pb.SEED_OP_CULL])
 """Stages a seed may be culled from: it exists and is not yet permanent."""
-HAS_MODULE = ACTIVE | {S.SEED_STAGE_FOSSILIZED}
-ISOLATED = frozenset({S.SEED_STAGE_TRAINING})
+HAS_MODULE = ACTIVE | {pb.SEED_STAGE_FOSSILIZED}
+ISOLATED = frozenset({pb.SEED_STAGE_TRAINING})
 """The seed learns, but the host's forward and gradients are exactly as without it."""
 BLENDED = frozenset(
     {
-        S.SEED_STAGE_BLENDING,
-        S.SEED_STAGE_SHADOWING,
-        S.SEED_STAGE_PROBATIONARY,
-        S.SEED_STAGE_FOSSILIZED,
+        pb.SEED_STAGE_BLENDING,
+        pb.SEED_STAGE_SHADOWING,
+        pb.SEED_STAGE_PROBATIONARY,
+        pb.SEED_STAGE_FOSSILIZED,
     }
 )
 """The seed's output is part of the host's forward, weighted by alpha."""
-TRAINABLE = ISOLATED | (BLENDED - {S.SEED_STAGE_FOSSILIZED})
+TRAINABLE = ISOLATED | (BLENDED - {pb.SEED_STAGE_FOSSILIZED})
 
 
 def next_stage(operation: int, stage: int) -> pb.SeedLifecycleStage.ValueType | None:
@@ -163,7 +161,7 @@ def check_gate(
         if not health.passed:
             return health
         return _stability(inputs, settings.min_training_steps, settings)
-    if operation == pb.SEED_OP_ADVANCE and stage == S.SEED_STAGE_BLENDING:
+    if operation == pb.SEED_OP_ADVANCE and stage == pb.SEED_STAGE_BLENDING:
         if inputs.alpha < 1.0:
             return GateResult(False, "stability", f"blending incomplete (alpha {inputs.alpha:.2f})")
         return _gradient_health(inputs, settings)

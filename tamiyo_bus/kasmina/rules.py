@@ -75,9 +75,9 @@ def blend_refusal(order: pb.SeedCommand) -> Refusal | None:
 
 
 SCHEDULED_REASON: Mapping[int, str] = {
-    S.SEED_STAGE_EMBARGOED: "embargo",
-    S.SEED_STAGE_RESETTING: "embargo_over",
-    S.SEED_STAGE_DORMANT: "reset",
+    pb.SEED_STAGE_EMBARGOED: "embargo",
+    pb.SEED_STAGE_RESETTING: "embargo_over",
+    pb.SEED_STAGE_DORMANT: "reset",
 }
 """The reason a lifecycle event gives for each stage ``scheduled_stage`` moves a slot to."""
 
@@ -90,12 +90,12 @@ def scheduled_stage(
     CULLED and RESETTING last one step (so a packet shows them), EMBARGOED
     ``embargo_steps``; then the slot is DORMANT again.
     """
-    if stage == S.SEED_STAGE_CULLED and waited_steps >= 1:
-        return S.SEED_STAGE_EMBARGOED
-    if stage == S.SEED_STAGE_EMBARGOED and waited_steps >= embargo_steps:
-        return S.SEED_STAGE_RESETTING
-    if stage == S.SEED_STAGE_RESETTING and waited_steps >= 1:
-        return S.SEED_STAGE_DORMANT
+    if stage == pb.SEED_STAGE_CULLED and waited_steps >= 1:
+        return pb.SEED_STAGE_EMBARGOED
+    if stage == pb.SEED_STAGE_EMBARGOED and waited_steps >= embargo_steps:
+        return pb.SEED_STAGE_RESETTING
+    if stage == pb.SEED_STAGE_RESETTING and waited_steps >= 1:
+        return pb.SEED_STAGE_DORMANT
     return None
 
 
@@ -110,5 +110,5 @@ def swept_by(command_type: int, stage: int) -> bool:
     return (
         command_type == pb.COMMAND_TYPE_ROLLBACK
         and stage in ACTIVE
-        and stage != S.SEED_STAGE_TRAINING
+        and stage != pb.SEED_STAGE_TRAINING
     )

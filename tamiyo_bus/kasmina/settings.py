@@ -20,6 +20,9 @@ class KasminaSettings:
     pause_steps: int = 10  # a PAUSE freezes blending and germination; a new PAUSE restarts it
     loss_ema_decay: float = 0.9  # smoothing of the training loss the stability gate reads
     telemetry_queue_max_items: int = 4_096  # steps of telemetry held for the publisher
+    # A step's telemetry record is sent every this many steps, and on every step with a
+    # command or a lifecycle change: a quiet step then costs the trainer next to nothing.
+    telemetry_every_steps: int = 10
     latency_window_steps: int = 4_096  # apply/finalize latencies kept for percentiles
     seed_default_lr_ratio: float = 1.0  # seed LR / host LR unless a command sets lr_ratio
     # a command applies only this close to the step it was issued for (its global_step)
@@ -28,8 +31,8 @@ class KasminaSettings:
     warmup_hold: WarmupHold = field(default_factory=WarmupHold)
 
     def __post_init__(self) -> None:
-        if self.slots_per_layer < 1:
-            raise ValueError("slots_per_layer must be at least 1")
+        if self.slots_per_layer < 1 or self.telemetry_every_steps < 1:
+            raise ValueError("slots_per_layer and telemetry_every_steps must be at least 1")
         if self.command_step_window_steps < 0:
             raise ValueError("command_step_window_steps must be >= 0")
         if not 0.0 <= self.loss_ema_decay < 1.0:

@@ -25,8 +25,6 @@ from torch import Tensor, nn
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.kasmina.lifecycle import BLENDED, ISOLATED
 
-S = pb.SeedLifecycleStage
-
 
 @dataclass(eq=False)
 class Seed:
@@ -35,7 +33,7 @@ class Seed:
     seed_id: str
     layer_id: str
     layer_depth: int
-    stage: pb.SeedLifecycleStage.ValueType = S.SEED_STAGE_DORMANT
+    stage: pb.SeedLifecycleStage.ValueType = pb.SEED_STAGE_DORMANT
     module: nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     blueprint_id: str = ""
@@ -121,8 +119,11 @@ class SeedSite(nn.Module):
 
     def take_violation(self) -> bool | None:
         """Whether the last backward broke isolation (None: nothing was checked)."""
-        pending, self._pending_violation = self._pending_violation, None
-        return None if pending is None else bool(pending)
+        pending = self._pending_violation
+        if pending is None:
+            return None  # no assignment: a module's setattr is slow, and this runs each step
+        self._pending_violation = None
+        return bool(pending)
 
 
 def _run(seed: Seed, x: Tensor) -> Tensor:

@@ -15,6 +15,11 @@ whether its result may touch the weights:
   in conservative mode;
 - otherwise the gradients are clipped to ``max_grad_norm`` and the optimiser steps
   (``APPLIED``), which closes a half-open breaker.
+
+With a ``GradScaler`` (float16 autocast) the loss is scaled for the backward and the
+gradients unscaled before the clip, so the clip and the reported norm see the true
+gradients; an overflow is a ``NON_FINITE`` step like any other, and also lowers the
+scaler's scale for the next one.
 """
 
 from __future__ import annotations
@@ -94,7 +99,10 @@ class LearningGuard:
         )
 
     def step(
-        self, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]
+        self,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[], torch.Tensor],
+        scaler: torch.amp.GradScaler | None = None,
     ) -> LearningStepResult:
         """Run one guarded update: ``loss_fn()`` computes the loss to minimise."""
         if self._paused():
@@ -103,7 +111,7 @@ class LearningGuard:
             return self._count(LearningStepResult(LearningOutcome.BREAKER_OPEN))
         optimizer.zero_grad(set_to_none=True)
         try:
-            result = self._update(optimizer, loss_fn)
+            result = self._update(optimizer, loss_fn, scaler)
         except Exception as error:
             result = LearningStepResult(
                 LearningOutcome.FAILED, detail=f"{type(error).__name__}: {error}"[:500]
@@ -117,20 +125,33 @@ class LearningGuard:
         return self._count(result)
 
     def _update(
-        self, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]
+        self,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[], torch.Tensor],
+        scaler: torch.amp.GradScaler | None,
     ) -> LearningStepResult:
         loss = loss_fn()
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             return LearningStepResult(LearningOutcome.NON_FINITE, loss_value, detail="loss")
-        loss.backward()  # type: ignore[no-untyped-call]
+        if scaler is None:
+            loss.backward()  # type: ignore[no-untyped-call]
+        else:
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            scaler.unscale_(optimizer)
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.settings.max_grad_norm))
         if not math.isfinite(grad_norm):
+            if scaler is not None:
+                scaler.update()
             return LearningStepResult(
                 LearningOutcome.NON_FINITE, loss_value, grad_norm, detail="gradient norm"
             )
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
         return LearningStepResult(LearningOutcome.APPLIED, loss_value, grad_norm)
 
     def _count(self, result: LearningStepResult) -> LearningStepResult:

@@ -20,8 +20,6 @@ from torch import Tensor
 
 from leyline_pb import leyline_pb2 as pb
 
-S = pb.SeedLifecycleStage
-
 
 @dataclass(frozen=True, slots=True)
 class ActionSpec:
@@ -52,11 +50,11 @@ class ActionSpec:
 
 _ACTIVE = frozenset(
     {
-        S.SEED_STAGE_GERMINATED,
-        S.SEED_STAGE_TRAINING,
-        S.SEED_STAGE_BLENDING,
-        S.SEED_STAGE_SHADOWING,
-        S.SEED_STAGE_PROBATIONARY,
+        pb.SEED_STAGE_GERMINATED,
+        pb.SEED_STAGE_TRAINING,
+        pb.SEED_STAGE_BLENDING,
+        pb.SEED_STAGE_SHADOWING,
+        pb.SEED_STAGE_PROBATIONARY,
     }
 )
 
@@ -65,25 +63,25 @@ ACTION_SPACE: tuple[ActionSpec, ...] = (
     ActionSpec(
         pb.COMMAND_TYPE_SEED,
         pb.SEED_OP_GERMINATE,
-        frozenset({S.SEED_STAGE_DORMANT}),
+        frozenset({pb.SEED_STAGE_DORMANT}),
         needs_blueprint=True,
     ),
     ActionSpec(
-        pb.COMMAND_TYPE_SEED, pb.SEED_OP_START_TRAINING, frozenset({S.SEED_STAGE_GERMINATED})
+        pb.COMMAND_TYPE_SEED, pb.SEED_OP_START_TRAINING, frozenset({pb.SEED_STAGE_GERMINATED})
     ),
     ActionSpec(
         pb.COMMAND_TYPE_SEED,
         pb.SEED_OP_START_BLENDING,
-        frozenset({S.SEED_STAGE_TRAINING}),
+        frozenset({pb.SEED_STAGE_TRAINING}),
         has_blend=True,
     ),
     ActionSpec(
         pb.COMMAND_TYPE_SEED,
         pb.SEED_OP_ADVANCE,
-        frozenset({S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING}),
+        frozenset({pb.SEED_STAGE_BLENDING, pb.SEED_STAGE_SHADOWING}),
     ),
     ActionSpec(pb.COMMAND_TYPE_SEED, pb.SEED_OP_CULL, _ACTIVE),
-    ActionSpec(pb.COMMAND_TYPE_SEED, pb.SEED_OP_FOSSILIZE, frozenset({S.SEED_STAGE_PROBATIONARY})),
+    ActionSpec(pb.COMMAND_TYPE_SEED, pb.SEED_OP_FOSSILIZE, frozenset({pb.SEED_STAGE_PROBATIONARY})),
     ActionSpec(pb.COMMAND_TYPE_OPTIMIZER, has_lr=True),
     ActionSpec(pb.COMMAND_TYPE_PAUSE),
     ActionSpec(

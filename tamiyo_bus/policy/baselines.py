@@ -3,7 +3,9 @@
 ``decide(graph, *, greedy, generator, cancelled) -> Inference``, working from the
 PolicyGraph's features and masks alone, so anything that runs a ``ServingPolicy``
 (the simulator's rollout, a benchmark) runs these unchanged. They have no value head:
-``value`` is 0, and so is ``expected_severity`` (no risk head either).
+``value`` is 0, and so is ``expected_severity`` (no risk head either). They are
+parameter-free modules, so a PolicyHolder can run them on the step path (a
+PolicyUpdate for them is refused: no architecture accepts its weights).
 
 - :class:`NoOpPolicy`: never acts; what the run does on its own.
 - :class:`RandomPolicy`: a uniformly random valid choice at every level of the action
@@ -14,9 +16,9 @@ PolicyGraph's features and masks alone, so anything that runs a ``ServingPolicy`
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import torch
+from torch import nn
 
 from tamiyo_bus.policy.actions import (
     ACTION_SPACE,
@@ -33,20 +35,7 @@ from tamiyo_bus.policy.network import Cancelled
 from tamiyo_bus.policy.serving import Inference
 
 
-class DecisionPolicy(Protocol):
-    """What decides on a graph: a ServingPolicy or a baseline."""
-
-    def decide(
-        self,
-        graph: PolicyGraph,
-        *,
-        greedy: bool = True,
-        generator: torch.Generator | None = None,
-        cancelled: Cancelled | None = None,
-    ) -> Inference: ...
-
-
-class NoOpPolicy:
+class NoOpPolicy(nn.Module):
     """Always NO_OP, with probability 1."""
 
     def decide(
@@ -71,7 +60,7 @@ def _uniform(low: float, high: float, generator: torch.Generator | None) -> floa
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
-class RandomPolicy:
+class RandomPolicy(nn.Module):
     """A uniformly random masked choice: action type, then target seed, blueprint, blend
     method, and the continuous parameters uniform over their whole range. ``greedy``
     is ignored (a random policy has no mode); ``generator`` makes it reproducible."""

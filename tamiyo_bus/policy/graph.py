@@ -101,6 +101,28 @@ class PolicyGraph:
         }
 
 
+def edge_features(
+    structure: GraphStructure, node_scalar: FloatArray, fit_compat: FloatArray
+) -> FloatArray:
+    """[1, source scalar, destination scalar, relation value] per edge.
+
+    The per-step inputs are each node's scalar (seed alpha, layer depth, blueprint
+    risk) and the blueprint x layer compatibility that blueprint-fit edges carry as
+    their relation value. Leading axes of both (stacked graphs, as replay decodes
+    them) carry through to the result: [..., E, EDGE_DIM].
+    """
+    lead = node_scalar.shape[:-1]
+    out = np.empty((*lead, structure.num_edges, EDGE_DIM), dtype=np.float32)
+    out[..., 0] = 1.0
+    out[..., 1] = node_scalar[..., structure.src]
+    out[..., 2] = node_scalar[..., structure.dst]
+    out[..., 3] = structure.relation_value
+    out[..., structure.fit_positions, 3] = fit_compat[
+        ..., structure.fit_blueprint, structure.fit_layer
+    ]
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class _Seeds:
     ids: tuple[str, ...]
@@ -237,14 +259,7 @@ class GraphBuilder:
         scalar[structure.rows(SEED)] = seeds.values[:, 0]  # alpha
         scalar[structure.rows(LAYER)] = self.host.depth_fraction
         scalar[structure.rows(BLUEPRINT)] = enrichment.values[:, 0]  # risk
-        edge_attr = np.empty((structure.num_edges, EDGE_DIM), dtype=np.float32)
-        edge_attr[:, 0] = 1.0
-        edge_attr[:, 1] = scalar[structure.src]
-        edge_attr[:, 2] = scalar[structure.dst]
-        edge_attr[:, 3] = structure.relation_value
-        edge_attr[structure.fit_positions, 3] = enrichment.compat[
-            structure.fit_blueprint, structure.fit_layer
-        ]
+        edge_attr = edge_features(structure, scalar, enrichment.compat)
 
         placed = seeds.layer >= 0
         fits = np.empty((len(seeds.ids), n_blueprints), dtype=np.bool_)

@@ -47,20 +47,22 @@ class PolicyHeads(nn.Module):
         self.log_std = nn.Parameter(torch.full((2,), math.log(INITIAL_STD)))
 
     def forward(self, h: Tensor, seed_rows: slice, blueprint_rows: slice) -> PolicyOutput:
-        """``h`` stacks every node's embedding in schema order; row 0 is the global node."""
-        context = torch.cat((h[0], h.mean(dim=0)))
+        """``h`` stacks every node's embedding in schema order ([N, D]); row 0 is the
+        global node. Graphs of one structure may be stacked in front ([G, N, D]): every
+        output then has a leading G axis (``log_std`` excepted)."""
+        context = torch.cat((h[..., 0, :], h.mean(dim=-2)), dim=-1)
         hidden = F.relu(F.linear(context, self.context_in.weight, self.context_in.bias))
         z = F.linear(hidden, self.context_out.weight, self.context_out.bias)
         node = F.linear(h, self.node_out.weight, self.node_out.bias)
         span = LOG_ALPHA_MAX - LOG_ALPHA_MIN
         return PolicyOutput(
-            action_logits=z[:_A],
-            seed_logits=node[seed_rows, :-1],
-            blueprint_logits=node[blueprint_rows, -1],
-            blend_logits=z[_BLEND],
-            alpha_log_steps_mean=LOG_ALPHA_MIN + span * torch.sigmoid(z[_ALPHA]),
-            lr_log_scale_mean=LR_LOG_SCALE_MAX * torch.tanh(z[_LR]),
+            action_logits=z[..., :_A],
+            seed_logits=node[..., seed_rows, :-1],
+            blueprint_logits=node[..., blueprint_rows, -1],
+            blend_logits=z[..., _BLEND],
+            alpha_log_steps_mean=LOG_ALPHA_MIN + span * torch.sigmoid(z[..., _ALPHA]),
+            lr_log_scale_mean=LR_LOG_SCALE_MAX * torch.tanh(z[..., _LR]),
             log_std=self.log_std,
-            value=z[_VALUE],
-            risk_logits=z[_RISK],
+            value=z[..., _VALUE],
+            risk_logits=z[..., _RISK],
         )

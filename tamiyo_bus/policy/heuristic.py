@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.kasmina.lifecycle import (
@@ -44,7 +45,6 @@ from tamiyo_bus.policy.network import Cancelled
 from tamiyo_bus.policy.schema import BLUEPRINT, GLOBAL, LAYER, RELATION_INDEX, SEED
 from tamiyo_bus.policy.serving import Inference
 
-S = pb.SeedLifecycleStage
 _ACTION: dict[tuple[int, int], int] = {
     (spec.command_type, spec.seed_operation): i for i, spec in enumerate(ACTION_SPACE)
 }
@@ -125,11 +125,12 @@ class _View:
         )
 
 
-class HeuristicPolicy:
+class HeuristicPolicy(nn.Module):
     """See the module docstring. Deterministic: ``greedy`` and ``generator`` are
     ignored and every decision has log-probability 0."""
 
     def __init__(self, settings: HeuristicSettings | None = None) -> None:
+        super().__init__()
         self.settings = settings or HeuristicSettings()
         self._start(0)
 
@@ -218,7 +219,11 @@ class HeuristicPolicy:
         s = self.settings
         for seed, stage in enumerate(view.stage.tolist()):
             delta = view.loss_delta[seed]
-            if stage not in BLENDED or stage == S.SEED_STAGE_FOSSILIZED or not math.isfinite(delta):
+            if (
+                stage not in BLENDED
+                or stage == pb.SEED_STAGE_FOSSILIZED
+                or not math.isfinite(delta)
+            ):
                 continue
             baseline = view.loss - delta
             if baseline > 0 and delta / baseline > s.cull_regression:
@@ -234,11 +239,11 @@ class HeuristicPolicy:
     def _lifecycle(self, view: _View, graph: PolicyGraph) -> PolicyAction | None:
         """The most advanced seed move whose gate passes (starting training has none)."""
         order = (
-            (pb.SEED_OP_FOSSILIZE, S.SEED_STAGE_PROBATIONARY),
-            (pb.SEED_OP_ADVANCE, S.SEED_STAGE_SHADOWING),
-            (pb.SEED_OP_ADVANCE, S.SEED_STAGE_BLENDING),
-            (pb.SEED_OP_START_BLENDING, S.SEED_STAGE_TRAINING),
-            (pb.SEED_OP_START_TRAINING, S.SEED_STAGE_GERMINATED),
+            (pb.SEED_OP_FOSSILIZE, pb.SEED_STAGE_PROBATIONARY),
+            (pb.SEED_OP_ADVANCE, pb.SEED_STAGE_SHADOWING),
+            (pb.SEED_OP_ADVANCE, pb.SEED_STAGE_BLENDING),
+            (pb.SEED_OP_START_BLENDING, pb.SEED_STAGE_TRAINING),
+            (pb.SEED_OP_START_TRAINING, pb.SEED_STAGE_GERMINATED),
         )
         for operation, stage in order:
             for seed in np.flatnonzero(view.stage == stage).tolist():

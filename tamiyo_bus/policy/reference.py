@@ -86,10 +86,23 @@ class ReferencePolicy(nn.Module):
 
     def embed(self, graph: PolicyGraph) -> Tensor:
         """Final node embeddings, stacked in schema order ([N, gat_dim])."""
-        x = {t: F.relu(self.encoders[t](v)) for t, v in graph.x_dict().items()}
         device = graph.x.device
         edge_index = {k: v.to(device) for k, v in graph.edge_index_dict().items()}
-        edge_attr = graph.edge_attr_dict()
+        x = self.embed_typed(graph.x_dict(), edge_index, graph.edge_attr_dict())
+        return torch.cat([x[t] for t in NODE_TYPES])
+
+    def embed_typed(
+        self,
+        x_dict: dict[str, Tensor],
+        edge_index: dict[tuple[str, str, str], Tensor],
+        edge_attr: dict[tuple[str, str, str], Tensor],
+    ) -> dict[str, Tensor]:
+        """Final node embeddings per type from PyG's typed inputs.
+
+        Taking the typed dictionaries (not a PolicyGraph) lets learning run a disjoint
+        union of many graphs through one forward.
+        """
+        x = {t: F.relu(self.encoders[t](v)) for t, v in x_dict.items()}
         for conv in self.sage:
             out = conv(x, edge_index)
             x = {t: F.relu(out[t]) + x[t] for t in NODE_TYPES}
@@ -97,7 +110,7 @@ class ReferencePolicy(nn.Module):
             out = conv(x, edge_index, edge_attr_dict=edge_attr)
             skip = {t: self.gat_skip[t](x[t]) for t in NODE_TYPES} if layer == 0 else x
             x = {t: F.elu(out[t]) + skip[t] for t in NODE_TYPES}
-        return torch.cat([x[t] for t in NODE_TYPES])
+        return x
 
     def forward(self, graph: PolicyGraph) -> PolicyOutput:
         h = self.embed(graph)

@@ -87,8 +87,8 @@ class Thresholds:
 
     loss_delta_ratio_base: float = 0.05  # loss 5 % above its moving average
     loss_delta_ratio_emergency: float = 0.5
-    loss_volatility_cv_base: float = 0.05
-    loss_volatility_cv_emergency: float = 0.3
+    loss_volatility_cv_base: float = 0.1
+    loss_volatility_cv_emergency: float = 0.5
     gradient_norm_l2_base: float = 10.0
     gradient_norm_l2_emergency: float = 100.0
     gradient_variance_sq_base: float = 1.0

@@ -24,13 +24,22 @@ from tamiyo_bus.risk.gate import GateResult, PreparedScores, RiskGate
 from tamiyo_bus.risk.tracker import BlueprintLookup, PacketSignals, SignalTracker
 
 
-def mean_coverage(coverage: Mapping[str, float]) -> float:
-    """Feature coverage of a decision: the mean over node types of the present share.
+def relative_coverage(coverage: Mapping[str, float], best: dict[str, float]) -> float:
+    """Feature coverage of a decision, relative to the best this run has delivered: the
+    mean over node types of the present share divided by the largest seen so far
+    (``best`` is updated in place).
 
-    The mean, not the minimum: a trainer that never reports one node type's metrics
-    would otherwise hold the run at ORANGE for good.
+    Relative, because degradation is a drop from what the trainer normally reports: a
+    node type it never reports (activation statistics a lean trainer leaves out) says
+    nothing about this step. The mean, not the minimum, so one type's gap does not hold
+    the run at ORANGE on its own.
     """
-    return sum(coverage.values()) / len(coverage) if coverage else 1.0
+    shares = []
+    for node_type, share in coverage.items():
+        seen = best[node_type] = max(best.get(node_type, 0.0), share)
+        if seen > 0:
+            shares.append(share / seen)
+    return sum(shares) / len(shares) if shares else 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,7 @@ class StepGate:
         self._urza = gate.breakers[BreakerName.URZA]
         self._epoch: int | None = None
         self._prepared: _Prepared | None = None
+        self._best_coverage: dict[str, float] = {}
         self.last: GateResult | None = None
 
     def inference_allowed(self) -> bool:
@@ -99,7 +109,7 @@ class StepGate:
                 policy_expected_severity=decision.inference.expected_severity,
                 # The metadata the policy decided with: no lookup after the decision.
                 blueprints=lambda _: known,
-                feature_coverage=mean_coverage(decision.graph.coverage),
+                feature_coverage=relative_coverage(decision.graph.coverage, self._best_coverage),
             )
         self.last = result
         return result.command

@@ -31,6 +31,7 @@ METRIC_SIGNALS: tuple[tuple[str, Signal], ...] = (
     ("kasmina_finalize_latency_ms", Signal.KASMINA_FINALIZE_LATENCY),
     ("isolation_violations", Signal.ISOLATION_VIOLATIONS),  # Kasmina's count, last step
 )
+_MEDIAN_ABS_NORMAL = 0.6745  # median of |x| for x standard normal
 # Seeds whose blueprint no longer contributes to the model.
 _GONE = frozenset(
     {
@@ -179,15 +180,26 @@ def relative_rise(value: float, reference: float, *, floor: float = 0.0) -> floa
 
 
 def loss_volatility(losses: deque[float]) -> float:
-    """Coefficient of variation (std / |mean|) of the recent losses; 0 with fewer than two."""
+    """How much the recent losses jump from one to the next, over |mean|; 0 with fewer
+    than three.
+
+    The jitter is a robust estimate from second differences (``l[i+1] - 2 l[i] +
+    l[i-1]``; for white noise of deviation s their median magnitude is 0.6745 sqrt(6) s):
+    a loss that falls, even steeply or round a bend (a healthy run), has small second
+    differences but at the bend, which the median ignores; a loss that oscillates has
+    large ones throughout. A single spike is the loss-delta signal's.
+    """
     n = len(losses)
-    if n < 2:
+    if n < 3:
         return 0.0
     mean = sum(losses) / n
     if mean == 0.0:
         return 0.0
-    variance = sum([(x - mean) ** 2 for x in losses]) / (n - 1)
-    return math.sqrt(variance) / abs(mean)
+    values = list(losses)
+    second = sorted(abs(values[i + 1] - 2.0 * values[i] + values[i - 1]) for i in range(1, n - 1))
+    middle = len(second) // 2
+    median = second[middle] if len(second) % 2 else (second[middle - 1] + second[middle]) / 2
+    return median / (_MEDIAN_ABS_NORMAL * math.sqrt(6.0)) / abs(mean)
 
 
 def live_blueprints(seeds: Iterable[pb.SeedState]) -> tuple[str, ...]:

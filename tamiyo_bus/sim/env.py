@@ -43,8 +43,7 @@ from tamiyo_bus.urza.blueprint import Blueprint
 from tamiyo_bus.urza.catalogue import default_catalogue
 from tamiyo_bus.urza_client import BlueprintMetadata
 
-S = pb.SeedLifecycleStage
-WATCHED = stage_table(BLENDED - {S.SEED_STAGE_FOSSILIZED})  # what a rollback may target
+WATCHED = stage_table(BLENDED - {pb.SEED_STAGE_FOSSILIZED})  # what a rollback may target
 IS_ACTIVE = stage_table(ACTIVE)
 WATCHDOG_REASON = "watchdog"
 
@@ -226,7 +225,7 @@ class VectorSim:
         state = self.state
         self.executor.advance_alpha(state, step)
         # Only seeds still TRAINING are checked (a command may have moved one on).
-        violated = self._violated & (state.stage == S.SEED_STAGE_TRAINING)
+        violated = self._violated & (state.stage == pb.SEED_STAGE_TRAINING)
         for run, seed in cells(violated):
             self.reports.on_isolation_violation(self.run_ids[run], self.host.seed_ids[seed])
         self._last_violations = self.executor.finalize(state, violated, step)

@@ -42,7 +42,7 @@ from tamiyo_bus.urza.catalogue import LR_RATIO
 S = pb.SeedLifecycleStage
 HAS_MODULE_TABLE = stage_table(HAS_MODULE)
 SCHEDULED_TABLE = stage_table(
-    frozenset({S.SEED_STAGE_CULLED, S.SEED_STAGE_EMBARGOED, S.SEED_STAGE_RESETTING})
+    frozenset({pb.SEED_STAGE_CULLED, pb.SEED_STAGE_EMBARGOED, pb.SEED_STAGE_RESETTING})
 )
 
 
@@ -139,11 +139,11 @@ class SimExecutor:
             stage = _stage(state.stage[run, seed])
             if stage not in ACTIVE:
                 return Refusal("wrong_stage", f"{target_seed_id} is {S.Name(stage)}")
-            self.move(state, run, seed, S.SEED_STAGE_CULLED, reason, step)
+            self.move(state, run, seed, pb.SEED_STAGE_CULLED, reason, step)
             return None
         for seed in range(len(self.host.seed_ids)):
             if swept_by(kind, int(state.stage[run, seed])):
-                self.move(state, run, seed, S.SEED_STAGE_CULLED, reason, step)
+                self.move(state, run, seed, pb.SEED_STAGE_CULLED, reason, step)
         return None
 
     def _seed_command(self, target: Target, command: pb.AdaptationCommand) -> Refusal | None:
@@ -229,7 +229,7 @@ class SimExecutor:
         )
         spike = self.settings.dynamics.germination_spike_per_instability * target.shaking
         state.spike_loss[run] += spike * _calm_loss(state, run)
-        self.move(state, run, seed, S.SEED_STAGE_GERMINATED, why, step)
+        self.move(state, run, seed, pb.SEED_STAGE_GERMINATED, why, step)
         return None
 
     def _start_blending(self, target: Target, seed: int, order: pb.SeedCommand) -> None:
@@ -257,15 +257,19 @@ class SimExecutor:
     ) -> None:
         """Change a seed's stage and what goes with it (as Kasmina's ``_move``)."""
         previous = _stage(state.stage[run, seed])
-        if stage == S.SEED_STAGE_CULLED:
+        if stage == pb.SEED_STAGE_CULLED:
             state.parameters[run, seed] = 0
             state.alpha[run, seed] = 0.0
             state.blend_baseline_loss[run, seed] = math.nan
             state.learned[run, seed] = 0.0
             state.cure[run, seed] = 0.0
-        elif stage in (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY, S.SEED_STAGE_FOSSILIZED):
+        elif stage in (
+            pb.SEED_STAGE_SHADOWING,
+            pb.SEED_STAGE_PROBATIONARY,
+            pb.SEED_STAGE_FOSSILIZED,
+        ):
             state.alpha[run, seed] = 1.0
-        elif stage == S.SEED_STAGE_DORMANT:
+        elif stage == pb.SEED_STAGE_DORMANT:
             state.blueprint[run, seed] = NO_BLUEPRINT
             state.risk[run, seed] = 0.0
             state.isolation_violations[run, seed] = 0
@@ -290,7 +294,7 @@ class SimExecutor:
 
     def advance_alpha(self, state: RunState, step: int) -> None:
         """One step along each blending seed's ramp, in runs that are not paused."""
-        ramping = (state.stage == S.SEED_STAGE_BLENDING) & (state.alpha < 1.0)
+        ramping = (state.stage == pb.SEED_STAGE_BLENDING) & (state.alpha < 1.0)
         ramping &= (step >= state.paused_until_step)[:, None]
         for run, seed in cells(ramping):
             progress = int(state.blend_progress_steps[run, seed]) + 1
@@ -311,13 +315,13 @@ class SimExecutor:
         state.kasmina_loss_ema = np.where(
             np.isnan(ema), state.batch_loss, decay * ema + (1.0 - decay) * state.batch_loss
         )
-        training = state.stage == S.SEED_STAGE_TRAINING
+        training = state.stage == pb.SEED_STAGE_TRAINING
         self._isolation_checks += training.sum(axis=1)
         self._finalized += 1
         for run, seed in cells(violated):
             state.isolation_violations[run, seed] += 1
             self.stats[run].isolation_violations += 1
-            self.move(state, run, seed, S.SEED_STAGE_CULLED, EventKind.ISOLATION_VIOLATION, step)
+            self.move(state, run, seed, pb.SEED_STAGE_CULLED, EventKind.ISOLATION_VIOLATION, step)
         waiting = SCHEDULED_TABLE[state.stage]
         for run, seed in cells(waiting):
             waited = step - int(state.stage_entered_step[run, seed])

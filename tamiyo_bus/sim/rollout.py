@@ -19,10 +19,9 @@ from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.decision import propose_command
 from tamiyo_bus.kasmina.executor import ApplyResult
 from tamiyo_bus.policy.actions import PolicyAction
-from tamiyo_bus.policy.baselines import DecisionPolicy
 from tamiyo_bus.policy.features import RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
-from tamiyo_bus.policy.serving import Inference
+from tamiyo_bus.policy.serving import DecisionPolicy, Inference
 from tamiyo_bus.sim.env import VectorSim
 
 BREAKER_NAME = "tamiyo.policy"  # the breaker a CIRCUIT_BREAKER action names

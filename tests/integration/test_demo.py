@@ -11,6 +11,8 @@ import pytest
 from weatherlight.cli import main
 from weatherlight.settings import ENV_REDIS_URL, ENV_URZA_DB
 
+EPOCHS = "6"
+
 
 def test_demo_runs_end_to_end_and_writes_its_report(
     tmp_path: Path,
@@ -20,18 +22,19 @@ def test_demo_runs_end_to_end_and_writes_its_report(
 ) -> None:
     monkeypatch.setenv(ENV_REDIS_URL, server_url)
     monkeypatch.setenv(ENV_URZA_DB, str(tmp_path / "urza.sqlite"))
-    assert main(["demo", "--epochs", "2", "--out", str(tmp_path / "runs")]) == 0
+    assert main(["demo", "--epochs", EPOCHS, "--out", str(tmp_path / "runs")]) == 0
 
     printed = capsys.readouterr().out
     assert "status page http://127.0.0.1:" in printed
     (run_dir,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
-    steps = 2 * (1438 // 32)  # digits' training split at batch 32
+    steps = int(EPOCHS) * (1438 // 128)  # digits' training split at the demo's batch 128
     assert summary["steps"] == steps
-    assert summary["decisions"] == steps  # one evaluate_step per step
+    assert 0 < summary["decisions"] < steps  # Tamiyo chose her cadence
+    assert summary["decision_mode"] == "ahead"
     assert summary["rejected"] == {}  # every command passed verification
-    assert summary["applied"] + sum(summary["refused"].values()) == steps
-    assert summary["final_val_accuracy"] > 0.8
+    assert summary["applied"] + sum(summary["refused"].values()) == summary["decisions"]
+    assert summary["final_val_accuracy"] > 0.5  # a narrow host, a few epochs
     for line in summary_lines(summary):
         assert line in printed
 
@@ -45,4 +48,4 @@ def test_demo_runs_end_to_end_and_writes_its_report(
 
 def summary_lines(summary: dict[str, object]) -> list[str]:
     """A few figures that must appear in the printed summary."""
-    return [f"{summary['steps']:,} steps", f"decisions     {summary['decisions']:,} ("]
+    return [f"{summary['steps']:,} steps", f"decisions     {summary['decisions']:,} by "]

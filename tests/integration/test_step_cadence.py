@@ -8,6 +8,7 @@ from pathlib import Path
 
 from leyline_pb import leyline_pb2 as pb
 from oona.keys import Signer
+from tamiyo_bus.kasmina.settings import KasminaSettings
 from tests.integration.helpers import (
     ScriptedController,
     assemble,
@@ -21,13 +22,14 @@ STEPS = 140
 
 
 def test_every_step_decides_verifies_applies_and_finalizes(tmp_path: Path, signer: Signer) -> None:
-    parts = assemble(tmp_path, signer)
+    parts = assemble(tmp_path, signer, kasmina_settings=KasminaSettings(telemetry_every_steps=1))
     controller = ScriptedController(signer, lifecycle_rule("block1.s0", "mlp-res-16"))
     recorder = RunRecorder()
     trainer(parts, controller, max_steps=STEPS, observers=(recorder,)).run()
     kasmina = parts.kasmina
 
-    # one evaluate_step per optimiser step, in order, each with the live seed states
+    # one evaluate_step per optimiser step, in order, each with the live seed states (and,
+    # with telemetry_every_steps=1, a telemetry record per step)
     assert [p.global_step for p in controller.packets] == list(range(STEPS))
     assert all(len(p.seed_states) == 2 for p in controller.packets)
     assert all(p.training_metrics["layer/block0/gradient_norm"] > 0 for p in controller.packets)
@@ -87,3 +89,21 @@ def test_decision_cadence_asks_every_nth_step_but_finalizes_every_step(
     ]
     assert blending  # alpha advanced on the steps in between as well
     assert len(set(blending)) == len(blending)
+
+
+def test_quiet_steps_send_telemetry_only_every_nth_step(tmp_path: Path, signer: Signer) -> None:
+    """A step's record goes out every ``telemetry_every_steps`` steps, and on every step
+    with a verified command or a lifecycle change; the quiet steps cost next to nothing."""
+    parts = assemble(tmp_path, signer, kasmina_settings=KasminaSettings(telemetry_every_steps=7))
+    controller = ScriptedController(signer, lifecycle_rule("block1.s0", "mlp-res-16"))
+    recorder = RunRecorder()
+    trainer(parts, controller, max_steps=STEPS, observers=(recorder,)).run()
+    kasmina = parts.kasmina
+    expected = (
+        {step for step in range(STEPS) if step % 7 == 0}
+        | {r.step for r in recorder.steps if r.result is not None and r.result.verified}
+        | {e.step for e in kasmina.history}
+    )
+    sent = [t.step for t in kasmina.outbox.drain()]
+    assert sent == sorted(expected)
+    assert len(sent) < STEPS and kasmina.stats.finalized == STEPS

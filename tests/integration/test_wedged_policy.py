@@ -23,6 +23,9 @@ from weatherlight.demo.recorder import RunRecorder
 
 SMALL = PolicyConfig(hidden_dim=32, gat_heads=2, gat_head_dim=8, head_hidden_dim=32)
 DEADLINE_MS = 5.0
+EVERY_STEP_INLINE = StepSettings(
+    decision_mode=DecisionMode.INLINE, decision_every_steps=1, step_deadline_ms=DEADLINE_MS
+)
 SLACK_MS = 50.0  # thread wake-up on a loaded 2-core machine, not work done for Tamiyo
 STEPS = 40
 
@@ -52,7 +55,7 @@ def test_a_wedged_policy_costs_each_step_at_most_the_deadline(
     )
     recorder = RunRecorder()
     run = assemble(
-        RunSpec(step=StepSettings(decision_mode=DecisionMode.INLINE, step_deadline_ms=DEADLINE_MS)),
+        RunSpec(step=EVERY_STEP_INLINE),
         run_id="wedged-run",
         signer=signer,
         keyring=Keyring.of(signer.public_key(), role=UNRESTRICTED),

@@ -355,7 +355,7 @@ def test_a_swapped_policy_decides_the_next_step() -> None:
 def test_the_step_path_refuses_a_module_it_cannot_run() -> None:
     stack = make_stack()
     holder = PolicyHolder(RunningPolicy(torch.nn.Linear(2, 2), "other", 1, "arch", "digest"))
-    with pytest.raises(TypeError, match="ServingPolicy"):
+    with pytest.raises(TypeError, match="decide"):
         StepController(
             policy=holder,
             builder=stack.builder,

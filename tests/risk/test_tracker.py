@@ -53,12 +53,22 @@ def test_diverged_loss_is_critical() -> None:
     assert result.reason == "loss_delta"
 
 
-def test_loss_volatility_is_the_coefficient_of_variation() -> None:
+def test_loss_volatility_is_the_jitter_from_one_loss_to_the_next() -> None:
     tracker = SignalTracker(TrackerSettings(loss_window_steps=4))
     for loss in (1.0, 3.0, 1.0, 3.0, 1.0, 3.0):
         values = tracker.observe(packet(loss), blueprints=NO_METADATA)
-    # the window holds 1, 3, 1, 3: mean 2, sample std 2/sqrt(3)
-    assert values[Signal.LOSS_VOLATILITY] == pytest.approx((2 / math.sqrt(3)) / 2)
+    # The window holds 1, 3, 1, 3: second differences -4 and 4, median magnitude 4, the
+    # jitter 4 / (0.6745 sqrt(6)), over the mean 2.
+    expected = 4.0 / (0.6745 * math.sqrt(6.0)) / 2.0
+    assert values[Signal.LOSS_VOLATILITY] == pytest.approx(expected)
+
+
+def test_a_loss_falling_steadily_or_round_a_bend_is_not_volatile() -> None:
+    tracker = SignalTracker(TrackerSettings(loss_window_steps=20))
+    for step in range(40):  # falls steadily, then bends to flat at step 30
+        loss = 2.0 - 0.04 * min(step, 30)
+        values = tracker.observe(packet(loss), blueprints=NO_METADATA)
+    assert values[Signal.LOSS_VOLATILITY] == pytest.approx(0.0, abs=1e-6)  # float32 losses
 
 
 def test_metrics_are_read_under_their_names_and_absent_ones_left_out() -> None:

@@ -18,8 +18,9 @@ from tamiyo_bus.policy.actions import (
     LR_LOG_SCALE_MAX,
     SEED_COLUMN,
 )
-from tamiyo_bus.policy.baselines import DecisionPolicy, NoOpPolicy, RandomPolicy
+from tamiyo_bus.policy.baselines import NoOpPolicy, RandomPolicy
 from tamiyo_bus.policy.heuristic import HeuristicPolicy
+from tamiyo_bus.policy.serving import DecisionPolicy
 from tamiyo_bus.sim import VectorSim
 from tamiyo_bus.sim.rollout import graph_builder, run_episode
 from tests.sim.helpers import QUIET, germinate, seed_command

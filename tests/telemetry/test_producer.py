@@ -136,6 +136,8 @@ class _Record:
     command_id = "c1"
     training_run_id = "run-1"
     global_step = 42
+    decision_step = 41
+    cadence_steps = 4
     policy_version = 3
     command_type = pb.COMMAND_TYPE_SEED
     action = "COMMAND_TYPE_SEED/SEED_OP_GERMINATE"
@@ -169,9 +171,14 @@ async def test_sinks_turn_events_metrics_and_decisions_into_packets(bus: Bus) ->
     assert gauge.metrics[0].kind == pb.METRIC_KIND_GAUGE
     assert decision.events[0].attributes["reason"] == "plateau"
     assert decision.events[0].attributes["command_type"] == "COMMAND_TYPE_SEED"
+    assert (
+        decision.events[0].attributes["decision_step"],
+        decision.events[0].attributes["step"],
+    ) == ("41", "42")
     assert {m.name for m in decision.metrics} == {
         "decisions_total",
         "decision_latency",
+        "decision_cadence_steps",
         "inference_latency",
         "expected_risk_severity",
     }

@@ -18,15 +18,18 @@ import gc
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from leyline_vocab.telemetry import SOURCE_TAMIYO, SOURCE_TOLARIA
 from oona.server import EmbeddedServer
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
-from tamiyo_bus import initial_policy
+from tamiyo_bus import Baseline, baseline_policy, initial_policy
 from tamiyo_bus.policy.profiles import Profile
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
@@ -93,7 +96,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )  # fmt: skip
     parser.add_argument(
         "--profile", choices=[p.value for p in Profile],
-        help="the policy's size (default: small on CPU, full on CUDA)",
+        help="the network's size (default: small on CPU, full on CUDA)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--policy", choices=["network", *(b.value for b in Baseline)], default="network",
+        help="who decides: the policy network, or a hand-written baseline",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="torch threads for training (default 0: all cores but one, which Tamiyo's "
+        "decisions use)",
     )  # fmt: skip
     parser.add_argument(
         "--greedy", action="store_true",
@@ -101,6 +113,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )  # fmt: skip
     parser.add_argument("--nissa-port", type=int, default=0, help="status page port (0: any)")
     parser.set_defaults(run=run)
+
+
+def training_threads() -> int:
+    """All cores but one: the inference worker decides on the one left, so a decision
+    does not queue behind the trainer's own threads (on a 2-core machine, one each)."""
+    return max((os.cpu_count() or 2) - 1, 1)
 
 
 def _spec(args: argparse.Namespace) -> RunSpec:
@@ -145,7 +163,12 @@ def run(args: argparse.Namespace) -> int:
         oona = oona.with_overrides(redis_url=server.url)
     oona = oona.with_overrides(key_prefix=f"demo-{run_id}")
     store = UrzaStore.open_seeded(system.urza)
-    holder = initial_policy(device, spec.seed)
+    torch.set_num_threads(args.threads or training_threads())
+    holder = (
+        initial_policy(device, spec.seed, spec.profile)
+        if args.policy == "network"
+        else baseline_policy(Baseline(args.policy))
+    )
     side = AsyncSide(
         oona=oona, keys=keys, run_id=run_id, run_dir=run_dir,
         holder=holder, policy_update_breaker=spec.risk.breakers.policy_update,
@@ -185,8 +208,13 @@ def run(args: argparse.Namespace) -> int:
             f"{built.host_parameters:,} parameters, {len(built.kasmina.seeds)} seed slots, "
             f"{steps:,} steps\n"
         )
-        budget_ms = spec.step.step_deadline_ms - spec.step.finish_reserve_ms
-        if built.warm_decision_ms > budget_ms:
+        step = built.tamiyo.controller.settings
+        budget_ms = step.step_deadline_ms - step.finish_reserve_ms
+        print(
+            f"  policy      {built.tamiyo.holder.current().architecture_id}, "
+            f"{step.decision_mode} decisions; one costs about {built.warm_decision_ms:.1f} ms here"
+        )
+        if step.decision_mode is DecisionMode.INLINE and built.warm_decision_ms > budget_ms:
             print(
                 f"  note: a decision takes about {built.warm_decision_ms:.1f} ms on this machine, "
                 f"more than the {budget_ms:.1f} ms the {spec.step.step_deadline_ms:g} ms step "
@@ -227,8 +255,8 @@ def run(args: argparse.Namespace) -> int:
     }
     summary = summarise(
         run_id=run_id, dataset=spec.dataset, model=spec.model, device=str(device), wall_s=wall_s,
-        recorder=recorder, kasmina=built.kasmina, host_parameters=built.host_parameters,
-        step_deadline_ms=spec.step.step_deadline_ms, services=services,
+        recorder=recorder, kasmina=built.kasmina, tamiyo=built.tamiyo,
+        host_parameters=built.host_parameters, services=services,
     )  # fmt: skip
     (run_dir / "summary.json").write_text(
         json.dumps(summary.to_json(), indent=2, default=_json_default), encoding="utf-8"

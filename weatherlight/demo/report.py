@@ -16,8 +16,9 @@ from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.kasmina.telemetry import LifecycleEvent
 from tamiyo_bus.risk.engine import Category
 from tamiyo_bus.risk.gate import CONSERVATIVE_REASON
+from tamiyo_bus.settings import DecisionMode
 from weatherlight.demo import svg
-from weatherlight.demo.recorder import RunRecorder, describe
+from weatherlight.demo.recorder import REPLACED_REASON, RunRecorder, describe
 from weatherlight.demo.summary import RunSummary
 
 S = pb.SeedLifecycleStage
@@ -129,18 +130,33 @@ def _lifecycle(history: Sequence[LifecycleEvent], seed_ids: Sequence[str], end: 
 
 
 def _latency(recorder: RunRecorder, summary: RunSummary) -> str:
-    values = [r.decision_ms for r, _ in recorder.decisions]
+    values = [r.decision_ms for r in recorder.steps if r.packet is not None]
     d, deadline = summary.decision_ms, summary.step_deadline_ms
+    markers = [
+        svg.Marker(d["p50"], "#16a34a", f"p50 {d['p50']:.2f}"),
+        svg.Marker(d["p95"], "#ea580c", f"p95 {d['p95']:.2f}"),
+    ]
+    if summary.decision_mode == DecisionMode.INLINE:
+        markers.append(svg.Marker(deadline, "#dc2626", f"deadline {deadline:g}"))
     return svg.histogram(
         values,
         title="evaluate_step latency (as the trainer saw it)",
         x_label="milliseconds",
-        markers=[
-            svg.Marker(d["p50"], "#16a34a", f"p50 {d['p50']:.2f}"),
-            svg.Marker(d["p95"], "#ea580c", f"p95 {d['p95']:.2f}"),
-            svg.Marker(deadline, "#dc2626", f"deadline {deadline:g}"),
-        ],
+        markers=markers,
     )
+
+
+def _above_yellow(recorder: RunRecorder) -> str:
+    """Every decision the risk engine put above YELLOW, with the signal that did."""
+    rows = [
+        (r.step, c.annotations["risk_category"], c.annotations.get("risk_signal", "-"),
+         describe(c), c.annotations.get(REPLACED_REASON, c.reason))
+        for r, c in recorder.decisions
+        if Category[c.annotations.get("risk_category", "GREEN")] > Category.YELLOW
+    ]  # fmt: skip
+    if not rows:
+        return "<p class='note'>No decision was above YELLOW in this run.</p>"
+    return _table(rows, ("step", "category", "deciding signal", "command issued", "proposed as"))
 
 
 def _runs(
@@ -264,10 +280,13 @@ def write_report(
         "<h2>Decisions</h2>",
         _latency(recorder, summary),
         "<p class='note'>Latency of <code>evaluate_step</code> measured around the call in "
-        "the trainer, including the risk gate and signing; a miss answers NO_OP at the "
-        "deadline.</p>",
+        "the trainer on the steps Tamiyo wanted the state, including the risk gate and "
+        "signing. Ahead, the policy decided on another thread; inline, the step waited "
+        "for it up to the deadline.</p>",
         "<h2>Risk and breakers</h2>",
         _risk(recorder, end),
+        "<h3>Decisions above YELLOW</h3>",
+        _above_yellow(recorder),
         "<h2>Lifecycle events</h2>",
         events,
         "<h2>Commands and reasons</h2>",

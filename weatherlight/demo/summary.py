@@ -10,7 +10,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from leyline_pb import leyline_pb2 as pb
+from tamiyo_bus import Tamiyo
+from tamiyo_bus.decision import InferenceOutcome
 from tamiyo_bus.kasmina.executor import Kasmina
+from tamiyo_bus.risk.engine import Category
+from tamiyo_bus.settings import DecisionMode
 from weatherlight.demo.recorder import RunRecorder, describe, policy_decided
 
 S = pb.SeedLifecycleStage
@@ -37,16 +41,25 @@ class RunSummary:
     final_val_loss: float
     final_val_accuracy: float
     best_val_accuracy: float
-    decisions: int
-    policy_decisions: int  # decisions the policy made in time (not a deadline/breaker NO_OP)
-    decision_ms: dict[str, float]
+    policy: str  # who decided: the network (its architecture) or a baseline
+    decision_mode: str
+    decisions: int  # decision points: commands handed to Kasmina
+    policy_decisions: int  # of those, decided by the policy (not a late/busy/stale/breaker NO_OP)
+    decision_age_steps: dict[str, float]  # applied step - step decided on, policy decisions
+    cadence_steps: int  # the decision interval in force at the end
+    decision_cost_ms: float  # measured cost of one decision (moving average)
+    # Tamiyo's time (the worker's CPU, evaluate_step on the trainer's thread) / training time
+    tamiyo_share: float
+    decision_ms: dict[str, float]  # evaluate_step as the trainer saw it
     step_deadline_ms: float
-    deadline_misses: int  # decisions answered NO_OP because the deadline passed
+    deadline_misses: int  # inline: decisions answered NO_OP because the deadline passed
     train_ms: dict[str, float]
     tamiyo_ms: dict[str, float]  # all Tamiyo and Kasmina add per step
+    idle_step_ms: dict[str, float]  # steps with nothing to decide or apply
     commands: dict[str, int]
     reasons: dict[str, int]
     risk_categories: dict[str, int]
+    risk_signals_above_yellow: dict[str, int]  # the signal that decided each ORANGE or worse
     applied: int
     refused: dict[str, int]
     rejected: dict[str, int]
@@ -68,22 +81,34 @@ class RunSummary:
     def lines(self) -> list[str]:
         d = self.decision_ms
         t = self.tamiyo_ms
+        age = self.decision_age_steps
         top = ", ".join(f"{k} {v}" for k, v in sorted(self.commands.items(), key=lambda kv: -kv[1]))
         refused = ", ".join(f"{k} {v}" for k, v in sorted(self.refused.items())) or "none"
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
         risk = ", ".join(f"{k} {v}" for k, v in self.risk_categories.items()) or "-"
+        drivers = ", ".join(f"{k} {v}" for k, v in self.risk_signals_above_yellow.items())
+        if drivers:
+            risk += f"; above YELLOW by {drivers}"
         out = [
             f"run {self.run_id}: {self.dataset} / {self.model} on {self.device}, "
             f"{self.epochs} epochs, {self.steps:,} steps in {self.wall_s:.1f} s",
             f"  accuracy      val {self.final_val_accuracy:.2%} "
             f"(best {self.best_val_accuracy:.2%}), val loss {self.final_val_loss:.4f}, "
             f"train loss {self.final_train_loss:.4f}",
-            f"  decisions     {self.decisions:,} ({self.policy_decisions:,} by the policy in "
-            f"time): p50 {d['p50']:.2f} ms, p95 {d['p95']:.2f} ms, "
-            f"p99 {d['p99']:.2f} ms, max {d['max']:.2f} ms; deadline {self.step_deadline_ms:g} ms "
-            f"missed {self.deadline_misses}",
+            f"  decisions     {self.decisions:,} by {self.policy} ({self.decision_mode}), "
+            f"{self.policy_decisions:,} decided by the policy "
+            f"({self.policy_decisions / max(self.decisions, 1):.0%}); age p50 "
+            f"{age['p50']:.0f} / p95 {age['p95']:.0f} steps; every {self.cadence_steps} steps "
+            f"(a decision costs {self.decision_cost_ms:.2f} ms)",
             f"  step cost     training p50 {self.train_ms['p50']:.2f} ms; Tamiyo+Kasmina p50 "
-            f"{t['p50']:.2f} ms, p95 {t['p95']:.2f} ms",
+            f"{t['p50']:.3f} ms, p95 {t['p95']:.3f} ms (idle steps p95 "
+            f"{self.idle_step_ms['p95']:.3f} ms); Tamiyo's share {self.tamiyo_share:.1%}",
+            f"  evaluate_step p50 {d['p50']:.2f} ms, p95 {d['p95']:.2f} ms, max {d['max']:.2f} ms"
+            + (
+                f"; deadline {self.step_deadline_ms:g} ms missed {self.deadline_misses}"
+                if self.decision_mode == DecisionMode.INLINE
+                else ""
+            ),
             f"  commands      {top}",
             f"  risk          {risk}",
             f"  Kasmina       {self.applied:,} applied; refused: {refused}; rejected: {rejected}; "
@@ -107,16 +132,27 @@ def summarise(
     wall_s: float,
     recorder: RunRecorder,
     kasmina: Kasmina,
+    tamiyo: Tamiyo,
     host_parameters: int,
-    step_deadline_ms: float,
     services: dict[str, str],
 ) -> RunSummary:
     steps, epochs = recorder.steps, recorder.epochs
     decisions = recorder.decisions
+    decided = [c for _, c in decisions if policy_decided(c)]
+    controller = tamiyo.controller
+    settings = controller.settings
+    host_ms = sum(r.train_ms for r in steps)
+    asked_ms = sum(r.decision_ms for r in steps if math.isfinite(r.decision_ms))
+    tamiyo_cpu_ms = controller.worker.stats.cpu_ms + asked_ms
     commands = Counter(describe(c) for _, c in decisions)
     reasons = Counter(c.reason or "-" for _, c in decisions)
     categories = Counter(
         c.annotations["risk_category"] for _, c in decisions if "risk_category" in c.annotations
+    )
+    above_yellow = Counter(
+        c.annotations.get("risk_signal", "-")
+        for _, c in decisions
+        if Category[c.annotations.get("risk_category", "GREEN")] > Category.YELLOW
     )
     to_stage = Counter(e.to_stage for e in kasmina.history)
     live = kasmina.live_seeds
@@ -133,16 +169,24 @@ def summarise(
         final_val_loss=last.val_loss if last else math.nan,
         final_val_accuracy=last.val_accuracy if last else math.nan,
         best_val_accuracy=max((e.val_accuracy for e in epochs), default=math.nan),
+        policy=tamiyo.holder.current().architecture_id,
+        decision_mode=settings.decision_mode.value,
         decisions=len(decisions),
-        policy_decisions=sum(policy_decided(c) for _, c in decisions),
+        policy_decisions=len(decided),
+        decision_age_steps=_percentiles([float(c.global_step - c.decision_step) for c in decided]),
+        cadence_steps=controller.cadence.steps,
+        decision_cost_ms=controller.cadence.decision_cost.value,
+        tamiyo_share=tamiyo_cpu_ms / host_ms if host_ms > 0 else math.nan,
         decision_ms=_percentiles([r.decision_ms for r, _ in decisions]),
-        step_deadline_ms=step_deadline_ms,
-        deadline_misses=reasons.get("timeout_inference", 0),
+        step_deadline_ms=settings.step_deadline_ms,
+        deadline_misses=reasons.get(InferenceOutcome.TIMED_OUT, 0),
         train_ms=_percentiles([r.train_ms for r in steps]),
         tamiyo_ms=_percentiles([r.tamiyo_ms for r in steps]),
+        idle_step_ms=_percentiles([r.tamiyo_ms for r in steps if r.packet is None]),
         commands=dict(commands),
         reasons=dict(reasons),
         risk_categories=dict(sorted(categories.items())),
+        risk_signals_above_yellow=dict(above_yellow.most_common()),
         applied=kasmina.stats.applied,
         refused=dict(kasmina.stats.refused),
         rejected=dict(kasmina.stats.rejected),
