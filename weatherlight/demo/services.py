@@ -38,6 +38,7 @@ from tamiyo_bus.reports.reporter import FieldReporter
 from tamiyo_bus.security.policy_update import (
     PolicyHolder,
     PolicyUpdateListener,
+    PolicyUpdateSettings,
     PolicyUpdateTransaction,
 )
 from weatherlight.role_keys import RoleKeys
@@ -46,6 +47,7 @@ from weatherlight.services import (
     WeatherlightSettings,
     default_services,
 )
+from weatherlight.settings import POLICY_VERSION_RECORD
 from weatherlight.supervisor import (
     BusComponent,
     ServiceContext,
@@ -59,14 +61,17 @@ START_TIMEOUT_S = 60.0
 FORWARD_INTERVAL_S = 0.05
 
 
-def policy_listener_service(holder: PolicyHolder, breaker: CircuitBreaker) -> ServiceRun:
+def policy_listener_service(
+    holder: PolicyHolder, breaker: CircuitBreaker, settings: PolicyUpdateSettings
+) -> ServiceRun:
     """Tamiyo's policy-update listener: signed PolicyUpdates swap the running policy;
     repeated rejections open ``breaker`` (the risk gate's policy-update breaker)."""
 
     def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
         transaction = PolicyUpdateTransaction(
-            holder, context.keyring, metrics=bus.metrics, events=context.events, breaker=breaker
-        )
+            holder, context.keyring, settings, metrics=bus.metrics, events=context.events,
+            breaker=breaker,
+        )  # fmt: skip
         return nullcontext(
             PolicyUpdateListener(
                 bus, transaction, context.keyring, consumer_name=context.consumer_name
@@ -154,7 +159,12 @@ class AsyncSide:
         specs = [
             *default_services(settings),
             ServiceSpec(
-                "tamiyo-policy", policy_listener_service(self.holder, self.policy_update_breaker)
+                "tamiyo-policy",
+                policy_listener_service(
+                    self.holder,
+                    self.policy_update_breaker,
+                    PolicyUpdateSettings(version_record_path=self.run_dir / POLICY_VERSION_RECORD),
+                ),
             ),
         ]
         self.weatherlight = Weatherlight(
