@@ -15,7 +15,7 @@ from oona.connection import open_redis
 from oona.consumer import Consumer
 from oona.errors import RejectedMessage
 from oona.keys import Keyring, Signer
-from oona.server import EmbeddedServer
+from oona.server import EmbeddedServer, ServerError
 from oona.settings import OonaSettings
 from oona.streams import Stream
 from tamiyo_bus.security.policy_update import (
@@ -26,6 +26,12 @@ from tamiyo_bus.security.policy_update import (
     publish_policy_update,
 )
 from tests.bus.helpers import Recorder, subscription
+from weatherlight.settings import (
+    ENV_DATA_DIR,
+    ENV_REDIS_APPENDFSYNC,
+    ENV_REDIS_APPENDONLY,
+    SystemSettings,
+)
 
 from .helpers import ARCHITECTURE, REGISTRY, make_holder, small_policy
 
@@ -109,3 +115,16 @@ async def test_replays_of_an_old_update_are_refused_without_opening_the_breaker(
     assert breaker.state is BreakerState.CLOSED
     assert holder.current().version == 3
     assert bus.metrics.count("rejected", stream=Stream.POLICY, reason="not_newer") == 3
+
+
+def test_the_embedded_server_persists_by_default_and_the_environment_can_say_otherwise() -> None:
+    assert (OonaSettings().appendonly, OonaSettings().appendfsync) == (True, "everysec")
+    environ = {ENV_REDIS_APPENDONLY: "off", ENV_REDIS_APPENDFSYNC: "always", ENV_DATA_DIR: "/srv/t"}
+
+    system = SystemSettings.from_env(environ)
+
+    assert (system.oona.appendonly, system.oona.appendfsync) == (False, "always")
+    record = system.policy_update.version_record_path
+    assert record == Path("/srv/t/tamiyo/policy_version.json")
+    with pytest.raises(ServerError, match="appendfsync"):
+        EmbeddedServer(appendfsync="no")
