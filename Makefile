@@ -43,6 +43,7 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bus.py --json
 	$(PY) bench/crypto.py --json
+	$(PY) bench/hostile.py --json
 	$(PY) bench/step.py --json
 	$(PY) bench/risk.py --json
 	$(PY) bench/reports.py --json

@@ -32,7 +32,7 @@ from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus, Outgoing
 from oona.connection import open_redis
 from oona.consumer import Consumer, Delivery, Subscription
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.settings import OonaSettings
 
 PAYLOAD = b"x" * 200
@@ -133,7 +133,7 @@ async def main_async(args: argparse.Namespace, url: str, server_name: str) -> di
 
     settings = OonaSettings(redis_url=url, key_prefix=f"bench-{uuid.uuid4().hex[:8]}")
     signer = Signer.generate()
-    keyring = Keyring.of(signer.public_key())
+    keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
     bus = Bus(open_redis(url, settings), settings, signer, source="bench")
     n = args.messages
     raw = await raw_xadd(settings, n, args.chunk)

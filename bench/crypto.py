@@ -39,7 +39,7 @@ from oona.envelope import (
     seal,
     seal_batch,
 )
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from tamiyo_bus.security.commands import (
     CommandSigner,
     CommandVerifier,
@@ -51,7 +51,10 @@ PAYLOAD = b"x" * 200
 BATCH = 64
 STREAM = "telemetry"
 COMMAND_BUDGET_P95_MS = 0.3
-RULES = EnvelopeRules(stream=STREAM, accepted_types=frozenset({pb.MESSAGE_TYPE_TELEMETRY}))
+NAMESPACE = "bench"
+RULES = EnvelopeRules(
+    stream=STREAM, namespace=NAMESPACE, accepted_types=frozenset({pb.MESSAGE_TYPE_TELEMETRY})
+)
 
 
 def per_second(operation: Callable[[], object], count: int) -> float:
@@ -86,7 +89,7 @@ def command(step: int) -> pb.AdaptationCommand:
 
 
 def bench_raw(signer: Signer, count: int) -> tuple[float, float]:
-    data = seal(envelope(), signer)
+    data = seal(envelope(), signer, namespace=NAMESPACE)
     signature = signer.sign(data)
     public = signer.public_key()
     return per_second(lambda: signer.sign(data), count), per_second(
@@ -97,19 +100,19 @@ def bench_raw(signer: Signer, count: int) -> tuple[float, float]:
 def bench_single(signer: Signer, keyring: Keyring, count: int) -> tuple[float, float]:
     envelopes = [envelope() for _ in range(count + 200)]
     it = iter(envelopes)
-    sealed = per_second(lambda: seal(next(it), signer), count)
-    fields = {SINGLE_FIELD: seal(envelope(), signer)}
-    now_ms = int(time.time() * 1000)
-    opened = per_second(lambda: open_entry(fields, RULES, now_ms, keyring), count)
+    sealed = per_second(lambda: seal(next(it), signer, namespace=NAMESPACE), count)
+    fields = {SINGLE_FIELD: seal(envelope(), signer, namespace=NAMESPACE)}
+    now_ns = time.time_ns()
+    opened = per_second(lambda: open_entry(fields, RULES, keyring, now_ns=now_ns), count)
     return sealed, opened
 
 
 def bench_batch(signer: Signer, keyring: Keyring, batches: int) -> tuple[float, float]:
     chunks = [[envelope() for _ in range(BATCH)] for _ in range(8)]
-    sealed = per_second(lambda: seal_batch(chunks[0], signer), batches) * BATCH
-    fields = {BATCH_FIELD: seal_batch(chunks[1], signer)}
-    now_ms = int(time.time() * 1000)
-    opened = per_second(lambda: open_entry(fields, RULES, now_ms, keyring), batches) * BATCH
+    sealed = per_second(lambda: seal_batch(chunks[0], signer, namespace=NAMESPACE), batches) * BATCH
+    fields = {BATCH_FIELD: seal_batch(chunks[1], signer, namespace=NAMESPACE)}
+    now_ns = time.time_ns()
+    opened = per_second(lambda: open_entry(fields, RULES, keyring, now_ns=now_ns), batches) * BATCH
     return sealed, opened
 
 
@@ -145,7 +148,7 @@ def bench_commands(signer: Signer, keyring: Keyring, samples: int) -> dict[str, 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     signer = Signer.generate()
-    keyring = Keyring.of(signer.public_key())
+    keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
     raw_sign, raw_verify = bench_raw(signer, args.ops)
     single_seal, single_open = bench_single(signer, keyring, args.ops)
     batch_seal, batch_open = bench_batch(signer, keyring, max(args.ops // BATCH, 50))

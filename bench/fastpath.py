@@ -51,7 +51,7 @@ from leyline_vocab.telemetry import add_event, add_metric
 from oona.bus import Bus
 from oona.connection import open_redis
 from oona.consumer import Consumer, Delivery, Subscription
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.settings import OonaSettings
 from oona.streams import Stream
 from producers.telemetry import ProducerSettings, TelemetryProducer
@@ -123,7 +123,7 @@ async def fast_path(
 ) -> dict[str, object]:
     prefix = f"bench-fp-{uuid.uuid4().hex[:8]}"
     settings = OonaSettings(redis_url=url, key_prefix=prefix)
-    keyring = Keyring.of(signer.public_key())
+    keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
     bus = Bus(open_redis(url, settings), settings, signer, source="weatherlight")
     hub = TelemetryHub(bus, keyring, HubSettings(), consumer_name="bench-hub")
     nissa = Nissa(bus, keyring, NissaSettings(port=None), consumer_name="bench-nissa")
@@ -185,7 +185,7 @@ async def fill(bus: Bus, packets: int) -> None:
 async def hub_throughput(url: str, signer: Signer, packets: int) -> dict[str, object]:
     prefix = f"bench-hub-{uuid.uuid4().hex[:8]}"
     settings = OonaSettings(redis_url=url, key_prefix=prefix)
-    keyring = Keyring.of(signer.public_key())
+    keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
     bus = Bus(open_redis(url, settings), settings, signer, source="weatherlight")
     await fill(bus, packets)
     handled = 0

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, percentile
 from oona.breaker import BreakerSettings
 from oona.events import BufferedEventSink
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from tamiyo_bus import Tamiyo
 from tamiyo_bus.decision import InferenceOutcome
 from tamiyo_bus.kasmina.executor import Kasmina
@@ -107,7 +107,8 @@ class Mode:
         if step is not None:
             run = assemble(
                 spec, run_id=f"bench-{host.name}-{name}", signer=signer,
-                keyring=Keyring.of(signer.public_key()), store=store, observers=[self.recorder],
+                keyring=Keyring.of(signer.public_key(), role=UNRESTRICTED), store=store,
+                observers=[self.recorder],
                 events=BufferedEventSink(),
             )  # fmt: skip
             self.trainer = run.trainer

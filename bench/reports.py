@@ -39,7 +39,7 @@ from consumers.simic import ReportStore, SimicIntake
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
 from oona.connection import open_redis
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.settings import OonaSettings
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.delivery import ReportDelivery
@@ -176,7 +176,7 @@ def step_path(directory: Path, calls: int) -> dict[str, float]:
 async def end_to_end(url: str, directory: Path, reports: int) -> dict[str, float]:
     settings = OonaSettings(redis_url=url, key_prefix=f"bench-{uuid.uuid4().hex[:8]}")
     signer = Signer.generate()
-    keyring = Keyring.of(signer.public_key())
+    keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
     tamiyo = Bus(open_redis(url, settings), settings, signer, source="tamiyo")
     simic = Bus(open_redis(url, settings), settings, signer, source="simic")
     store = ReportStore(directory / "simic.sqlite3")

@@ -20,7 +20,14 @@ import redis.asyncio as aioredis
 
 from leyline_pb import leyline_pb2 as pb
 from oona.connection import IoGuard, open_redis, resolve_url
-from oona.envelope import BATCH_FIELD, SINGLE_FIELD, make_envelope, seal, seal_batch
+from oona.envelope import (
+    BATCH_FIELD,
+    MAX_ENVELOPES_PER_BATCH,
+    SINGLE_FIELD,
+    make_envelope,
+    seal,
+    seal_batch,
+)
 from oona.errors import StreamFull
 from oona.keys import Signer
 from oona.metrics import BusMetrics
@@ -119,14 +126,21 @@ class Bus:
         return ids[0]
 
     async def publish_many(
-        self, messages: Sequence[Outgoing], *, batch_signed: bool = True, batch_size: int = 64
+        self,
+        messages: Sequence[Outgoing],
+        *,
+        batch_signed: bool = True,
+        batch_size: int = MAX_ENVELOPES_PER_BATCH,
     ) -> list[str]:
         """Publish many messages in one round trip per stream; returns their message ids.
 
         `batch_signed` puts up to `batch_size` envelopes of a stream under one signature
         in one entry (the consumer verifies it once); otherwise each envelope is its
-        own signed entry.
+        own signed entry. Consumers refuse a batch of more than
+        MAX_ENVELOPES_PER_BATCH envelopes.
         """
+        if not 1 <= batch_size <= MAX_ENVELOPES_PER_BATCH:
+            raise ValueError(f"batch_size must be 1..{MAX_ENVELOPES_PER_BATCH}")
         by_stream: dict[str, list[pb.BusEnvelope]] = defaultdict(list)
         ids: list[str] = []
         for msg in messages:
@@ -146,11 +160,14 @@ class Bus:
             if batch_signed:
                 step = batch_size
                 chunks = [envelopes[i : i + step] for i in range(0, len(envelopes), step)]
-                values = [seal_batch(chunk, self.signer) for chunk in chunks]
+                namespace = self.settings.key_prefix
+                values = [seal_batch(chunk, self.signer, namespace=namespace) for chunk in chunks]
                 counts = [len(chunk) for chunk in chunks]
                 await self._append(stream, BATCH_FIELD, values, counts)
             else:
-                values = [seal(env, self.signer) for env in envelopes]
+                values = [
+                    seal(env, self.signer, namespace=self.settings.key_prefix) for env in envelopes
+                ]
                 await self._append(stream, SINGLE_FIELD, values, [1] * len(values))
         elapsed = time.perf_counter() - started
         self.metrics.observe("publish_latency_s", elapsed / max(len(by_stream), 1))

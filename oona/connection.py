@@ -28,7 +28,12 @@ def resolve_url(settings: OonaSettings) -> str:
     """The configured server URL, or the embedded server's (started on first use)."""
     if settings.redis_url:
         return settings.redis_url
-    return shared_server(settings.data_dir / "redis", appendonly=settings.appendonly).url
+    server = shared_server(
+        settings.data_dir / "redis",
+        appendonly=settings.appendonly,
+        appendfsync=settings.appendfsync,
+    )
+    return server.url
 
 
 def open_redis(url: str, settings: OonaSettings) -> aioredis.Redis:

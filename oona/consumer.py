@@ -7,6 +7,12 @@ read new entries, streams in priority order (the emergency stream is drained bef
 the normal one, with a starvation guard). On start the consumer first takes back its
 own pending entries. An entry is acked only after its handler returned; an envelope id
 is applied once per group (see oona.dedup).
+
+Nothing a writer without a key puts on a stream escapes a poll: every bad entry is a
+counted, evented, dead-lettered rejection of that entry alone. Inside a signed batch
+an envelope that cannot be applied is dead-lettered alone and the rest are applied.
+The poll loop stops when its task is cancelled, even when the client library swallowed
+the cancellation.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from redis.exceptions import ResponseError
 from leyline_pb import leyline_pb2 as pb
 from oona.backoff import Backoff, backoff_s
 from oona.bus import Bus
+from oona.dead_letters import DeadLetterWriter
 from oona.dedup import DeliveryStatus, EnvelopeLedger, Progress, UnitState
-from oona.envelope import EnvelopeRules, OpenedEntry, open_entry
+from oona.envelope import MAX_ENVELOPES_PER_BATCH, EnvelopeRules, OpenedEntry, open_entry
 from oona.errors import BusUnavailable, RejectedMessage
-from oona.events import MESSAGE_REJECTED, EventSink, LogEventSink, make_event
-from oona.keys import Keyring
+from oona.events import EventSink, LogEventSink
+from oona.freshness import Clock
+from oona.keys import Keyring, Role
 from oona.replies import RawEntry, entries, stream_batches, text
 from oona.retention import parse_id
 
@@ -37,12 +45,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Delivery:
-    """One verified envelope handed to a handler."""
+    """One verified envelope handed to a handler; `role` is what its signer's key is
+    trusted as (a handler checks what the payload claims against it)."""
 
     stream: str
     entry_id: str
     envelope: pb.BusEnvelope
     delivery_count: int
+    role: Role
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -56,7 +66,8 @@ class Subscription:
     consumer: str
     streams: tuple[str, ...]
     accepted_types: frozenset[pb.MessageType.ValueType]
-    max_entry_bytes: int = 8 * 1024 * 1024
+    max_entry_bytes: int = 1024 * 1024
+    max_envelopes_per_batch: int = MAX_ENVELOPES_PER_BATCH
     max_age_ms: float = 60_000.0
     max_future_ms: float = 5_000.0
 
@@ -77,7 +88,8 @@ class _Failure:
 
 
 class Consumer:
-    """Consumes a Subscription with `handler`; verification uses `keyring`."""
+    """Consumes a Subscription with `handler`; verification uses `keyring`, freshness
+    `clock_ns` (the receiver's clock)."""
 
     def __init__(
         self,
@@ -87,7 +99,14 @@ class Consumer:
         keyring: Keyring,
         *,
         events: EventSink | None = None,
+        clock_ns: Clock = time.time_ns,
     ) -> None:
+        window_ms = subscription.max_age_ms + subscription.max_future_ms
+        if bus.settings.idempotency_ttl_s * 1000.0 <= window_ms:
+            raise ValueError(
+                f"idempotency_ttl_s ({bus.settings.idempotency_ttl_s}) must outlast the "
+                f"freshness window ({window_ms:.0f} ms), or a replay could pass both checks"
+            )
         self.bus = bus
         self.events: EventSink = events or LogEventSink()
         self.sub = subscription
@@ -95,12 +114,16 @@ class Consumer:
         self.keyring = keyring
         self.settings = bus.settings
         self.metrics = bus.metrics
+        self._clock_ns = clock_ns
         self.ledger = EnvelopeLedger(bus.redis, bus.settings, subscription.group)
+        self.dead_letters = DeadLetterWriter(bus, self.ledger, subscription, self.events)
         self.rules = {
             stream: EnvelopeRules(
                 stream=stream,
+                namespace=bus.settings.key_prefix,
                 accepted_types=subscription.accepted_types,
                 max_entry_bytes=subscription.max_entry_bytes,
+                max_envelopes_per_batch=subscription.max_envelopes_per_batch,
                 max_age_ms=subscription.max_age_ms,
                 max_future_ms=subscription.max_future_ms,
             )
@@ -141,10 +164,20 @@ class Consumer:
         await self.bus.io.run(create)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until `stop` is set; an outage is waited out with backoff."""
+        """Poll until `stop` is set or the task is cancelled; an outage is waited out
+        with backoff.
+
+        A cancellation that races a completed read can be swallowed inside the client
+        library (``asyncio.wait_for`` then returns the result instead of raising), so
+        the loop also asks its task whether a cancellation is pending: a task group
+        cancelling a sibling lane always stops it.
+        """
         s = self.settings
         backoff = Backoff(s.reconnect_backoff_base_ms / 1000.0, s.reconnect_backoff_max_ms / 1000.0)
+        task = asyncio.current_task()
         while not stop.is_set():
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError("cancelled while a library call swallowed it")
             try:
                 if not self._started:
                     await self.start()
@@ -183,18 +216,28 @@ class Consumer:
 
     # ----------------------------------------------------------- the sources
 
+    async def _group_call(self, stream: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a group command; when the stream or its group was deleted under the
+        consumer (NOGROUP), recreate the group and return None."""
+        try:
+            return await call()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+        self.metrics.inc("groups_recreated", stream=stream)
+        await self.ensure_group(stream)
+        return None
+
     async def _own_pending(self, stream: str) -> list[tuple[str, int]]:
         async def read() -> list[tuple[str, int]]:
-            try:
-                rows: Any = await self.redis.xpending_range(
+            rows: Any = await self._group_call(
+                stream,
+                lambda: self.redis.xpending_range(
                     self.bus.key(stream), self.sub.group, "-", "+", 10_000,
                     consumername=self.sub.consumer,
-                )  # fmt: skip
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    return []
-                raise
-            return [(text(r["message_id"]), int(r["times_delivered"])) for r in rows]
+                ),
+            )  # fmt: skip
+            return [(text(r["message_id"]), int(r["times_delivered"])) for r in rows or []]
 
         return await self.bus.io.run(read)
 
@@ -209,9 +252,14 @@ class Consumer:
             key = self.bus.key(stream)
             ids = [r.entry_id for r in batch]
 
-            async def claim(key: str = key, ids: Sequence[str] = ids) -> list[RawEntry]:
-                reply: Any = await self.redis.xclaim(
-                    key, self.sub.group, self.sub.consumer, 0, list[Any](ids)
+            async def claim(
+                key: str = key, ids: Sequence[str] = ids, stream: str = stream
+            ) -> list[RawEntry]:
+                reply: Any = await self._group_call(
+                    stream,
+                    lambda: self.redis.xclaim(
+                        key, self.sub.group, self.sub.consumer, 0, list[Any](ids)
+                    ),
                 )
                 return entries(reply)
 
@@ -232,14 +280,20 @@ class Consumer:
             key = self.bus.key(stream)
             start = self._claim_cursor.get(stream, "0-0")
 
-            async def autoclaim(key: str = key, start: str = start) -> Any:
-                return await self.redis.xautoclaim(
-                    key, self.sub.group, self.sub.consumer,
-                    min_idle_time=self.settings.claim_idle_ms,
-                    start_id=start, count=self.settings.read_batch_size,
+            async def autoclaim(key: str = key, start: str = start, stream: str = stream) -> Any:
+                return await self._group_call(
+                    stream,
+                    lambda: self.redis.xautoclaim(
+                        key, self.sub.group, self.sub.consumer,
+                        min_idle_time=self.settings.claim_idle_ms,
+                        start_id=start, count=self.settings.read_batch_size,
+                    ),
                 )  # fmt: skip
 
             reply = await self.bus.io.run(autoclaim)
+            if reply is None:
+                self._claim_cursor.pop(stream, None)
+                continue
             self._claim_cursor[stream] = text(reply[0])
             deleted = reply[2] if len(reply) > 2 else []
             if deleted:
@@ -257,13 +311,16 @@ class Consumer:
         hi = max(ids, key=parse_id)
 
         async def read() -> Any:
-            return await self.redis.xpending_range(
-                self.bus.key(stream), self.sub.group, lo, hi, len(ids) * 4 + 16,
-                consumername=self.sub.consumer,
+            return await self._group_call(
+                stream,
+                lambda: self.redis.xpending_range(
+                    self.bus.key(stream), self.sub.group, lo, hi, len(ids) * 4 + 16,
+                    consumername=self.sub.consumer,
+                ),
             )  # fmt: skip
 
         rows = await self.bus.io.run(read)
-        return {text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+        return {text(r["message_id"]): int(r["times_delivered"]) for r in rows or []}
 
     async def _read_new(self, *, block: bool) -> int:
         """Read streams in priority order: a lower stream is read only when the higher
@@ -316,8 +373,8 @@ class Consumer:
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                self.metrics.inc("groups_recreated")
                 for stream in streams:
+                    self.metrics.inc("groups_recreated", stream=stream)
                     await self.ensure_group(stream)
                 return []
             return [(by_key[key], batch) for key, batch in stream_batches(reply)]
@@ -344,26 +401,19 @@ class Consumer:
         for (entry_id, fields, entry, deliveries), state in zip(opened, states, strict=True):
             if state.status is DeliveryStatus.REPLAY:
                 replay = _Failure("replay", f"{entry.unit_id} was carried by another entry")
-                self._reject(stream, entry_id, replay)
                 await self._dead_letter(stream, entry_id, fields, replay, deliveries)
                 continue
             if state.status is DeliveryStatus.APPLIED:
                 self.metrics.inc("duplicates", stream=stream)
                 to_ack.append(entry_id)
                 continue
-            applied, failure = await self._apply(stream, entry_id, entry, deliveries, state)
+            done, failure = await self._apply(stream, entry_id, entry, deliveries, state)
             complete = failure is None
-            if applied > state.applied or complete:
-                progress.append(Progress(entry.unit_id, applied, complete))
+            if done > state.applied or complete:
+                progress.append(Progress(entry.unit_id, done, complete))
             if complete:
                 to_ack.append(entry_id)
-            elif failure is not None and failure.final:
-                self._reject(stream, entry_id, failure)
-                await self._dead_letter(
-                    stream, entry_id, fields, failure, deliveries, entry.unit_id
-                )
-            elif deliveries >= self.settings.max_deliveries:
-                assert failure is not None
+            elif failure is not None and (failure.final or self._last_delivery(deliveries)):
                 await self._dead_letter(
                     stream, entry_id, fields, failure, deliveries, entry.unit_id
                 )
@@ -375,10 +425,18 @@ class Consumer:
         self.metrics.inc("acked", len(to_ack), stream=stream)
         return len(batch)
 
+    def _last_delivery(self, deliveries: int) -> bool:
+        return deliveries >= self.settings.max_deliveries
+
     async def _open_all(
         self, stream: str, batch: Sequence[RawEntry], counts: dict[str, int]
     ) -> list[tuple[str, dict[bytes, bytes], OpenedEntry, int]]:
-        """Verify each entry; dead-letter those over the delivery bound or rejected."""
+        """Verify each entry; dead-letter those over the delivery bound or rejected.
+
+        `open_entry` raises only RejectedMessage; anything else from it would be a bug
+        in this process, and is still refused as that entry's own rejection rather
+        than taking the rest of the read down with it.
+        """
         opened = []
         for entry_id, fields in batch:
             deliveries = counts.get(entry_id, 1)
@@ -387,10 +445,16 @@ class Consumer:
                 await self._dead_letter(stream, entry_id, fields, failure, deliveries)
                 continue
             try:
-                entry = open_entry(fields, self.rules[stream], parse_id(entry_id)[0], self.keyring)
+                entry = open_entry(
+                    fields, self.rules[stream], self.keyring, now_ns=self._clock_ns()
+                )
             except RejectedMessage as rejection:
                 failure = _Failure(rejection.reason, rejection.detail, final=True)
-                self._reject(stream, entry_id, failure)
+                await self._dead_letter(stream, entry_id, fields, failure, deliveries)
+                continue
+            except Exception as exc:
+                log.exception("opening %s %s failed", stream, entry_id)
+                failure = _Failure("malformed", f"{type(exc).__name__}: {exc}", final=True)
                 await self._dead_letter(stream, entry_id, fields, failure, deliveries)
                 continue
             opened.append((entry_id, fields, entry, deliveries))
@@ -399,36 +463,44 @@ class Consumer:
     async def _apply(
         self, stream: str, entry_id: str, entry: OpenedEntry, deliveries: int, state: UnitState
     ) -> tuple[int, _Failure | None]:
-        """Run the handler on the envelopes not yet applied; returns how many are applied
-        in total and the failure that stopped it, if any."""
-        applied = state.applied
-        now_ns = time.time_ns()
-        for env in entry.envelopes[state.applied :]:
-            try:
-                await self.handler(Delivery(stream, entry_id, env, deliveries))
-            except RejectedMessage as rejection:
-                self.metrics.inc("handled", applied - state.applied, stream=stream)
-                return applied, _Failure(rejection.reason, rejection.detail, final=True)
-            except Exception as exc:
-                detail = f"{type(exc).__name__}: {exc}"
-                log.warning("handler failed on %s %s: %s", stream, entry_id, detail)
-                self.metrics.inc("handled", applied - state.applied, stream=stream)
-                return applied, _Failure("handler_failed", detail)
-            applied += 1
-            latency_s = max(now_ns - env.issued_at_ns, 0) / 1e9
-            self.metrics.observe("delivery_latency_s", latency_s, stream=stream)
-        self.metrics.inc("handled", applied - state.applied, stream=stream)
-        return applied, None
+        """Run the handler on the envelopes not yet done; returns how many are done (in
+        order: applied, or dead-lettered alone) and the failure that stopped it, if any.
 
-    def _reject(self, stream: str, entry_id: str, failure: _Failure) -> None:
-        """Count a rejection and emit it as an event (the entry is then dead-lettered)."""
-        self.metrics.inc("rejected", stream=stream, reason=failure.reason)
-        self.events.emit(
-            make_event(
-                MESSAGE_REJECTED, pb.MESSAGE_PRIORITY_HIGH, stream=stream, group=self.sub.group,
-                entry_id=entry_id, reason=failure.reason, detail=failure.detail[:500],
-            )
-        )  # fmt: skip
+        In a batch, an envelope the handler refuses for good (RejectedMessage), or that
+        failed on the entry's last delivery, is dead-lettered alone and the envelopes
+        after it are still applied. A single envelope's failure is its entry's.
+        """
+        done = state.applied
+        now_ns = time.time_ns()
+        alone = len(entry.envelopes) > 1
+        for index in range(state.applied, len(entry.envelopes)):
+            env = entry.envelopes[index]
+            failure = await self._handle(Delivery(stream, entry_id, env, deliveries, entry.role))
+            if failure is not None:
+                if not (alone and (failure.final or self._last_delivery(deliveries))):
+                    self.metrics.inc("handled", done - state.applied, stream=stream)
+                    return done, failure
+                await self.dead_letters.envelope(
+                    stream, entry_id, entry.unit_id, index, env,
+                    failure.reason, failure.detail, deliveries,
+                )  # fmt: skip
+            else:
+                latency_s = max(now_ns - env.issued_at_ns, 0) / 1e9
+                self.metrics.observe("delivery_latency_s", latency_s, stream=stream)
+            done += 1
+        self.metrics.inc("handled", done - state.applied, stream=stream)
+        return done, None
+
+    async def _handle(self, delivery: Delivery) -> _Failure | None:
+        try:
+            await self.handler(delivery)
+        except RejectedMessage as rejection:
+            return _Failure(rejection.reason, rejection.detail, final=True)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            log.warning("handler failed on %s %s: %s", delivery.stream, delivery.entry_id, detail)
+            return _Failure("handler_failed", detail)
+        return None
 
     def _schedule_retry(self, stream: str, entry_id: str, deliveries: int) -> None:
         s = self.settings
@@ -450,32 +522,7 @@ class Consumer:
         deliveries: int,
         unit_id: str | None = None,
     ) -> None:
-        """Move an entry to its dead-letter stream with provenance and ack it, in one
-        transaction, so it is neither lost nor left pending."""
-        now_ms = int(time.time() * 1000)
-        first_ms = await self.bus.io.run(lambda: self.ledger.first_delivery_ms(unit_id))
-        record: dict[str | bytes, str | bytes | int] = {
-            "source_stream": stream,
-            "entry_id": entry_id,
-            "group": self.sub.group,
-            "consumer": self.sub.consumer,
-            "reason": failure.reason,
-            "detail": failure.detail[:2000],
-            "attempts": deliveries,
-            "published_ms": parse_id(entry_id)[0],
-            "first_delivery_ms": first_ms or now_ms,
-            "last_delivery_ms": now_ms,
-            "dead_lettered_ms": now_ms,
-        }
-        for name, value in fields.items():
-            record[b"orig_" + name] = value
-
-        async def move() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(self.bus.dead_letter_key(stream), record)  # type: ignore[arg-type]
-                pipe.xack(self.bus.key(stream), self.sub.group, entry_id)
-                await pipe.execute()
-
-        await self.bus.io.run(move)
+        await self.dead_letters.entry(
+            stream, entry_id, fields, failure.reason, failure.detail, deliveries, unit_id
+        )
         self._retries.pop((stream, entry_id), None)
-        self.metrics.inc("dead_lettered", stream=stream, reason=failure.reason)

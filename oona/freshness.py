@@ -101,7 +101,9 @@ class ReplayCache:
             self._expire(now_ns)
             if message_id in self._issued:
                 raise RejectedMessage("replay", f"id {message_id} was accepted before")
-            if self._horizon_ns is not None and reference_ns <= self._horizon_ns:
+            # By issue time, not arrival: a forgotten id comes back with its own issue
+            # time, however much later it is replayed.
+            if self._horizon_ns is not None and issued_at_ns <= self._horizon_ns:
                 raise RejectedMessage(
                     "replay_horizon", "issued before the oldest id the full cache still holds"
                 )

@@ -10,6 +10,11 @@ look healthy while anyone on the bus could command it.
 Accepted encodings, for private and public keys alike: PEM (PKCS#8 private keys,
 SubjectPublicKeyInfo public keys, unencrypted), or the raw 32 key bytes, either as
 binary or as text in hex or base64. A raw private key is the Ed25519 seed.
+
+Every trusted key has a role (what it may sign). A public key file says its role in
+its name, ``ROLE.pub.pem`` or ``ROLE.LABEL.pub.pem`` (a label tells a rotation's keys
+apart); an inline key is written ``ROLE=KEY``. A role the caller does not know is a
+configuration error, never a key trusted for everything.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from oona.errors import OonaError
-from oona.keys import Keyring, Signer, key_id_for
+from oona.keys import Keyring, Role, Signer, key_id_for
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +165,25 @@ def load_public_key_file(path: Path, *, setting: str) -> Ed25519PublicKey:
     return decode_public_key(_read_key_file(path, setting=setting), setting=f"{setting} ({path})")
 
 
+def _known_role(name: str, roles: Mapping[str, Role], *, setting: str, what: str) -> Role:
+    role = roles.get(name)
+    if role is None:
+        raise KeyConfigError(
+            setting, f"{what}: role {name!r} is not one of {', '.join(sorted(roles))}"
+        )
+    return role
+
+
+def role_of_file(path: Path, roles: Mapping[str, Role], *, setting: str) -> Role:
+    """The role a public key file's name gives it: ``ROLE.pub.pem``, ``ROLE.LABEL.pub``."""
+    return _known_role(
+        path.name.split(".", 1)[0],
+        roles,
+        setting=setting,
+        what=f"{path.name} (name key files ROLE.pub.pem or ROLE.LABEL.pub.pem)",
+    )
+
+
 def public_key_files(directory: Path, *, setting: str = ENV_TRUSTED_KEYS_DIR) -> list[Path]:
     """The public key files of a trust directory (``*.pub.pem`` and ``*.pub``), sorted.
 
@@ -188,10 +212,10 @@ class KeySettings:
     """Where a component finds its signing key and the public keys it trusts.
 
     Signing: exactly one of `signing_key_file` (a path) or `signing_key` (the key
-    itself, for platforms that inject secrets as environment variables). Trust: the
-    union of every public key in `trusted_keys_dir`, `trusted_key_files` and
-    `trusted_keys` (inline hex or base64), so a rotation overlap is configured by
-    adding the new key beside the old one.
+    itself, for platforms that inject secrets as environment variables). Trust: every
+    public key in `trusted_keys_dir`, `trusted_key_files` and `trusted_keys` (inline
+    ``ROLE=KEY``, the key in hex or base64), each as the role its name gives it, so a
+    rotation overlap is configured by adding the new key beside the old one.
     """
 
     signing_key_file: Path | None = None
@@ -240,16 +264,29 @@ class KeySettings:
             "There is no unsigned mode.",
         )
 
-    def load_keyring(self) -> Keyring:
-        """The public keys the component trusts; KeyConfigError when none is set."""
-        keys: list[Ed25519PublicKey] = []
-        if self.trusted_keys_dir is not None:
-            for path in public_key_files(self.trusted_keys_dir):
-                keys.append(load_public_key_file(path, setting=ENV_TRUSTED_KEYS_DIR))
-        for path in self.trusted_key_files:
-            keys.append(load_public_key_file(path, setting=ENV_TRUSTED_KEY_FILES))
+    def load_keyring(self, roles: Mapping[str, Role]) -> Keyring:
+        """The public keys the component trusts, each as the role of `roles` its name
+        gives it; KeyConfigError when none is set or a name gives no known role."""
+        keys: dict[str, tuple[Ed25519PublicKey, Role]] = {}
+
+        def trust(key: Ed25519PublicKey, role: Role) -> None:
+            keys[key_id_for(key)] = (key, role)
+
+        dir_files = public_key_files(self.trusted_keys_dir) if self.trusted_keys_dir else []
+        for setting, paths in (
+            (ENV_TRUSTED_KEYS_DIR, dir_files),
+            (ENV_TRUSTED_KEY_FILES, self.trusted_key_files),
+        ):
+            for path in paths:
+                key = load_public_key_file(path, setting=setting)
+                trust(key, role_of_file(path, roles, setting=setting))
         for index, text in enumerate(self.trusted_keys):
-            keys.append(decode_public_key(text.encode(), setting=f"{ENV_TRUSTED_KEYS}[{index}]"))
+            setting = f"{ENV_TRUSTED_KEYS}[{index}]"
+            name, separator, key_text = text.partition("=")
+            if not separator:
+                raise KeyConfigError(setting, "write an inline trusted key as ROLE=KEY")
+            role = _known_role(name.strip(), roles, setting=setting, what="inline key")
+            trust(decode_public_key(key_text.strip().encode(), setting=setting), role)
         if not keys:
             raise KeyConfigError(
                 ENV_TRUSTED_KEYS_DIR,
@@ -257,7 +294,7 @@ class KeySettings:
                 f"{ENV_TRUSTED_KEYS}); messages cannot be verified and are never accepted "
                 "unverified.",
             )
-        return Keyring.of(*keys)
+        return Keyring(keys)
 
 
 # ---------------------------------------------------------------- generation
@@ -281,14 +318,20 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def generate_key_pair(directory: Path, name: str = "signing") -> GeneratedKeyPair:
-    """Write a new Ed25519 key pair: ``NAME.key`` (PKCS#8 PEM, mode 0600) and
-    ``NAME.pub.pem`` (SubjectPublicKeyInfo PEM, mode 0644)."""
+def generate_key_pair(
+    directory: Path, name: str = "signing", *, public_directory: Path | None = None
+) -> GeneratedKeyPair:
+    """Write a new Ed25519 key pair: ``NAME.key`` (PKCS#8 PEM, mode 0600) in
+    `directory` and ``NAME.pub.pem`` (SubjectPublicKeyInfo PEM, mode 0644) in
+    `public_directory` (default: the same), so a trust directory never has to hold a
+    private key. NAME is ``ROLE`` or ``ROLE.LABEL`` for a key that verifiers trust."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"invalid key name {name!r}")
+    public_directory = public_directory or directory
     directory.mkdir(parents=True, exist_ok=True)
+    public_directory.mkdir(parents=True, exist_ok=True)
     private_path = directory / f"{name}{PRIVATE_SUFFIX}"
-    public_path = directory / f"{name}{PUBLIC_SUFFIXES[0]}"
+    public_path = public_directory / f"{name}{PUBLIC_SUFFIXES[0]}"
     for path in (private_path, public_path):
         if path.exists():
             raise FileExistsError(f"{path} exists; keys are never overwritten")

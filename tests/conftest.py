@@ -11,7 +11,7 @@ import pytest
 
 from oona.bus import Bus
 from oona.connection import open_redis
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from weatherlight.settings import ENV_REDIS_URL
@@ -53,7 +53,7 @@ def signer() -> Signer:
 
 @pytest.fixture(scope="session")
 def keyring(signer: Signer) -> Keyring:
-    return Keyring.of(signer.public_key())
+    return Keyring.of(signer.public_key(), role=UNRESTRICTED)
 
 
 @pytest.fixture

@@ -67,7 +67,9 @@ def drain_service(stats: DrainStats) -> ServiceRun:
 
     def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
         subscription = drain_subscription(context.consumer_name)
-        return nullcontext(Consumer(bus, subscription, drain.handle, context.keyring))
+        return nullcontext(
+            Consumer(bus, subscription, drain.handle, context.keyring, events=context.events)
+        )
 
     return bus_service(build)
 

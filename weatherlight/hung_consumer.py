@@ -20,7 +20,7 @@ from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
 from oona.connection import open_redis
 from oona.consumer import Consumer, Delivery, Subscription
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.settings import OonaSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 async def main(url: str, prefix: str, stream: str, public_key_hex: str) -> None:
     settings = OonaSettings(redis_url=url, key_prefix=prefix, read_batch_size=1_000)
-    keyring = Keyring.of(Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)))
+    keyring = Keyring.of(
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)), role=UNRESTRICTED
+    )
     bus = Bus(open_redis(url, settings), settings, Signer.generate(), source="victim")
     hang = asyncio.Event()
 

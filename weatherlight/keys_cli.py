@@ -1,5 +1,6 @@
-"""The `tamiyo-bus keys` command: generate a key pair, print key ids, and check that
-the keys a component would start with are configured and usable."""
+"""The `tamiyo-bus keys` command: generate a role's key pair, print key ids, and check
+that the keys a component would start with are configured and usable, with the role
+each trusted key signs as."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from leyline_vocab.roles import ROLES
 from oona.keyfiles import KeyConfigError, generate_key_pair, key_id_of_file
 from weatherlight.settings import SystemSettings
 
@@ -18,9 +20,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     keys = commands.add_parser("keys", help="generate and inspect Ed25519 signing keys")
     sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
-    gen = sub.add_parser("generate", help="write a new key pair (NAME.key 0600, NAME.pub.pem)")
-    gen.add_argument("--out", type=Path, required=True, help="directory to write the pair to")
-    gen.add_argument("--name", default="signing", help="file name stem (default: signing)")
+    gen = sub.add_parser(
+        "generate", help="write a new key pair for a role (ROLE[.LABEL].key 0600, .pub.pem)"
+    )
+    gen.add_argument("--role", required=True, choices=sorted(ROLES), help="what the key signs")
+    gen.add_argument("--label", help="tells a rotation's keys apart: ROLE.LABEL.key (e.g. a date)")
+    gen.add_argument("--out", type=Path, required=True, help="directory of the private key")
+    gen.add_argument(
+        "--public-out", type=Path, help="directory of the public key (a trust directory)"
+    )
     gen.set_defaults(run=run_generate)
 
     ident = sub.add_parser("id", help="print the key id of private or public key files")
@@ -37,14 +45,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    name = f"{args.role}.{args.label}" if args.label else args.role
     try:
-        pair = generate_key_pair(args.out, args.name)
+        pair = generate_key_pair(args.out, name, public_directory=args.public_out)
     except (FileExistsError, ValueError, OSError) as exc:
         print(f"keys generate: {exc}", file=sys.stderr)
         return 1
     print(f"private key: {pair.private_path} (mode 0600; keep it out of the repository)")
     print(f"public key:  {pair.public_path}")
-    print(f"key id:      {pair.key_id}")
+    print(f"key id:      {pair.key_id} (role {args.role})")
     return 0
 
 
@@ -70,8 +79,9 @@ def run_check(args: argparse.Namespace) -> int:
             status = EXIT_CONFIG_ERROR
     if args.only in (None, "trust"):
         try:
-            keyring = settings.load_keyring()
-            print(f"trusted keys: {', '.join(sorted(keyring.key_ids))}")
+            roles = settings.load_keyring(ROLES).roles()
+            trusted = ", ".join(f"{key_id} ({role})" for key_id, role in sorted(roles.items()))
+            print(f"trusted keys: {trusted}")
         except KeyConfigError as exc:
             print(f"keys check: {exc}", file=sys.stderr)
             status = EXIT_CONFIG_ERROR

@@ -20,7 +20,7 @@ from oona.bus import Bus, Outgoing
 from oona.connection import open_redis
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.envelope import SINGLE_FIELD, make_envelope, seal
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.replies import entries
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
@@ -52,7 +52,7 @@ async def _drain_until(consumer: Consumer, done: object, timeout_s: float = 15.0
 
 async def _run(settings: OonaSettings, report: Report) -> None:
     signer = Signer.generate()
-    keyring = Keyring.of(signer.public_key())
+    keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
     bus = Bus(open_redis(settings.redis_url, settings), settings, signer, source="selfcheck")
     try:
         await _publish_and_consume(bus, keyring, report)
@@ -129,7 +129,10 @@ async def _dead_letters(bus: Bus, keyring: Keyring, report: Report) -> None:
     forged = make_envelope(
         stream=stream, message_type=pb.MESSAGE_TYPE_EVENT, payload=b"forged", source="mallory"
     )
-    await bus.redis.xadd(bus.key(stream), {SINGLE_FIELD: seal(forged, Signer.generate())})
+    await bus.redis.xadd(
+        bus.key(stream),
+        {SINGLE_FIELD: seal(forged, Signer.generate(), namespace=bus.settings.key_prefix)},
+    )
 
     async def refuse_poison(delivery: Delivery) -> None:
         raise ValueError("cannot apply this message")

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from consumers.nissa.rules import load_rules
+from leyline_vocab.roles import ROLES, WEATHERLIGHT
 from oona.keyfiles import KeyConfigError, KeySettings
 from oona.keys import Keyring, Signer
 from weatherlight.services import (
@@ -38,15 +39,16 @@ EXIT_CONFIG_ERROR = 2
 
 
 def load_keys(keys: KeySettings, ephemeral: bool) -> tuple[Signer, Keyring]:
-    """The signing key and the trusted keys; Weatherlight also trusts its own key, since
-    Nissa verifies what the hub (in the same process) signed."""
+    """The signing key and the trusted keys (each as the role its file name gives it);
+    Weatherlight also trusts its own key as ``weatherlight``, since Nissa verifies what
+    the hub (in the same process) signed."""
     if ephemeral:
         signer = Signer.generate()
         log.warning("ephemeral keys (%s): only this process can sign accepted messages",
                     signer.key_id)  # fmt: skip
-        return signer, Keyring.of(signer.public_key())
+        return signer, Keyring.of(signer.public_key(), role=WEATHERLIGHT)
     signer = keys.load_signer()
-    return signer, keys.load_keyring().with_key(signer.public_key())
+    return signer, keys.load_keyring(ROLES).with_key(signer.public_key(), WEATHERLIGHT)
 
 
 def build_settings(args: argparse.Namespace, system: SystemSettings) -> WeatherlightSettings:

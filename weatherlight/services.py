@@ -3,10 +3,12 @@
 Each entry is a `ServiceSpec(name, run)`; adding a service is one more line in
 `default_services`, with a run function of the same shape as `hub_service` below: open
 a bus client from the context, run the component until `context.stop` is set, close
-the client. Simic's field-report intake runs when its settings say where its store is
-(`serve` puts it under TAMIYO_DATA_DIR, the demo in the run directory). Tamiyo's
-policy-update listener is not here: it swaps the policy of the process that runs the
-step path, so it runs there (the demo adds it to its own Weatherlight).
+the client. Every component emits its events (its consumers' rejections) into
+`context.events`, and the ``events`` service forwards them to Nissa as telemetry.
+Simic's field-report intake runs when its settings say where its store is (`serve`
+puts it under TAMIYO_DATA_DIR, the demo in the run directory). Tamiyo's policy-update
+listener is not here: it swaps the policy of the process that runs the step path, so
+it runs there (the demo adds it to its own Weatherlight).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from oona.bus import Bus
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from weatherlight.drain import DrainCollector, DrainStats, drain_service
+from weatherlight.events import EVENTS
 from weatherlight.supervisor import (
     BusComponent,
     ServiceContext,
@@ -35,6 +38,7 @@ from weatherlight.supervisor import (
     SupervisorCollector,
     SupervisorSettings,
     bus_service,
+    event_forwarder_service,
 )
 
 NISSA = "nissa"
@@ -52,7 +56,13 @@ class WeatherlightSettings:
 def hub_service(settings: HubSettings) -> ServiceRun:
     def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
         return nullcontext(
-            TelemetryHub(bus, context.keyring, settings, consumer_name=context.consumer_name)
+            TelemetryHub(
+                bus,
+                context.keyring,
+                settings,
+                consumer_name=context.consumer_name,
+                events=context.events,
+            )
         )
 
     return bus_service(build)
@@ -70,6 +80,7 @@ def nissa_service(settings: NissaSettings, collectors: Sequence[Collector] = ())
             consumer_name=context.consumer_name,
             components=(context.supervisor,),
             collectors=(SupervisorCollector(context.supervisor), *collectors),
+            events=context.events,
         )
         http = nissa.start_http()
         await context.supervisor.publish_endpoint(NISSA, http.url if http else "")
@@ -86,7 +97,7 @@ def simic_service(settings: SimicSettings) -> ServiceRun:
         store = ReportStore(settings.db_path)
         try:
             named = replace(settings, consumer=context.consumer_name)
-            yield SimicIntake(bus, context.keyring, store, named)
+            yield SimicIntake(bus, context.keyring, store, named, events=context.events)
         finally:
             store.close()
 
@@ -96,6 +107,7 @@ def simic_service(settings: SimicSettings) -> ServiceRun:
 def default_services(settings: WeatherlightSettings) -> list[ServiceSpec]:
     drain = DrainStats()
     specs = [
+        ServiceSpec(EVENTS, event_forwarder_service()),
         ServiceSpec("drain", drain_service(drain)),
         ServiceSpec("telemetry-hub", hub_service(settings.hub)),
         ServiceSpec(NISSA, nissa_service(settings.nissa, (DrainCollector(drain),))),

@@ -19,12 +19,17 @@ from oona.settings import DEFAULT_DATA_DIR, OonaSettings
 from tamiyo_bus import TamiyoSettings
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.reports.reporter import ReportSettings
+from tamiyo_bus.security.policy_update import PolicyUpdateSettings
 from tamiyo_bus.urza.store import UrzaSettings
 from weatherlight.services import WeatherlightSettings
 
 ENV_REDIS_URL = "TAMIYO_REDIS_URL"
 ENV_DATA_DIR = "TAMIYO_DATA_DIR"
 ENV_URZA_DB = "TAMIYO_URZA_DB"
+ENV_REDIS_APPENDONLY = "TAMIYO_REDIS_APPENDONLY"
+ENV_REDIS_APPENDFSYNC = "TAMIYO_REDIS_APPENDFSYNC"
+POLICY_VERSION_RECORD = Path("tamiyo") / "policy_version.json"
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True)
@@ -39,12 +44,13 @@ class SystemSettings:
     tamiyo: TamiyoSettings = field(default_factory=TamiyoSettings)
     kasmina: KasminaSettings = field(default_factory=KasminaSettings)
     reports: ReportSettings = field(default_factory=ReportSettings)
+    policy_update: PolicyUpdateSettings = field(default_factory=PolicyUpdateSettings)
     weatherlight: WeatherlightSettings = field(default_factory=WeatherlightSettings)
 
     @classmethod
     def under(cls, data_dir: Path) -> SystemSettings:
-        """Defaults, with the server's data, Urza's library, the field-report log and
-        Simic's store under ``data_dir``."""
+        """Defaults, with the server's data, Urza's library, the field-report log,
+        Simic's store and the record of the highest policy version under ``data_dir``."""
 
         def moved(default: Path) -> Path:
             return data_dir / default.relative_to(DEFAULT_DATA_DIR)
@@ -54,6 +60,9 @@ class SystemSettings:
             oona=OonaSettings(data_dir=data_dir),
             urza=UrzaSettings(db_path=moved(UrzaSettings().db_path)),
             reports=ReportSettings(wal_dir=moved(ReportSettings().wal_dir)),
+            policy_update=PolicyUpdateSettings(
+                version_record_path=data_dir / POLICY_VERSION_RECORD
+            ),
             weatherlight=WeatherlightSettings(
                 simic=SimicSettings(db_path=moved(SimicSettings().db_path))
             ),
@@ -61,9 +70,10 @@ class SystemSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SystemSettings:
-        """``under(TAMIYO_DATA_DIR)``, with TAMIYO_REDIS_URL, TAMIYO_URZA_DB and the key
-        variables (oona.keyfiles.KeySettings.from_env) applied; empty values count as
-        unset."""
+        """``under(TAMIYO_DATA_DIR)``, with TAMIYO_REDIS_URL, TAMIYO_REDIS_APPENDONLY
+        (``0``/``false``/``no``/``off`` turn the embedded server's persistence off),
+        TAMIYO_REDIS_APPENDFSYNC, TAMIYO_URZA_DB and the key variables
+        (oona.keyfiles.KeySettings.from_env) applied; empty values count as unset."""
         env = os.environ if environ is None else environ
 
         def value(name: str) -> str:
@@ -71,9 +81,14 @@ class SystemSettings:
 
         base = cls.under(Path(value(ENV_DATA_DIR) or DEFAULT_DATA_DIR))
         urza_db = value(ENV_URZA_DB)
+        oona = replace(base.oona, redis_url=value(ENV_REDIS_URL))
+        if value(ENV_REDIS_APPENDONLY):
+            oona = replace(oona, appendonly=value(ENV_REDIS_APPENDONLY).lower() not in _FALSE)
+        if value(ENV_REDIS_APPENDFSYNC):
+            oona = replace(oona, appendfsync=value(ENV_REDIS_APPENDFSYNC))
         return replace(
             base,
-            oona=replace(base.oona, redis_url=value(ENV_REDIS_URL)),
+            oona=oona,
             keys=KeySettings.from_env(env),
             urza=replace(base.urza, db_path=Path(urza_db)) if urza_db else base.urza,
         )

@@ -30,8 +30,10 @@ from prometheus_client.registry import Collector
 from consumers.nissa.health import ComponentStatus
 from oona.backoff import Backoff
 from oona.bus import Bus
+from oona.events import EventSink
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
+from weatherlight.events import ServiceEvents, forwarder
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,14 @@ class SystemMode(StrEnum):
     DEGRADED = "degraded"
 
 
+def describe(exc: BaseException) -> str:
+    """What went wrong, for /healthz: the errors inside a task group (a service's
+    component that lost one of its tasks), not the group's generic message."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True)
 class SupervisorSettings:
     restart_backoff_base_ms: float = 200.0
@@ -58,8 +68,9 @@ class SupervisorSettings:
 
 @dataclass(frozen=True)
 class ServiceContext:
-    """What a service gets: its name, the bus settings and keys, the stop signal, and
-    the supervisor (to report an endpoint or read the system's health)."""
+    """What a service gets: its name, the bus settings and keys, the stop signal, the
+    supervisor (to report an endpoint or read the system's health), and the sink its
+    components emit events into (rejections among them; forwarded to Nissa)."""
 
     name: str
     instance: str
@@ -68,6 +79,7 @@ class ServiceContext:
     keyring: Keyring
     stop: asyncio.Event
     supervisor: Supervisor
+    events: EventSink
 
     @property
     def consumer_name(self) -> str:
@@ -144,6 +156,7 @@ class Supervisor:
     settings: SupervisorSettings = field(default_factory=SupervisorSettings)
     clock: Callable[[], float] = time.monotonic
     endpoints: dict[str, str] = field(default_factory=dict)
+    events: ServiceEvents = field(default_factory=ServiceEvents)
 
     def __post_init__(self) -> None:
         names = [spec.name for spec in self.specs]
@@ -222,8 +235,9 @@ class Supervisor:
     async def _supervise(self, spec: ServiceSpec, stop: asyncio.Event) -> None:
         status = self.status[spec.name]
         context = ServiceContext(
-            spec.name, self.instance, self.oona, self.signer, self.keyring, stop, self
-        )
+            spec.name, self.instance, self.oona, self.signer, self.keyring, stop, self,
+            self.events,
+        )  # fmt: skip
         s = self.settings
         backoff = Backoff(s.restart_backoff_base_ms / 1000.0, s.restart_backoff_max_ms / 1000.0)
         while not stop.is_set():
@@ -234,7 +248,7 @@ class Supervisor:
                 await spec.run(context)
             except Exception as exc:
                 log.exception("service %s crashed", spec.name)
-                status.last_error = f"{type(exc).__name__}: {exc}"
+                status.last_error = describe(exc)
             else:
                 if stop.is_set():
                     break
@@ -250,6 +264,15 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay_s)
         await self._set(status, ServiceState.STOPPED)
+
+
+def event_forwarder_service() -> ServiceRun:
+    """The ``events`` service: publishes the supervised services' events as telemetry."""
+
+    def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
+        return forwarder(bus, context.supervisor.events)
+
+    return bus_service(build)
 
 
 class SupervisorCollector(Collector):

@@ -15,6 +15,12 @@ packet id, normalise (leyline_vocab.schema), then
 - NORMAL/LOW: shed (counted) when the entry is older than the overload threshold,
   else aggregate into the current window.
 
+A packet is taken only from a key whose role may claim the packet's source (before
+normalisation, which could fold "Tamiyo" into tamiyo): a producer cannot report as
+another. Overload shedding measures a packet's
+age from its envelope's signed issue time, not from the stream entry id, which
+whoever writes to the server may choose.
+
 Every `window_ms` the window is published in batches (batch-signed), even when empty,
 so Nissa can tell a silent hub from an idle system. NORMAL entries are acked when
 aggregated: a hub killed without warning loses at most one window of NORMAL
@@ -50,10 +56,10 @@ from leyline_vocab.telemetry import (
 )
 from oona.bus import Bus, Outgoing
 from oona.consumer import Consumer, Delivery, Subscription
-from oona.errors import BusUnavailable, StreamFull
+from oona.errors import BusUnavailable, RejectedMessage, StreamFull
+from oona.events import EventSink
 from oona.keys import Keyring
 from oona.metrics import LATENCY_BUCKETS_S
-from oona.retention import parse_id
 from oona.streams import URGENT_PRIORITIES, Stream
 
 log = logging.getLogger(__name__)
@@ -94,6 +100,7 @@ class TelemetryHub:
         *,
         consumer_name: str = "hub-1",
         clock_ns: Callable[[], int] = time.time_ns,
+        events: EventSink | None = None,
     ) -> None:
         self.settings = settings or HubSettings()
         self.bus = bus
@@ -104,8 +111,6 @@ class TelemetryHub:
         self.window = self._new_window(clock_ns())
         self.totals: dict[str, int] = {}
         self._unsent: deque[pb.TelemetryAggregate] = deque()
-        self._entry_id = ""
-        self._entry_ms = 0
         self._since_yield = 0
 
         def lane(stream: str) -> Subscription:
@@ -128,8 +133,10 @@ class TelemetryHub:
             source=bus.source,
             metrics=bus.metrics,
         )
-        self.urgent = Consumer(bus, lane(Stream.EMERGENCY), self._handle, keyring)
-        self.routine = Consumer(routine_bus, lane(Stream.TELEMETRY), self._handle_routine, keyring)
+        self.urgent = Consumer(bus, lane(Stream.EMERGENCY), self._handle, keyring, events=events)
+        self.routine = Consumer(
+            routine_bus, lane(Stream.TELEMETRY), self._handle_routine, keyring, events=events
+        )
 
     def _new_window(self, start_ns: int) -> Window:
         s = self.settings
@@ -178,6 +185,13 @@ class TelemetryHub:
             log.warning("malformed telemetry %s from %s: %s", envelope.message_id,
                         envelope.source, exc)  # fmt: skip
             return
+        claimed = packet.source or envelope.source
+        if not delivery.role.may_claim(claimed):
+            raise RejectedMessage(
+                "unauthorised_signer",
+                f"role {delivery.role.name} may not report as {claimed[:80]!r}",
+            )
+        source = self.normaliser.source(claimed)
         window.counters[HUB_RECEIVED] += 1
         packet_id = packet.packet_id
         if packet_id and packet_id in self.dedup:
@@ -185,15 +199,11 @@ class TelemetryHub:
             return
         now_ns = self.clock_ns()
         priority = effective_priority(packet)
-        source = self.normaliser.source(packet.source or envelope.source)
         timestamp_ns = packet.timestamp_ns or envelope.issued_at_ns
         if priority == pb.MESSAGE_PRIORITY_CRITICAL:
             await self._forward_critical(packet, source, timestamp_ns)
         else:
-            if delivery.entry_id != self._entry_id:  # a batch's packets share one entry
-                self._entry_id = delivery.entry_id
-                self._entry_ms = parse_id(delivery.entry_id)[0]
-            age_ms = now_ns / 1e6 - self._entry_ms
+            age_ms = (now_ns - envelope.issued_at_ns) / 1e6
             if self.settings.overload.sheds(priority, age_ms):
                 window.counters[HUB_SHED_PACKETS] += 1
                 return

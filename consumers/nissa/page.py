@@ -1,7 +1,8 @@
 """The live status page: plain HTML and JavaScript, no build step, served by Nissa.
 
 It polls `/api/status` every second and redraws: health and system mode, active
-alerts, bus lag per stream and group, sources, and per run the breaker and
+alerts, bus lag per stream and group, sources, the latest rejections (refused
+entries, commands and policy updates), and per run the breaker and
 conservative state, the risk score, recent decisions with their reasons and each
 seed's lifecycle stage grouped by layer. Telemetry text is inserted as text nodes,
 never as HTML. Kept in a Python module so it ships inside the package.
@@ -54,6 +55,7 @@ STATUS_PAGE = """<!doctype html>
   <section class="wide"><h2>Active alerts</h2><div id="alerts"></div></section>
   <section><h2>Bus lag</h2><div id="lag"></div></section>
   <section><h2>Sources</h2><div id="sources"></div></section>
+  <section class="wide"><h2>Rejections</h2><div id="rejections"></div></section>
   <section class="wide"><h2>Runs</h2><div id="runs"></div></section>
 </main>
 <script>
@@ -144,6 +146,10 @@ function render(status) {
   replace("sources", table(["source", "last seen", "health"],
     Object.entries(health.sources || {}).map(([name, s]) =>
       [name, s.last_seen_age_s.toFixed(1) + " s ago", s.health || "n/a"])));
+  const rejected = status.rejections || {};
+  replace("rejections", table(["time", "source", "kind", "reason", "stream", "detail"],
+    (rejected.latest || []).slice(0, 10).map(r =>
+      [clock(r.time_s), r.source, r.kind, r.reason, r.stream, r.detail])));
   const runs = el("div");
   (status.runs || []).forEach(r => runs.appendChild(renderRun(r)));
   if (!(status.runs || []).length) runs.appendChild(el("div", "muted", "no run yet"));

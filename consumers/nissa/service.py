@@ -36,8 +36,10 @@ from oona.bus import Bus
 from oona.connection import resolve_url
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.errors import BusUnavailable
+from oona.events import EventSink
 from oona.exporter import BusCollector
 from oona.keys import Keyring
+from oona.payloads import decode
 from oona.streams import Stream
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class Nissa:
         clock: Clock = time.time,
         components: Sequence[HealthComponent] = (),
         collectors: Sequence[Collector] = (),
+        events: EventSink | None = None,
     ) -> None:
         self.settings = settings or NissaSettings()
         self.bus = bus
@@ -85,14 +88,14 @@ class Nissa:
             streams=(Stream.TELEMETRY_AGGREGATED,),
             accepted_types=frozenset({pb.MESSAGE_TYPE_TELEMETRY_AGGREGATE}),
         )
-        self.consumer = Consumer(bus, subscription, self._handle, keyring)
+        self.consumer = Consumer(bus, subscription, self._handle, keyring, events=events)
 
     def on_alert(self, listener: Callable[[Alert], None]) -> None:
         """Call `listener` (on the consuming loop) whenever an alert starts firing."""
         self.state.alerts.listeners.append(listener)
 
     async def _handle(self, delivery: Delivery) -> None:
-        self.state.ingest(pb.TelemetryAggregate.FromString(delivery.envelope.payload))
+        self.state.ingest(decode(pb.TelemetryAggregate, delivery.envelope.payload))
 
     # ------------------------------------------------------------ sampling
 

@@ -19,6 +19,7 @@ from consumers.nissa.health import (
     Verdict,
     evaluate,
 )
+from consumers.nissa.rejections import RejectionBook
 from consumers.nissa.rules import (
     DEFAULT_RULES,
     AlertEngine,
@@ -80,6 +81,7 @@ class NissaState:
         self.store = MetricStore(settings.export)
         self.alerts = AlertEngine(settings.rules, clock, settings.alerts)
         self.board = StatusBoard(settings.board)
+        self.rejections = RejectionBook()
         self.sources: dict[str, _Source] = {}
         # exported from zero, so rate() works before the first shed or duplicate
         self.hub_counters: Counter[str] = Counter(dict.fromkeys(HUB_COUNTERS, 0))
@@ -104,6 +106,7 @@ class NissaState:
             for forwarded in aggregate.events:
                 self.events += 1
                 self.board.event(forwarded, now)
+                self.rejections.observe(forwarded)
                 if _is_critical(forwarded):
                     self.alerts.raise_event(
                         forwarded.event.name,
@@ -198,6 +201,7 @@ class NissaState:
                 "health": health,
                 "alerts": [a.view() for a in self.alerts.active()],
                 "runs": self.board.snapshot(),
+                "rejections": self.rejections.view(),
                 "counters": {
                     "aggregates": self.aggregates,
                     "events": self.events,
@@ -249,6 +253,13 @@ class NissaCollector(Collector):
             )
             for (name, severity), count in sorted(firing.items()):
                 alerts.add_metric([name, severity], count)
+            rejections = CounterMetricFamily(
+                "nissa_rejections",
+                "Entries, commands and policy updates a component refused, as reported",
+                labels=["source", "kind", "reason", "stream"],
+            )
+            for key, count in sorted(state.rejections.counts.items(), key=repr):
+                rejections.add_metric([key.source, key.kind, key.reason, key.stream], count)
             seen = GaugeMetricFamily(
                 "nissa_source_last_seen_timestamp_seconds",
                 "When Nissa last received telemetry of a source (Unix time)",
@@ -256,4 +267,4 @@ class NissaCollector(Collector):
             )
             for name, source in sorted(state.sources.items()):
                 seen.add_metric([name], source.last_seen_s)
-        yield from (aggregates, events, *hub, dropped, metrics_dropped, alerts, seen)
+        yield from (aggregates, events, *hub, dropped, metrics_dropped, alerts, rejections, seen)

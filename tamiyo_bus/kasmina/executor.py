@@ -13,9 +13,12 @@ The trainer calls, once per optimiser step and in this order:
    telemetry handed to the outbox.
 
 Every command is verified (signature, freshness, replay: ``CommandVerifier``) before
-anything else looks at it; a rejected command changes nothing. A verified command
-whose target, stage or gate does not allow it is *refused*, and also changes nothing.
-None of these calls does IO or waits on another thread.
+anything else looks at it; a rejected command changes nothing. A restarted Kasmina
+refuses every command issued before it started (its replay cache did not survive).
+A verified command for another run (or none), for a step outside
+``command_step_window_steps`` of the current one, or whose target, stage or gate does
+not allow it is *refused*, and also changes nothing. None of these calls does IO or
+waits on another thread.
 """
 
 from __future__ import annotations
@@ -160,6 +163,7 @@ class Kasmina:
         self.training_run_id = training_run_id
         self.device = device
         self._clock_ns = clock_ns
+        verifier.refuse_issued_before(clock_ns())
         self.sites = tuple(sites)
         self.seeds: dict[str, Seed] = {}
         self._site_of: dict[str, SeedSite] = {}
@@ -265,8 +269,12 @@ class Kasmina:
         return result
 
     def _dispatch(self, command: pb.AdaptationCommand) -> None:
-        if command.training_run_id and command.training_run_id != self.training_run_id:
-            raise _Refusal("wrong_run", f"command for run {command.training_run_id}")
+        if command.training_run_id != self.training_run_id:
+            raise _Refusal("wrong_run", f"command for run {command.training_run_id!r}")
+        if abs(command.global_step - self.step) > self.settings.command_step_window_steps:
+            raise _Refusal(
+                "wrong_step", f"issued for step {command.global_step}, applied at {self.step}"
+            )
         kind = command.command_type
         if kind == pb.COMMAND_TYPE_NO_OP:
             return

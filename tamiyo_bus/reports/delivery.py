@@ -27,8 +27,9 @@ from leyline_pb import leyline_pb2 as pb
 from oona.backoff import backoff_s
 from oona.bus import Bus, Outgoing
 from oona.consumer import Consumer, Delivery, Subscription
-from oona.errors import OonaError
+from oona.errors import OonaError, RejectedMessage
 from oona.keys import Keyring
+from oona.payloads import decode
 from oona.streams import Stream
 from tamiyo_bus.reports.records import Ack
 from tamiyo_bus.reports.reporter import FieldReporter
@@ -46,8 +47,13 @@ class DeliverySettings:
     bus_failure_backoff_max_ms: float = 5_000.0
 
 
-class MalformedAck(ValueError):
-    """An ack payload that is not a FieldReportAck with a report id."""
+def decode_ack(payload: bytes) -> pb.FieldReportAck:
+    """The FieldReportAck in `payload`; RejectedMessage when it is not one with a
+    report id (refused at once and dead-lettered, never retried)."""
+    ack = decode(pb.FieldReportAck, payload)
+    if not ack.report_id:
+        raise RejectedMessage("malformed_payload", "ack without a report id")
+    return ack
 
 
 class ReportDelivery:
@@ -161,9 +167,7 @@ class ReportDelivery:
         return len(ids)
 
     async def _on_ack(self, delivery: Delivery) -> None:
-        ack = pb.FieldReportAck.FromString(delivery.envelope.payload)
-        if not ack.report_id:
-            raise MalformedAck("ack without a report id")
+        ack = decode_ack(delivery.envelope.payload)
         record = Ack(ack.report_id, ack.acked_at_ns or time.time_ns(), ack.consumer)
         retired = await asyncio.to_thread(self.reporter.record_acks, [record])
         if not retired:

@@ -3,9 +3,12 @@
 
 The command travels in-process, so there is no envelope around it: the command carries
 its own signature (oona.signed, domain ``tamiyo-bus/adaptation-command/v1``) and the
-verifier checks signature, freshness and replay itself, in that order, before the
-executor touches anything. The replay cache is in memory: the step path makes no
-network round trip.
+verifier checks signature (from a key trusted as ``tamiyo``), freshness and replay
+itself, in that order, before the executor touches anything. The replay cache is in
+memory: the step path makes no network round trip. What it cannot remember across a
+restart is covered by a start horizon instead (`refuse_issued_before`): a restarted
+executor refuses every command issued before it started, so nothing the previous one
+applied can be applied again, and nothing needs writing on the step path.
 """
 
 from __future__ import annotations
@@ -87,6 +90,13 @@ class CommandVerifier:
         self.replay_cache = ReplayCache(
             self.window, max_entries=self.settings.replay_cache_max_entries, clock_ns=clock_ns
         )
+        self._not_before_ns: int | None = None
+
+    def refuse_issued_before(self, start_ns: int) -> None:
+        """From now on refuse, as ``issued_before_start``, every command issued at or
+        before `start_ns`: an executor calls it with its start time, so a command an
+        earlier process applied (its replay cache is gone) is never applied again."""
+        self._not_before_ns = start_ns
 
     def verify(self, command: pb.AdaptationCommand) -> None:
         """Return if the command may be applied; raise RejectedMessage otherwise.
@@ -99,6 +109,8 @@ class CommandVerifier:
             if not command.command_id:
                 raise RejectedMessage("malformed", "command has no command_id")
             self.window.check(command.issued_at_ns, self._clock_ns())
+            if self._not_before_ns is not None and command.issued_at_ns <= self._not_before_ns:
+                raise RejectedMessage("issued_before_start", "issued before this executor started")
             self.replay_cache.check_and_add(command.command_id, command.issued_at_ns)
         except RejectedMessage as rejection:
             self.metrics.inc("commands_rejected", reason=rejection.reason)

@@ -11,6 +11,12 @@ the swap on a wedged inference).
 Weights are loaded only with `safetensors.torch.load`, which reads tensors and
 executes nothing. A pickle runs code when it is loaded, so any pickle (bare, or inside
 a `torch.save` zip archive) is refused before a loader sees it.
+
+Freshness is judged by the update's signed issue time against this process's clock.
+The highest version installed is kept on disk (`VersionRecord`) when the settings
+name a file, so a restart does not reopen the door to an old update; a replay
+(stale, or not newer) is refused without counting against the policy-update
+breaker, which is there for a broken learner, not for an attacker on the bus.
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from google.protobuf.message import DecodeError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from leyline_pb import leyline_pb2 as pb
 from leyline_vocab.events import EventKind, event
+from leyline_vocab.roles import ROLES
 from oona.breaker import CircuitBreaker
 from oona.bus import Bus
 from oona.consumer import Consumer, Delivery, Subscription
@@ -39,15 +46,20 @@ from oona.freshness import Clock, FreshnessWindow
 from oona.keyfiles import KeySettings
 from oona.keys import Keyring, Signer
 from oona.metrics import BusMetrics
-from oona.retention import parse_id
+from oona.payloads import decode
 from oona.signed import POLICY_UPDATE_DOMAIN, sign_message, verify_message
 from oona.streams import Stream
+from tamiyo_bus.security.version_record import VersionRecord, VersionRecordError
 
 SAFETENSORS_FORMAT = "safetensors"
 POLICY_GROUP = "tamiyo"
 _PICKLE_PROTOCOL_OPCODE = 0x80
 _ZIP_MAGIC = b"PK\x03\x04"
 _SAFETENSORS_HEADER_LEN_BYTES = 8
+_LISTENER_READ_ENTRIES = 2  # entries per read: each may be max_payload_bytes
+REPLAY_REASONS = frozenset({"stale", "future", "not_newer", "breaker_open"})
+"""Rejections that do not count against the policy-update breaker: what a replay of a
+genuine update (or the open breaker itself) produces."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,12 +129,14 @@ class PolicyHolder:
 
 @dataclass(frozen=True)
 class PolicyUpdateSettings:
-    """Limits of the transaction. Freshness is measured against the time the update
-    reached the bus (its stream entry), or against now when applied directly."""
+    """Limits of the transaction. Freshness is the update's signed issue time against
+    the transaction's clock. `version_record_path` keeps the highest installed version
+    across restarts (None: in memory only, for tests)."""
 
     max_age_ms: float = 60_000.0
     max_future_ms: float = 5_000.0
     max_payload_bytes: int = 64 * 1024 * 1024
+    version_record_path: Path | None = None
 
 
 def encode_weights(state_dict: Mapping[str, torch.Tensor]) -> bytes:
@@ -172,7 +186,9 @@ def _looks_like_pickle(payload: bytes) -> bool:
     return pickled or payload.startswith(_ZIP_MAGIC)
 
 
-def _load_tensors(payload: bytes) -> dict[str, torch.Tensor]:
+def load_tensors(payload: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors payload; RejectedMessage for a pickle or anything
+    else that is not safetensors, whatever the parser raised."""
     if _looks_like_pickle(payload):
         raise RejectedMessage("pickle_payload", "payload is a pickle; it is never unpickled")
     header = payload[_SAFETENSORS_HEADER_LEN_BYTES : _SAFETENSORS_HEADER_LEN_BYTES + 1]
@@ -235,29 +251,37 @@ class PolicyUpdateTransaction:
         self.events: EventSink = events or LogEventSink()
         self.window = FreshnessWindow(self.settings.max_age_ms, self.settings.max_future_ms)
         self._clock_ns = clock_ns
+        path = self.settings.version_record_path
+        self.record = VersionRecord(path) if path is not None else None
 
-    def apply_serialized(self, raw: bytes, *, received_at_ns: int | None = None) -> RunningPolicy:
-        """Parse a serialised PolicyUpdate and `apply` it; unparseable bytes are
-        rejected as ``malformed`` like any other failure."""
+    @property
+    def highest_version(self) -> int:
+        """The newest version ever installed, by this process or, with a record, by
+        any earlier one."""
+        recorded = self.record.highest if self.record is not None else 0
+        return max(self.holder.highest_version, recorded)
+
+    def apply_serialized(self, raw: bytes) -> RunningPolicy:
+        """Parse a serialised PolicyUpdate and `apply` it; bytes that do not parse are
+        rejected as ``malformed_payload`` like any other failure."""
         try:
-            update = pb.PolicyUpdate.FromString(raw)
-        except DecodeError as exc:
-            rejection = RejectedMessage("malformed", str(exc))
+            update = decode(pb.PolicyUpdate, raw)
+        except RejectedMessage as rejection:
             self._rejected(pb.PolicyUpdate(), self.holder.current(), rejection)
-            raise rejection from None
-        return self.apply(update, received_at_ns=received_at_ns)
+            raise
+        return self.apply(update)
 
-    def apply(self, update: pb.PolicyUpdate, *, received_at_ns: int | None = None) -> RunningPolicy:
-        """Install `update` or raise RejectedMessage; `received_at_ns` is when it
-        reached the bus (None: now)."""
+    def apply(self, update: pb.PolicyUpdate) -> RunningPolicy:
+        """Install `update` or raise RejectedMessage."""
         with self.holder.lock:
             running = self.holder.current()
             try:
                 if self.breaker is not None and not self.breaker.allow():
                     raise RejectedMessage("breaker_open", "the policy-update breaker is open")
-                new = self._validate_and_build(update, running, received_at_ns)
+                new = self._validate_and_build(update, running)
+                self._record(new.version)
             except RejectedMessage as rejection:
-                if self.breaker is not None and rejection.reason != "breaker_open":
+                if self.breaker is not None and rejection.reason not in REPLAY_REASONS:
                     self.breaker.record_failure()
                 self._rejected(update, running, rejection)
                 raise
@@ -294,16 +318,22 @@ class PolicyUpdateTransaction:
         )
         return restored
 
-    def _validate_and_build(
-        self, update: pb.PolicyUpdate, running: RunningPolicy, received_at_ns: int | None
-    ) -> RunningPolicy:
+    def _record(self, version: int) -> None:
+        """Make the new version durable before it is installed (fail closed)."""
+        if self.record is None:
+            return
+        try:
+            self.record.advance(version)
+        except VersionRecordError as exc:
+            raise RejectedMessage("version_record_failed", str(exc)) from None
+
+    def _validate_and_build(self, update: pb.PolicyUpdate, running: RunningPolicy) -> RunningPolicy:
         verify_message(POLICY_UPDATE_DOMAIN, update, self.keyring)
-        reference_ns = self._clock_ns() if received_at_ns is None else received_at_ns
-        self.window.check(update.issued_at_ns, reference_ns)
-        if update.policy_version <= self.holder.highest_version:
+        self.window.check(update.issued_at_ns, self._clock_ns())
+        highest = self.highest_version
+        if update.policy_version <= highest:
             raise RejectedMessage(
-                "not_newer",
-                f"version {update.policy_version} <= {self.holder.highest_version} already run",
+                "not_newer", f"version {update.policy_version} <= {highest} already run"
             )
         if update.architecture_id != running.architecture_id:
             raise RejectedMessage(
@@ -324,7 +354,7 @@ class PolicyUpdateTransaction:
             )
         if hashlib.sha256(update.payload).hexdigest() != update.payload_sha256:
             raise RejectedMessage("digest_mismatch", "payload does not match payload_sha256")
-        loaded = _load_tensors(update.payload)
+        loaded = load_tensors(update.payload)
         _check_tensors(loaded, running.module.state_dict())
         try:
             candidate = copy.deepcopy(running.module)
@@ -359,9 +389,10 @@ class PolicyUpdateListener:
     """Consumes the `policy` stream (group ``tamiyo``) into a PolicyUpdateTransaction.
 
     The bus has already verified the envelope; the transaction verifies the update's
-    own signature, so a policy is accepted only from a key Tamiyo trusts. A rejected
-    update is final: it is written to the policy dead-letter stream with its reason
-    and acked, never retried (retrying cannot make it valid).
+    own signature, so a policy is accepted only from a key Tamiyo trusts as ``simic``.
+    A rejected update is final: it is written to the policy dead-letter stream with
+    its reason and acked, never retried (retrying cannot make it valid). Entries may be
+    as large as a whole policy, so each read takes only a couple of them.
     """
 
     def __init__(
@@ -375,6 +406,13 @@ class PolicyUpdateListener:
         self.bus = bus
         self.transaction = transaction
         settings = transaction.settings
+        reading = Bus(
+            bus.redis,
+            bus.settings.with_overrides(read_batch_size=_LISTENER_READ_ENTRIES),
+            bus.signer,
+            source=bus.source,
+            metrics=bus.metrics,
+        )
         subscription = Subscription(
             group=POLICY_GROUP,
             consumer=consumer_name,
@@ -385,7 +423,7 @@ class PolicyUpdateListener:
             max_future_ms=settings.max_future_ms,
         )
         self.consumer = Consumer(
-            bus, subscription, self._handle, keyring, events=transaction.events
+            reading, subscription, self._handle, keyring, events=transaction.events
         )
 
     @classmethod
@@ -405,7 +443,7 @@ class PolicyUpdateListener:
         bus. `breaker` is the risk gate's policy-update breaker (adopted by the gate
         under ``policy_update``), so repeated rejections put the run in conservative
         mode."""
-        keyring = keys.load_keyring()
+        keyring = keys.load_keyring(ROLES)
         transaction = PolicyUpdateTransaction(
             holder, keyring, settings, metrics=bus.metrics, events=events, breaker=breaker
         )
@@ -418,9 +456,4 @@ class PolicyUpdateListener:
     async def _handle(self, delivery: Delivery) -> None:
         """Apply one update; a RejectedMessage propagates so the consumer dead-letters
         the entry with its reason at once (retrying cannot make it valid)."""
-        received_at_ns = parse_id(delivery.entry_id)[0] * 1_000_000
-        await asyncio.to_thread(
-            self.transaction.apply_serialized,
-            delivery.envelope.payload,
-            received_at_ns=received_at_ns,
-        )
+        await asyncio.to_thread(self.transaction.apply_serialized, delivery.envelope.payload)

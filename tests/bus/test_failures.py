@@ -123,21 +123,33 @@ async def test_rejected_entries_go_to_dead_letter_with_reason_and_are_not_retrie
 ) -> None:
     stranger = Signer.generate()
     env = make_envelope(stream=Stream.NORMAL, message_type=TELEMETRY, payload=b"x", source="t")
-    await _raw_entry(bus, Stream.NORMAL, {SINGLE_FIELD: seal(env, stranger)})
+    await _raw_entry(
+        bus, Stream.NORMAL, {SINGLE_FIELD: seal(env, stranger, namespace=bus.settings.key_prefix)}
+    )
     tampered = make_envelope(stream=Stream.NORMAL, message_type=TELEMETRY, payload=b"y", source="t")
-    sealed = pb.BusEnvelope.FromString(seal(tampered, bus.signer))
+    sealed = pb.BusEnvelope.FromString(
+        seal(tampered, bus.signer, namespace=bus.settings.key_prefix)
+    )
     sealed.payload = b"z"
     await _raw_entry(bus, Stream.NORMAL, {SINGLE_FIELD: sealed.SerializeToString()})
     wrong_stream = make_envelope(
         stream=Stream.POLICY, message_type=TELEMETRY, payload=b"", source="t"
     )
-    await _raw_entry(bus, Stream.NORMAL, {SINGLE_FIELD: seal(wrong_stream, bus.signer)})
+    await _raw_entry(
+        bus,
+        Stream.NORMAL,
+        {SINGLE_FIELD: seal(wrong_stream, bus.signer, namespace=bus.settings.key_prefix)},
+    )
     await _raw_entry(bus, Stream.NORMAL, {SINGLE_FIELD: b"\xff\xff not a protobuf"})
     await _raw_entry(bus, Stream.NORMAL, {b"other": b"field"})
     stale = make_envelope(
         stream=Stream.NORMAL, message_type=TELEMETRY, payload=b"", source="t", issued_at_ns=1
     )
-    await _raw_entry(bus, Stream.NORMAL, {SINGLE_FIELD: seal(stale, bus.signer)})
+    await _raw_entry(
+        bus,
+        Stream.NORMAL,
+        {SINGLE_FIELD: seal(stale, bus.signer, namespace=bus.settings.key_prefix)},
+    )
     unsigned = make_envelope(stream=Stream.NORMAL, message_type=TELEMETRY, payload=b"", source="t")
     await _raw_entry(bus, Stream.NORMAL, {SINGLE_FIELD: unsigned.SerializeToString()})
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from leyline_pb import leyline_pb2 as pb
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.security.commands import CommandSigner, CommandVerifier, stamp_command
@@ -120,7 +120,7 @@ def assemble(
     )  # fmt: skip
     lr = LRController(LRSettings(base_lr=3e-3, warmup_steps=10, total_steps=400))
     store = UrzaStore.open_seeded(UrzaSettings(db_path=tmp_path / "urza.sqlite"))
-    verifier = CommandVerifier(Keyring.of(signer.public_key()))
+    verifier = CommandVerifier(Keyring.of(signer.public_key(), role=UNRESTRICTED))
     kasmina = Kasmina(
         host.sites, blueprints=store, verifier=verifier, learning_rates=lr,
         host_parameters=sum(p.numel() for p in host.parameters()), training_run_id=RUN_ID,

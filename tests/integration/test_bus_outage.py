@@ -12,7 +12,7 @@ from oona.bus import Bus
 from oona.connection import open_redis
 from oona.errors import BusUnavailable
 from oona.events import BufferedEventSink
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from oona.streams import Stream
@@ -42,7 +42,7 @@ async def test_a_server_outage_puts_the_run_in_conservative_mode_and_recovery_is
             RunSpec(epochs=1, step=inline),
             run_id="outage-run",
             signer=signer,
-            keyring=Keyring.of(signer.public_key()),
+            keyring=Keyring.of(signer.public_key(), role=UNRESTRICTED),
             store=UrzaStore.open_seeded(UrzaSettings(db_path=tmp_path / "urza.sqlite")),
             events=events,
             adopted_breakers={BreakerName.BUS_IO: bus.io.breaker},

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from leyline_vocab.roles import ROLES
 from oona.breaker import BreakerSettings, BreakerState
 from oona.bus import Bus
 from oona.events import BufferedEventSink
@@ -21,6 +22,7 @@ from tamiyo_bus.security.policy_update import build_policy_update, publish_polic
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
 from weatherlight.demo.assembly import RunSpec, assemble
 from weatherlight.demo.services import AsyncSide
+from weatherlight.role_keys import RoleKeys
 
 REJECTIONS_TO_OPEN = 2
 
@@ -30,7 +32,8 @@ async def test_rejected_policy_updates_open_the_adopted_breaker_and_enter_conser
 ) -> None:
     holder = initial_policy(torch.device("cpu"), seed=0)
     side = AsyncSide(
-        oona=settings, signer=signer, keyring=keyring, run_id="policy-breaker",
+        oona=settings, keys=RoleKeys(dict.fromkeys(ROLES, signer), keyring),
+        run_id="policy-breaker",
         run_dir=tmp_path, holder=holder,
         policy_update_breaker=BreakerSettings(REJECTIONS_TO_OPEN, 60_000.0, 1),
     )  # fmt: skip

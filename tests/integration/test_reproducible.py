@@ -8,7 +8,7 @@ from pathlib import Path
 
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from tamiyo_bus.settings import StepSettings
 from tamiyo_bus.urza.store import UrzaSettings, UrzaStore
 from weatherlight.demo.assembly import RunSpec, assemble
@@ -25,7 +25,7 @@ def run_commands(tmp_path: Path, seed: int) -> list[pb.AdaptationCommand]:
         spec,
         run_id="reproducible",
         signer=signer,
-        keyring=Keyring.of(signer.public_key()),
+        keyring=Keyring.of(signer.public_key(), role=UNRESTRICTED),
         store=UrzaStore.open_seeded(UrzaSettings(db_path=tmp_path / f"urza-{seed}.sqlite")),
         observers=[recorder],
         events=BufferedEventSink(),

@@ -10,7 +10,7 @@ import torch
 
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from tamiyo_bus.policy.graph import PolicyGraph
 from tamiyo_bus.policy.reference import PolicyConfig, architecture_id
 from tamiyo_bus.policy.registry import registry_digest
@@ -58,7 +58,7 @@ def test_a_wedged_policy_costs_each_step_at_most_the_deadline(
         RunSpec(step=EVERY_STEP_INLINE),
         run_id="wedged-run",
         signer=signer,
-        keyring=Keyring.of(signer.public_key()),
+        keyring=Keyring.of(signer.public_key(), role=UNRESTRICTED),
         store=UrzaStore.open_seeded(UrzaSettings(db_path=tmp_path / "urza.sqlite")),
         observers=[recorder],
         holder=holder,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from leyline_pb import leyline_pb2 as pb
 from oona.events import BufferedEventSink
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo
 from tamiyo_bus.decision_telemetry import DecisionTelemetry
 from tamiyo_bus.policy.features import NormalizerSettings
@@ -136,4 +136,10 @@ def make_stack(
         telemetry=sink,
         events=BufferedEventSink(),
     ).start(prefetch_timeout_s=10.0 if prefetch else 0.0)
-    return Stack(tamiyo, signer, CommandVerifier(Keyring.of(signer.public_key())), sink, size)
+    return Stack(
+        tamiyo,
+        signer,
+        CommandVerifier(Keyring.of(signer.public_key(), role=UNRESTRICTED)),
+        sink,
+        size,
+    )

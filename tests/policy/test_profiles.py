@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from oona.errors import RejectedMessage
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from tamiyo_bus import initial_policy
 from tamiyo_bus.policy.profiles import PROFILES, Profile, default_profile
 from tamiyo_bus.policy.reference import architecture_id
@@ -28,7 +28,9 @@ def test_small_is_the_cpu_default_and_full_the_cuda_default() -> None:
 def test_an_update_for_the_other_profile_is_refused_naming_both() -> None:
     holder = initial_policy("cpu", seed=0, profile=Profile.SMALL)
     signer = Signer.generate()
-    transaction, metrics, _ = make_transaction(holder, Keyring.of(signer.public_key()))
+    transaction, metrics, _ = make_transaction(
+        holder, Keyring.of(signer.public_key(), role=UNRESTRICTED)
+    )
     full = ServingPolicy(PROFILES[Profile.FULL])
     running = holder.current()
     update = build_policy_update(

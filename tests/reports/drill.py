@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 
 from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.roles import ROLES
 from oona.bus import Bus
 from oona.connection import open_redis
 from oona.keyfiles import KeySettings
@@ -117,7 +118,7 @@ async def _main(args: argparse.Namespace) -> int:
     )
     reporter = FieldReporter(report_settings, metrics=bus.metrics).start()
     delivery = ReportDelivery(
-        reporter, bus, keys.load_keyring(), DeliverySettings(idle_poll_ms=20.0)
+        reporter, bus, keys.load_keyring(ROLES), DeliverySettings(idle_poll_ms=20.0)
     )
     stop = asyncio.Event()
     task = asyncio.create_task(delivery.run(stop))

@@ -61,7 +61,7 @@ def _drill_env(signer: Signer) -> dict[str, str]:
         **os.environ,
         "PYTHONPATH": str(ROOT),
         ENV_SIGNING_KEY: private.hex(),
-        ENV_TRUSTED_KEYS: public.hex(),
+        ENV_TRUSTED_KEYS: f"simic={public.hex()}",  # the acks' signer
     }
 
 

@@ -11,7 +11,7 @@ from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
 from oona.events import BufferedEventSink
 from oona.freshness import Clock
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.metrics import BusMetrics
 from oona.replies import entries
 from tamiyo_bus.security.policy_update import (
@@ -75,7 +75,7 @@ def seed_command(global_step: int = 1) -> pb.AdaptationCommand:
 
 def signer_pair() -> tuple[Signer, Keyring]:
     signer = Signer.generate()
-    return signer, Keyring.of(signer.public_key())
+    return signer, Keyring.of(signer.public_key(), role=UNRESTRICTED)
 
 
 async def dead_letters(bus: Bus, stream: str) -> list[dict[bytes, bytes]]:

@@ -13,7 +13,7 @@ from leyline_vocab.events import EventKind
 from oona.errors import RejectedMessage
 from oona.events import BufferedEventSink
 from oona.ids import id_timestamp_ns
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.metrics import BusMetrics
 from tamiyo_bus.security.commands import (
     CommandSigner,
@@ -177,7 +177,7 @@ def test_rotation_overlap_verifies_old_and_new_keys_then_retires_the_old(
     clock = Clock()
     new = Signer.generate()
     verifier = _verifier(keyring, clock)
-    verifier.keyring = keyring.with_key(new.public_key())
+    verifier.keyring = keyring.with_key(new.public_key(), UNRESTRICTED)
 
     verifier.verify(_signed(signer, clock, 1))
     verifier.verify(_signed(new, clock, 2))

@@ -1,6 +1,6 @@
 """Freshness and replay: the bounded in-memory cache of the step path, and the bus,
 where a replay inside the window is caught by the Redis ledger and one outside it is
-stale."""
+stale by its signed issue time."""
 
 from __future__ import annotations
 
@@ -77,26 +77,32 @@ def test_full_cache_fails_closed_for_messages_it_can_no_longer_vouch_for() -> No
         cache.check_and_add("m0", T0_NS)  # would otherwise be a replay that slips through
     assert rejected.value.reason == "replay_horizon"
     cache.check_and_add("m4", T0_NS + 4)  # newer messages are still accepted
+    clock.now_ns += 30 * SECOND_NS  # the forgotten id replayed later, still fresh
+    with pytest.raises(RejectedMessage, match="replay_horizon"):
+        cache.check_and_add("m0", T0_NS)
 
 
 async def test_bus_replay_inside_the_window_is_replay_and_outside_it_is_stale(
     bus: Bus, keyring: Keyring
 ) -> None:
-    """Entry ids carry the server's time, so explicit ids place the original, a replay
-    30 s later and a replay 70 s later without waiting."""
+    """The consumer's clock places the original, a replay 30 s later and a replay 70 s
+    later without waiting; the entry ids play no part."""
+    clock = Clock(time.time_ns())
     key = bus.key(Stream.NORMAL)
-    t0_ms = int(time.time() * 1000) - 70_000
     env = make_envelope(
         stream=Stream.NORMAL, message_type=pb.MESSAGE_TYPE_TELEMETRY, payload=b"once",
-        source="tolaria", issued_at_ns=t0_ms * 1_000_000,
+        source="tolaria", issued_at_ns=clock.now_ns,
     )  # fmt: skip
-    raw = seal(env, bus.signer)
-    await bus.redis.xadd(key, {SINGLE_FIELD: raw}, id=f"{t0_ms + 1}-0")
-    inside = await bus.redis.xadd(key, {SINGLE_FIELD: raw}, id=f"{t0_ms + 30_000}-0")
-    outside = await bus.redis.xadd(key, {SINGLE_FIELD: raw})
+    raw = seal(env, bus.signer, namespace=bus.settings.key_prefix)
     recorder = Recorder()
-    consumer = Consumer(bus, subscription(Stream.NORMAL), recorder, keyring)
-
+    consumer = Consumer(bus, subscription(Stream.NORMAL), recorder, keyring, clock_ns=clock)
+    await bus.redis.xadd(key, {SINGLE_FIELD: raw})
+    await consumer.drain()
+    clock.now_ns += 30 * SECOND_NS
+    inside = await bus.redis.xadd(key, {SINGLE_FIELD: raw})
+    await consumer.drain()
+    clock.now_ns += 40 * SECOND_NS
+    outside = await bus.redis.xadd(key, {SINGLE_FIELD: raw})
     await consumer.drain()
 
     assert recorder.payloads == [b"once"]

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from leyline_vocab.roles import ROLES
 from oona.bus import Bus
 from oona.keyfiles import (
     ENV_SIGNING_KEY,
@@ -51,7 +52,7 @@ def test_generated_pair_loads_from_files_with_private_key_mode_0600(tmp_path: Pa
 
     assert stat.S_IMODE(pair.private_path.stat().st_mode) == 0o600
     signer = KeySettings(signing_key_file=pair.private_path).load_signer()
-    keyring = KeySettings(trusted_keys_dir=pair.private_path.parent).load_keyring()
+    keyring = KeySettings(trusted_keys_dir=pair.private_path.parent).load_keyring(ROLES)
     assert signer.key_id == pair.key_id
     assert keyring.key_ids == {pair.key_id}
     keyring.verify(pair.key_id, b"data", signer.sign(b"data"))
@@ -68,11 +69,11 @@ def test_raw_keys_load_in_every_encoding(tmp_path: Path, encoding: str) -> None:
         "hex": lambda b: b.hex().encode() + b"\n",
         "base64": lambda b: base64.b64encode(b) + b"\n",
     }[encoding]
-    (tmp_path / "k.key").write_bytes(encode(_raw_private(key)))
-    (tmp_path / "k.pub").write_bytes(encode(_raw_public(key)))
+    (tmp_path / "kasmina.key").write_bytes(encode(_raw_private(key)))
+    (tmp_path / "kasmina.pub").write_bytes(encode(_raw_public(key)))
 
-    signer = KeySettings(signing_key_file=tmp_path / "k.key").load_signer()
-    keyring = KeySettings(trusted_key_files=(tmp_path / "k.pub",)).load_keyring()
+    signer = KeySettings(signing_key_file=tmp_path / "kasmina.key").load_signer()
+    keyring = KeySettings(trusted_key_files=(tmp_path / "kasmina.pub",)).load_keyring(ROLES)
 
     assert signer.key_id == key_id_for(key.public_key())
     assert keyring.key_ids == {signer.key_id}
@@ -83,20 +84,20 @@ def test_environment_settings_load_inline_keys_and_union_of_trust_sources(
 ) -> None:
     active, older, third = (Ed25519PrivateKey.generate() for _ in range(3))
     pem = active.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
-    generate_key_pair(tmp_path / "trust", "a")
+    generate_key_pair(tmp_path / "trust", "tolaria")
     (tmp_path / "trust" / "notes.txt").write_text("not a key, ignored")
-    (tmp_path / "older.pub").write_bytes(_raw_public(older).hex().encode())
+    (tmp_path / "tamiyo.older.pub").write_bytes(_raw_public(older).hex().encode())
     env = {
         ENV_SIGNING_KEY: pem,
         ENV_TRUSTED_KEYS_DIR: str(tmp_path / "trust"),
-        ENV_TRUSTED_KEY_FILES: str(tmp_path / "older.pub"),
-        ENV_TRUSTED_KEYS: base64.b64encode(_raw_public(third)).decode(),
+        ENV_TRUSTED_KEY_FILES: str(tmp_path / "tamiyo.older.pub"),
+        ENV_TRUSTED_KEYS: "simic=" + base64.b64encode(_raw_public(third)).decode(),
     }
 
     settings = KeySettings.from_env(env)
 
     assert settings.load_signer().key_id == key_id_for(active.public_key())
-    assert len(settings.load_keyring().key_ids) == 3
+    assert sorted(settings.load_keyring(ROLES).roles().values()) == ["simic", "tamiyo", "tolaria"]
     assert pem not in repr(settings)
 
 
@@ -109,7 +110,7 @@ def test_missing_signing_key_is_a_start_up_error_naming_the_setting() -> None:
 
 def test_missing_trust_is_a_start_up_error_naming_the_setting() -> None:
     with pytest.raises(KeyConfigError) as error:
-        KeySettings.from_env({ENV_TRUSTED_KEYS_DIR: "  "}).load_keyring()
+        KeySettings.from_env({ENV_TRUSTED_KEYS_DIR: "  "}).load_keyring(ROLES)
     assert error.value.setting == ENV_TRUSTED_KEYS_DIR
     assert ENV_TRUSTED_KEYS_DIR in str(error.value)
 
@@ -121,7 +122,7 @@ def test_unreadable_or_invalid_keys_name_the_setting_and_the_file(tmp_path: Path
     pair = generate_key_pair(tmp_path / "pair")
     private_as_trust.mkdir()
     (tmp_path / "empty").mkdir()
-    (private_as_trust / "wrong.pub.pem").write_bytes(pair.private_path.read_bytes())
+    (private_as_trust / "tamiyo.wrong.pub.pem").write_bytes(pair.private_path.read_bytes())
     cases = [
         (KeySettings(signing_key_file=tmp_path / "absent.key"), "signer", "cannot read"),
         (KeySettings(signing_key_file=tmp_path), "signer", "cannot read"),
@@ -139,7 +140,7 @@ def test_unreadable_or_invalid_keys_name_the_setting_and_the_file(tmp_path: Path
     ]
     for settings, what, problem in cases:
         with pytest.raises(KeyConfigError) as error:
-            settings.load_signer() if what == "signer" else settings.load_keyring()
+            settings.load_signer() if what == "signer" else settings.load_keyring(ROLES)
         assert error.value.setting.startswith("TAMIYO_"), error.value
         assert problem in str(error.value)
 
@@ -161,11 +162,11 @@ def _cli(argv: list[str]) -> int:
 def test_keys_command_generates_prints_ids_and_checks_the_environment(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert _cli(["keys", "generate", "--out", str(tmp_path), "--name", "simic"]) == 0
+    assert _cli(["keys", "generate", "--out", str(tmp_path), "--role", "simic"]) == 0
     printed = capsys.readouterr().out
     key_id = key_id_of_file(tmp_path / "simic.key")
     assert str(tmp_path / "simic.key") in printed and key_id in printed
-    assert _cli(["keys", "generate", "--out", str(tmp_path), "--name", "simic"]) == 1
+    assert _cli(["keys", "generate", "--out", str(tmp_path), "--role", "simic"]) == 1
 
     assert _cli(["keys", "id", str(tmp_path / "simic.pub.pem")]) == 0
     assert capsys.readouterr().out.startswith(key_id)

@@ -37,17 +37,20 @@ async def test_every_rejection_reason_is_counted_emitted_and_dead_lettered_once(
     sink = BufferedEventSink()
     observed = bus
     now_ns = time.time_ns()
-    tampered = pb.BusEnvelope.FromString(seal(_envelope(), signer))
+    ns = bus.settings.key_prefix
+    tampered = pb.BusEnvelope.FromString(seal(_envelope(), signer, namespace=ns))
     tampered.payload = b"forged"
     entries = {
         "missing_signature": _envelope().SerializeToString(),
         "invalid_signature": tampered.SerializeToString(),
-        "unknown_key": seal(_envelope(), Signer.generate()),
-        "stale": seal(_envelope(issued_at_ns=now_ns - 61_000_000_000), signer),
-        "future": seal(_envelope(issued_at_ns=now_ns + 6_000_000_000), signer),
-        "wrong_type": seal(_envelope(message_type=pb.MESSAGE_TYPE_POLICY_UPDATE), signer),
-        "wrong_stream": seal(_envelope(stream=Stream.POLICY), signer),
-        "oversized": seal(_envelope(payload=b"x" * MAX_ENTRY_BYTES), signer),
+        "unknown_key": seal(_envelope(), Signer.generate(), namespace=ns),
+        "stale": seal(_envelope(issued_at_ns=now_ns - 61_000_000_000), signer, namespace=ns),
+        "future": seal(_envelope(issued_at_ns=now_ns + 6_000_000_000), signer, namespace=ns),
+        "wrong_type": seal(
+            _envelope(message_type=pb.MESSAGE_TYPE_POLICY_UPDATE), signer, namespace=ns
+        ),
+        "wrong_stream": seal(_envelope(stream=Stream.POLICY), signer, namespace=ns),
+        "oversized": seal(_envelope(payload=b"x" * MAX_ENTRY_BYTES), signer, namespace=ns),
         "malformed": b"\x0a\xff\xff not a protobuf",
     }
     key = observed.key(Stream.TELEMETRY)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus, Outgoing
 from oona.consumer import Consumer
-from oona.keys import Keyring, Signer
+from oona.keys import UNRESTRICTED, Keyring, Signer
 from oona.streams import Stream
 from tests.bus.helpers import Recorder, subscription
 
@@ -29,7 +29,7 @@ async def _publish(bus: Bus, tag: str, count: int) -> list[bytes]:
 
 
 async def test_rotation_with_overlap_loses_no_valid_message(bus: Bus, signer: Signer) -> None:
-    old_keyring = Keyring.of(signer.public_key())
+    old_keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
     new = Signer.generate()
     recorder = Recorder()
     sub = subscription(Stream.TELEMETRY, group="hub", consumer="hub-1")
@@ -40,7 +40,7 @@ async def test_rotation_with_overlap_loses_no_valid_message(bus: Bus, signer: Si
     in_flight = await _publish(bus, "old-in-flight", 6)  # signed with the old key, not yet read
 
     # Overlap: the verifier restarts trusting both keys, then the producer switches.
-    overlap = Consumer(bus, sub, recorder, old_keyring.with_key(new.public_key()))
+    overlap = Consumer(bus, sub, recorder, old_keyring.with_key(new.public_key(), UNRESTRICTED))
     rotated = Bus(bus.redis, bus.settings, new, source="test", metrics=bus.metrics)
     during = await _publish(rotated, "new-overlap", 6)
     await overlap.drain()

@@ -27,7 +27,10 @@ from tamiyo_bus.security.commands import CommandSigner, CommandVerifier, stamp_c
 from .helpers import seed_command
 
 STREAM = "telemetry"
-RULES = EnvelopeRules(stream=STREAM, accepted_types=frozenset({pb.MESSAGE_TYPE_TELEMETRY}))
+NAMESPACE = "tampering"
+RULES = EnvelopeRules(
+    stream=STREAM, namespace=NAMESPACE, accepted_types=frozenset({pb.MESSAGE_TYPE_TELEMETRY})
+)
 PROPERTY = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -48,20 +51,20 @@ def _flip(raw: bytes, index: int, mask: int) -> bytes:
 @pytest.fixture(scope="module")
 def single_entry(signer: Signer) -> tuple[bytes, int]:
     env = _envelope(b"loss=0.25;step=17")
-    return seal(env, signer), env.issued_at_ns // 1_000_000
+    return seal(env, signer, namespace=NAMESPACE), env.issued_at_ns
 
 
 @pytest.fixture(scope="module")
 def batch_entry(signer: Signer) -> tuple[bytes, int]:
     envelopes = [_envelope(f"metric-{i}".encode()) for i in range(3)]
-    return seal_batch(envelopes, signer), envelopes[0].issued_at_ns // 1_000_000
+    return seal_batch(envelopes, signer, namespace=NAMESPACE), envelopes[0].issued_at_ns
 
 
 def test_untampered_entries_open(
     single_entry: tuple[bytes, int], batch_entry: tuple[bytes, int], keyring: Keyring
 ) -> None:
-    single = open_entry({SINGLE_FIELD: single_entry[0]}, RULES, single_entry[1], keyring)
-    batch = open_entry({BATCH_FIELD: batch_entry[0]}, RULES, batch_entry[1], keyring)
+    single = open_entry({SINGLE_FIELD: single_entry[0]}, RULES, keyring, now_ns=single_entry[1])
+    batch = open_entry({BATCH_FIELD: batch_entry[0]}, RULES, keyring, now_ns=batch_entry[1])
     assert [len(single.envelopes), len(batch.envelopes)] == [1, 3]
 
 
@@ -70,9 +73,9 @@ def test_untampered_entries_open(
 def test_any_flipped_byte_of_a_single_envelope_is_rejected(
     single_entry: tuple[bytes, int], keyring: Keyring, index: int, mask: int
 ) -> None:
-    raw, entry_ms = single_entry
+    raw, now_ns = single_entry
     with pytest.raises(RejectedMessage):
-        open_entry({SINGLE_FIELD: _flip(raw, index, mask)}, RULES, entry_ms, keyring)
+        open_entry({SINGLE_FIELD: _flip(raw, index, mask)}, RULES, keyring, now_ns=now_ns)
 
 
 @PROPERTY
@@ -80,9 +83,9 @@ def test_any_flipped_byte_of_a_single_envelope_is_rejected(
 def test_any_flipped_byte_of_a_batch_entry_is_rejected(
     batch_entry: tuple[bytes, int], keyring: Keyring, index: int, mask: int
 ) -> None:
-    raw, entry_ms = batch_entry
+    raw, now_ns = batch_entry
     with pytest.raises(RejectedMessage):
-        open_entry({BATCH_FIELD: _flip(raw, index, mask)}, RULES, entry_ms, keyring)
+        open_entry({BATCH_FIELD: _flip(raw, index, mask)}, RULES, keyring, now_ns=now_ns)
 
 
 @pytest.fixture(scope="module")

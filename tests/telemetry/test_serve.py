@@ -63,7 +63,7 @@ async def test_serve_runs_the_services_and_stops_gracefully_on_sigterm(
     status, body = await get(url + "/healthz")
     assert status in (200, 503)
     services = json.loads(body)["components"]["weatherlight"]["services"]
-    assert set(services) == {"drain", "telemetry-hub", "nissa", "simic"}
+    assert set(services) == {"events", "drain", "telemetry-hub", "nissa", "simic"}
     assert {s["state"] for s in services.values()} == {"running"}
     assert (tmp_path / "simic" / "field_reports.sqlite3").exists()  # under TAMIYO_DATA_DIR
     process.send_signal(signal.SIGTERM)

@@ -7,7 +7,8 @@ field-report intake and the policy-update listener beside it. A progress bar whi
 runs; at the end a printed summary and, in the run directory, ``report.html``,
 ``summary.json``, the field-report log and Simic's store.
 
-Keys are a throw-away Ed25519 pair made for this run and never written anywhere.
+Keys are throw-away Ed25519 pairs made for this run, one per signing role (Tamiyo,
+Tolaria, Kasmina, Simic, Weatherlight), and never written anywhere.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from pathlib import Path
 import torch
 
 from leyline_vocab.telemetry import SOURCE_TAMIYO, SOURCE_TOLARIA
-from oona.keys import Keyring, Signer
 from oona.server import EmbeddedServer
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
 from tamiyo_bus import Baseline, baseline_policy, initial_policy
@@ -45,6 +45,7 @@ from weatherlight.demo.recorder import RunRecorder
 from weatherlight.demo.report import write_report
 from weatherlight.demo.services import AsyncSide, ServiceSettings
 from weatherlight.demo.summary import summarise
+from weatherlight.role_keys import RoleKeys
 from weatherlight.settings import SystemSettings
 
 REPORTS_SETTLE_S = 20.0  # at the end, how long to wait for Simic to ack the last reports
@@ -152,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.dataset}-{spec.model}-s{spec.seed}"
     run_dir = args.out / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    signer = Signer.generate()
-    keyring = Keyring.of(signer.public_key())
+    keys = RoleKeys.generate()
+    signer = keys.signer(SOURCE_TAMIYO)
     system = SystemSettings.from_env()
     oona = system.oona
     server: EmbeddedServer | None = None
@@ -169,11 +170,11 @@ def run(args: argparse.Namespace) -> int:
         else baseline_policy(Baseline(args.policy))
     )
     side = AsyncSide(
-        oona=oona, signer=signer, keyring=keyring, run_id=run_id, run_dir=run_dir,
+        oona=oona, keys=keys, run_id=run_id, run_dir=run_dir,
         holder=holder, policy_update_breaker=spec.risk.breakers.policy_update,
         settings=ServiceSettings(nissa_port=args.nissa_port),
     )  # fmt: skip
-    print(f"tamiyo-bus demo: run {run_id} on {device} (key {signer.key_id}, throw-away)")
+    print(f"tamiyo-bus demo: run {run_id} on {device} (throw-away keys, one per role)")
     print(f"  server      {server.version() if server else oona.redis_url}")
     print(f"  urza        {store.settings.db_path}")
     reporter = FieldReporter(ReportSettings(wal_dir=run_dir / "field_reports")).start()
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
             TolariaTelemetry(side.producer(SOURCE_TOLARIA), run_id),
         ]
         built = assemble(
-            spec, run_id=run_id, signer=signer, keyring=keyring, store=store,
+            spec, run_id=run_id, signer=signer, keyring=keys.keyring, store=store,
             observers=observers, holder=holder,
             telemetry=DecisionTelemetrySink(tamiyo_producer),
             events=TelemetryEventSink(tamiyo_producer, run=run_id),

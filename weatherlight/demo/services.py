@@ -2,7 +2,8 @@
 
 - Weatherlight supervises the stream drain, the telemetry hub, Nissa (status page and
   /metrics), Simic's field-report intake and Tamiyo's policy-update listener;
-- three telemetry producers (tamiyo, tolaria, kasmina) publish what the run hands them;
+- three telemetry producers (tamiyo, tolaria, kasmina) publish what the run hands them,
+  each on a bus client of its own signing with its role's key;
 - a forwarder turns Kasmina's per-step telemetry records into packets;
 - field-report delivery publishes the reports the run's FieldReporter writes and
   retires them when Simic's acks come back.
@@ -25,10 +26,10 @@ from typing import Any, TypeVar
 
 from consumers.simic import SimicSettings
 from leyline_vocab.events import BreakerName
+from leyline_vocab.roles import SOURCE_WEATHERLIGHT
 from leyline_vocab.telemetry import SOURCE_KASMINA, SOURCE_TAMIYO, SOURCE_TOLARIA
 from oona.breaker import BreakerSettings, CircuitBreaker
 from oona.bus import Bus
-from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from producers.telemetry import TelemetryProducer
 from tamiyo_bus.kasmina.telemetry import TelemetryOutbox, to_packet
@@ -37,13 +38,16 @@ from tamiyo_bus.reports.reporter import FieldReporter
 from tamiyo_bus.security.policy_update import (
     PolicyHolder,
     PolicyUpdateListener,
+    PolicyUpdateSettings,
     PolicyUpdateTransaction,
 )
+from weatherlight.role_keys import RoleKeys
 from weatherlight.services import (
     Weatherlight,
     WeatherlightSettings,
     default_services,
 )
+from weatherlight.settings import POLICY_VERSION_RECORD
 from weatherlight.supervisor import (
     BusComponent,
     ServiceContext,
@@ -57,14 +61,17 @@ START_TIMEOUT_S = 60.0
 FORWARD_INTERVAL_S = 0.05
 
 
-def policy_listener_service(holder: PolicyHolder, breaker: CircuitBreaker) -> ServiceRun:
+def policy_listener_service(
+    holder: PolicyHolder, breaker: CircuitBreaker, settings: PolicyUpdateSettings
+) -> ServiceRun:
     """Tamiyo's policy-update listener: signed PolicyUpdates swap the running policy;
     repeated rejections open ``breaker`` (the risk gate's policy-update breaker)."""
 
     def build(bus: Bus, context: ServiceContext) -> AbstractAsyncContextManager[BusComponent]:
         transaction = PolicyUpdateTransaction(
-            holder, context.keyring, metrics=bus.metrics, breaker=breaker
-        )
+            holder, context.keyring, settings, metrics=bus.metrics, events=context.events,
+            breaker=breaker,
+        )  # fmt: skip
         return nullcontext(
             PolicyUpdateListener(
                 bus, transaction, context.keyring, consumer_name=context.consumer_name
@@ -88,8 +95,7 @@ class AsyncSide:
         self,
         *,
         oona: OonaSettings,
-        signer: Signer,
-        keyring: Keyring,
+        keys: RoleKeys,
         run_id: str,
         run_dir: Path,
         holder: PolicyHolder,
@@ -97,8 +103,8 @@ class AsyncSide:
         settings: ServiceSettings | None = None,
     ) -> None:
         self.oona = oona
-        self.signer = signer
-        self.keyring = keyring
+        self.keys = keys
+        self.keyring = keys.keyring
         self.run_id = run_id
         self.run_dir = run_dir
         self.holder = holder
@@ -110,7 +116,8 @@ class AsyncSide:
         self._thread = threading.Thread(target=self._run_loop, name="demo-async", daemon=True)
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
-        self.bus: Bus | None = None
+        self.bus: Bus | None = None  # Tamiyo's: her telemetry and field reports
+        self.buses: dict[str, Bus] = {}
         self.weatherlight: Weatherlight | None = None
         self.producers: dict[str, TelemetryProducer] = {}
         self.outbox: TelemetryOutbox | None = None
@@ -139,24 +146,31 @@ class AsyncSide:
 
     async def _start(self) -> None:
         self._stop = asyncio.Event()
-        self.bus = Bus.connect(self.oona, self.signer, source="demo")
         for source in (SOURCE_TAMIYO, SOURCE_TOLARIA, SOURCE_KASMINA):
-            producer = TelemetryProducer(self.bus, source=source)
+            bus = Bus.connect(self.oona, self.keys.signer(source), source=source)
+            self.buses[source] = bus
+            producer = TelemetryProducer(bus, source=source)
             await producer.start()
             self.producers[source] = producer
+        self.bus = self.buses[SOURCE_TAMIYO]
         base = WeatherlightSettings()
         nissa = replace(base.nissa, host=self.settings.nissa_host, port=self.settings.nissa_port)
         settings = replace(base, nissa=nissa, simic=SimicSettings(db_path=self.simic_db))
         specs = [
             *default_services(settings),
             ServiceSpec(
-                "tamiyo-policy", policy_listener_service(self.holder, self.policy_update_breaker)
+                "tamiyo-policy",
+                policy_listener_service(
+                    self.holder,
+                    self.policy_update_breaker,
+                    PolicyUpdateSettings(version_record_path=self.run_dir / POLICY_VERSION_RECORD),
+                ),
             ),
         ]
         self.weatherlight = Weatherlight(
             specs,
             oona=self.oona,
-            signer=self.signer,
+            signer=self.keys.signer(SOURCE_WEATHERLIGHT),
             keyring=self.keyring,
             instance=self.settings.instance,
             settings=settings.supervisor,
@@ -231,5 +245,5 @@ class AsyncSide:
             await producer.stop()
         if self.weatherlight is not None:
             await self.weatherlight.stop()
-        if self.bus is not None:
-            await self.bus.close()
+        for bus in self.buses.values():
+            await bus.close()
