@@ -191,10 +191,11 @@ def run(args: argparse.Namespace) -> int:
             reports,
             TolariaTelemetry(side.producer(SOURCE_TOLARIA), run_id),
         ]
+        experience = side.publish_experience(spec.tamiyo.experience)
         built = assemble(
             spec, run_id=run_id, signer=signer, keyring=keys.keyring, store=store,
             observers=observers, holder=holder,
-            telemetry=DecisionTelemetrySink(tamiyo_producer),
+            telemetry=DecisionTelemetrySink(tamiyo_producer), experience=experience.submit,
             events=TelemetryEventSink(tamiyo_producer, run=run_id),
             metrics=TelemetryMetricsSink(tamiyo_producer, run=run_id),
             adopted_breakers=side.breakers,
@@ -231,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         built.trainer.run()
         wall_s = time.perf_counter() - started
         progress.close()
+        built.tamiyo.end_run(built.trainer.state_packet())
         counts = _settle_reports(reporter, run_id)
         built.tamiyo.wait_idle(IDLE_WAIT_S)
         built.close()
@@ -250,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         "field reports": f"{sum(counts.values())} written, {counts[ReportState.ACKED]} acked "
         f"by Simic, {counts[ReportState.PENDING]} pending, {counts[ReportState.PARKED]} parked; "
         f"{reports.refused} offers refused",
+        "experience": f"{experience.stats.published} segments of the policy's decisions "
+        f"published for the learner, {experience.stats.dropped} dropped",
         "status page": f"{status_url} (served while the demo ran)",
         "run report": str(run_dir / "report.html"),
     }

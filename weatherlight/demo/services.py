@@ -32,6 +32,8 @@ from oona.breaker import BreakerSettings, CircuitBreaker
 from oona.bus import Bus
 from oona.settings import OonaSettings
 from producers.telemetry import TelemetryProducer
+from tamiyo_bus.experience.publisher import TrajectoryPublisher
+from tamiyo_bus.experience.segments import ExperienceSettings
 from tamiyo_bus.kasmina.telemetry import TelemetryOutbox, to_packet
 from tamiyo_bus.reports.delivery import ReportDelivery
 from tamiyo_bus.reports.reporter import FieldReporter
@@ -205,6 +207,14 @@ class AsyncSide:
         assert self.bus is not None
         delivery = ReportDelivery(reporter, self.bus, self.keyring)
         self._spawn(lambda: delivery.run(self._stop))
+
+    def publish_experience(self, settings: ExperienceSettings) -> TrajectoryPublisher:
+        """Publish Tamiyo's experience segments on the trajectories stream until
+        shutdown (what is queued then is published once more)."""
+        assert self.bus is not None
+        publisher = TrajectoryPublisher(self.bus, settings)
+        self._spawn(lambda: publisher.run(self._stop))
+        return publisher
 
     def _spawn(self, factory: Callable[[], Awaitable[None]]) -> None:
         """Start ``factory()`` as a task on the services' loop; shutdown awaits it."""
