@@ -63,7 +63,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: TrainingState)
         if key.startswith(_STATE):
             index, name = key.removeprefix(_STATE).split(".", 1)
             per_parameter.setdefault(int(index), {})[name] = tensor
-    optimizer.load_state_dict({"state": per_parameter, "param_groups": stored["param_groups"]})
+    # JSON turned tuples (Adam's betas) into lists; the parameter indices stay a list.
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
+        for group in stored["param_groups"]
+    ]
+    optimizer.load_state_dict({"state": per_parameter, "param_groups": groups})
 
 
 def _trainer_state(trainer: PPOTrainer) -> TrainingState:

@@ -19,10 +19,10 @@ BAR_WIDTH = 24
 
 
 class TrainingProgress:
-    def __init__(self, total_updates: int, stream: TextIO = sys.stdout) -> None:
+    def __init__(self, total_updates: int, stream: TextIO | None = None) -> None:
         self.total_updates = max(total_updates, 1)
-        self.stream = stream
-        self.interactive = stream.isatty()
+        self.stream = stream or sys.stdout
+        self.interactive = self.stream.isatty()
         self.best_return = -math.inf
         self._started = time.monotonic()
 
