@@ -15,18 +15,15 @@ learner's guard and optimiser, as a PPO step does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from tamiyo_bus.learning.episodes import Demonstrations
 from tamiyo_bus.learning.evaluation import Evaluation, PolicyEvaluator
-from tamiyo_bus.learning.gae import GAESettings, compute_gae
 from tamiyo_bus.learning.graph_batch import GraphTransitions
 from tamiyo_bus.learning.guard import LearningGuard
-from tamiyo_bus.sim.rollout import Episode
 
 
 @dataclass(frozen=True)
@@ -41,37 +38,6 @@ class ImitationSettings:
     def __post_init__(self) -> None:
         if self.episodes < 0 or self.epochs < 1 or self.minibatch_transitions < 1:
             raise ValueError("need episodes >= 0, epochs >= 1, minibatch_transitions >= 1")
-
-
-@dataclass(frozen=True, slots=True)
-class Demonstrations:
-    """The teacher's decisions and its discounted return from each one."""
-
-    inputs: GraphTransitions
-    returns: Tensor  # [T]
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-
-def demonstrations(
-    episodes: Sequence[Episode], gamma: float, reward_scale: float = 1.0
-) -> Demonstrations:
-    """Episode after episode; each return is discounted to its episode's end."""
-    graphs, actions, returns = [], [], []
-    monte_carlo = GAESettings(gamma=gamma, gae_lambda=1.0)
-    for episode in episodes:
-        records = episode.records
-        rewards = np.array([r.reward for r in records], np.float32) * reward_scale
-        zeros = np.zeros_like(rewards)
-        ended = np.array([r.done for r in records], np.bool_)
-        estimate = compute_gae(rewards, zeros, zeros, ended, np.zeros_like(ended), monte_carlo)
-        graphs.extend(r.graph for r in records)
-        actions.extend(r.action for r in records)
-        returns.append(estimate.returns)
-    return Demonstrations(
-        GraphTransitions.of(graphs, actions), torch.from_numpy(np.concatenate(returns))
-    )
 
 
 def imitation_loss(evaluation: Evaluation, returns: Tensor, value_coef: float) -> Tensor:

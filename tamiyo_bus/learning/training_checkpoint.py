@@ -115,7 +115,8 @@ def restore_trainer(trainer: PPOTrainer, data: bytes) -> None:
     saved = training_state(data)
     if "config" not in saved.metadata:
         raise CheckpointMismatchError("a policy checkpoint without a trainer's state")
-    expected, found = json.loads(settings_json(trainer.settings)), json.loads(saved.metadata["config"])
+    expected = json.loads(settings_json(trainer.settings))
+    found = json.loads(saved.metadata["config"])
     differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
     if differing:
         raise CheckpointMismatchError(f"checkpoint made under other settings: {differing}")

@@ -1,5 +1,5 @@
-"""The PPO trainer on the simulator: the batch it builds from episodes, what it reports
-per update, reproducibility, and that it learns to beat the random policy."""
+"""The PPO trainer on the simulator: what it reports per update, reproducibility, and
+that it learns to beat the random policy."""
 
 from __future__ import annotations
 
@@ -9,56 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from tamiyo_bus.learning.gae import GAESettings, compute_gae, next_state_values
-from tamiyo_bus.learning.trainer import (
-    PPOTrainer,
-    TrainerSettings,
-    TrainingStats,
-    observed_features,
-    rollout_batch,
-)
+from tamiyo_bus.learning.trainer import PPOTrainer, TrainerSettings, TrainingStats
 from tamiyo_bus.policy.baselines import RandomPolicy
-from tamiyo_bus.policy.schema import NODE_TYPES
-from tamiyo_bus.sim import SimSettings, VectorSim
+from tamiyo_bus.sim import SimSettings
 from tamiyo_bus.sim.returns import episode_returns
-from tamiyo_bus.sim.rollout import graph_builder, run_episode
 
 ONE_EPOCH = SimSettings(epochs=1)  # 25 decisions per episode
 TINY_TRAINING = TrainerSettings(runs_per_rollout=2, sim=ONE_EPOCH)
-
-
-def test_the_batch_holds_every_decision_with_gae_over_each_episode() -> None:
-    sim = VectorSim(ONE_EPOCH, runs=3, seed=4)
-    episodes = run_episode(
-        sim, [RandomPolicy()] * 3, graph_builder(sim), generator=torch.Generator().manual_seed(4)
-    )
-    gae = GAESettings(gamma=0.9, gae_lambda=0.8)
-    batch = rollout_batch(episodes, gae, reward_scale=10.0)
-    decisions = len(episodes[0].records)
-    assert len(batch) == len(batch.inputs) == 3 * decisions
-    second = episodes[1].records
-    rows = slice(decisions, 2 * decisions)
-    rewards = np.array([r.reward for r in second]) * 10.0
-    values = np.zeros(decisions)  # the random policy has no critic
-    terminal = np.arange(decisions) == decisions - 1
-    expected = compute_gae(
-        rewards,
-        values,
-        next_state_values(values, 0.0, np.zeros(decisions, bool)),
-        terminal,
-        np.zeros(decisions, bool),
-        gae,
-    )
-    np.testing.assert_allclose(batch.advantages[rows], expected.advantages, rtol=1e-6)
-    np.testing.assert_allclose(batch.returns[rows], expected.returns, rtol=1e-6)
-    np.testing.assert_allclose(batch.old_log_prob[rows], [r.log_prob for r in second])
-    # The batch's transition i is decision i of the episodes in order.
-    group = batch.inputs.groups[int(batch.inputs.group_of[decisions])]
-    first_action = group.actions.action[int(batch.inputs.row_of[decisions])]
-    assert int(first_action) == second[0].action.action
-    features = observed_features(episodes)
-    assert set(features) == set(NODE_TYPES)
-    assert all(len(v) == 3 * decisions for v in features.values())
+UPDATES = 3
+EVAL_RUNS = 12
+EVAL_SEED = 100  # training used seed 0's runs
 
 
 def test_each_update_reports_its_figures_to_the_sink() -> None:
@@ -98,3 +58,23 @@ def test_settings_are_checked() -> None:
         TrainerSettings(runs_per_rollout=0)
     with pytest.raises(ValueError, match="reward_scale"):
         TrainerSettings(reward_scale=0.0)
+
+
+def test_ppo_on_the_simulator_beats_the_random_policy_by_a_clear_margin() -> None:
+    """About 40 s on a quiet 2-core machine: three updates of eight 300-decision
+    episodes, then twelve evaluation runs that training never met, the same hidden runs
+    for both policies (the random policy's return is heavy-tailed: it pays for its
+    learning-rate changes and ill-timed seeds in spikes, rollbacks and emergencies)."""
+    trainer = PPOTrainer(TrainerSettings(seed=0))
+    history = [trainer.iterate() for _ in range(UPDATES)]
+    sim = trainer.settings.sim
+    learned = episode_returns(
+        [trainer.actor] * EVAL_RUNS, sim, seed=EVAL_SEED, normalizer=trainer.normalizer.snapshot
+    )
+    random = episode_returns([RandomPolicy()] * EVAL_RUNS, sim, seed=EVAL_SEED)
+    print(
+        f"rollout returns {[round(s.mean_episode_return, 3) for s in history]}; evaluation: "
+        f"learned {learned.mean():.3f}, random {random.mean():.3f}"
+    )
+    assert learned.mean() > random.mean() + 1.0
+    assert np.median(learned) > np.median(random) + 0.5

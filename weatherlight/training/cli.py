@@ -6,8 +6,10 @@ directory: ``checkpoint.safetensors`` (the policy's weights and feature statisti
 which Tamiyo loads as any policy checkpoint, with the optimiser's state, the settings
 and the progress a ``--resume`` continues from; replaced atomically every
 ``--checkpoint-every`` updates and at the end), ``updates.jsonl`` (one line of figures
-per update) and ``curve.svg`` (the learning curve). ``--env real`` (learning from a
-live run's experience) is not available yet.
+per update) and ``curve.svg`` (the learning curve). With ``--telemetry`` each update's
+figures also go to the telemetry hub as gauges (the bus at TAMIYO_REDIS_URL, signed
+with the configured key, or a throw-away one with ``--ephemeral-keys``). ``--env
+real`` (learning from a live run's experience) is not available yet.
 """
 
 from __future__ import annotations
@@ -17,23 +19,29 @@ import dataclasses
 import json
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 import torch
 
+from oona.keyfiles import KeyConfigError
 from tamiyo_bus.learning.trainer import (
     PPOTrainer,
     TrainerSettings,
+    TrainingSink,
     TrainingStats,
     constant_lr,
 )
 from tamiyo_bus.learning.training_checkpoint import restore_trainer, save_trainer
 from tamiyo_bus.policy.checkpoint import CheckpointMismatchError
 from tamiyo_bus.policy.profiles import Profile
+from weatherlight.serve import load_keys
+from weatherlight.settings import SystemSettings
 from weatherlight.training.curve import write_curve
 from weatherlight.training.progress import TrainingProgress
+from weatherlight.training.telemetry import TrainingTelemetry
 
 EXIT_UNAVAILABLE = 2
 CHECKPOINT = "checkpoint.safetensors"
@@ -65,10 +73,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--out", type=Path, default=Path("runs"), help="parent of the run directory"
     )
     parser.add_argument("--checkpoint-every", type=int, default=5, help="updates")
-    parser.add_argument(
-        "--resume", type=Path, help="continue from this checkpoint (same settings)"
-    )
+    parser.add_argument("--resume", type=Path, help="continue from this checkpoint (same settings)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    parser.add_argument(
+        "--telemetry", action="store_true", help="publish each update's figures to the hub"
+    )
+    parser.add_argument(
+        "--ephemeral-keys", action="store_true",
+        help="with --telemetry: a throw-away signing key (local trials only)",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -92,16 +105,21 @@ def stats_line(stats: TrainingStats) -> str:
 class _Outputs:
     """The run directory's files, each replaced atomically as the run goes on."""
 
-    def __init__(self, run_dir: Path, trainer: PPOTrainer, log: TextIO) -> None:
+    def __init__(
+        self, run_dir: Path, trainer: PPOTrainer, log: TextIO, telemetry: TrainingSink | None
+    ) -> None:
         self.run_dir = run_dir
         self.trainer = trainer
         self.log = log
+        self.telemetry = telemetry
         self.history: list[TrainingStats] = []
 
     def on_update(self, stats: TrainingStats) -> None:
         self.history.append(stats)
         self.log.write(stats_line(stats) + "\n")
         self.log.flush()
+        if self.telemetry is not None:
+            self.telemetry(stats)
 
     def save(self) -> None:
         save_trainer(self.run_dir / CHECKPOINT, self.trainer)
@@ -118,33 +136,50 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = settings_of(args)
-    run_dir = args.out / f"train-{time.strftime('%Y%m%d-%H%M%S')}-s{settings.seed}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    progress = TrainingProgress(args.updates)
-    with (run_dir / UPDATES).open("w", encoding="utf-8") as log:
-        trainer = PPOTrainer(settings)
-        outputs = _Outputs(run_dir, trainer, log)
-        if args.resume:
+    name = f"train-{time.strftime('%Y%m%d-%H%M%S')}-s{settings.seed}"
+    trainer = PPOTrainer(settings)
+    if args.resume:
+        try:
+            restore_trainer(trainer, args.resume.read_bytes())
+        except CheckpointMismatchError as exc:
+            print(f"train: cannot resume from {args.resume}: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+    with ExitStack() as stack:
+        telemetry = None
+        if args.telemetry:
+            system = SystemSettings.from_env()
             try:
-                restore_trainer(trainer, args.resume.read_bytes())
-            except CheckpointMismatchError as exc:
-                print(f"train: cannot resume from {args.resume}: {exc}", file=sys.stderr)
+                signer, _ = load_keys(system.keys, args.ephemeral_keys)
+            except KeyConfigError as exc:
+                print(f"train: --telemetry: {exc}", file=sys.stderr)
                 return EXIT_UNAVAILABLE
-        print(
-            f"train: {args.updates} updates of {settings.runs_per_rollout} simulated runs "
-            f"({settings.sim.total_steps // settings.sim.decision_every_steps} decisions "
-            f"each), {settings.profile} policy, seed {settings.seed}, from update "
-            f"{trainer.updates + 1}",
-            flush=True,
-        )
-        for done in range(1, args.updates + 1):
-            stats = trainer.iterate()
-            outputs.on_update(stats)
-            progress.on_update(stats, done)
-            if done % args.checkpoint_every == 0 or done == args.updates:
-                outputs.save()
-        progress.close()
+            publisher = TrainingTelemetry(system.oona, signer, run=name)
+            stack.callback(publisher.close)
+            telemetry = publisher.sink
+        run_dir = args.out / name
+        run_dir.mkdir(parents=True, exist_ok=False)
+        log = stack.enter_context((run_dir / UPDATES).open("w", encoding="utf-8"))
+        _train(args.updates, args.checkpoint_every, _Outputs(run_dir, trainer, log, telemetry))
     print(f"checkpoint  {run_dir / CHECKPOINT}")
     print(f"curve       {run_dir / CURVE}")
     print(f"updates     {run_dir / UPDATES}")
     return 0
+
+
+def _train(updates: int, checkpoint_every: int, outputs: _Outputs) -> None:
+    trainer = outputs.trainer
+    s = trainer.settings
+    print(
+        f"train: {updates} updates of {s.runs_per_rollout} simulated runs "
+        f"({s.sim.total_steps // s.sim.decision_every_steps} decisions each), {s.profile} "
+        f"policy, seed {s.seed}, from update {trainer.updates + 1}",
+        flush=True,
+    )
+    progress = TrainingProgress(updates)
+    for done in range(1, updates + 1):
+        stats = trainer.iterate()
+        outputs.on_update(stats)
+        progress.on_update(stats, done)
+        if done % checkpoint_every == 0 or done == updates:
+            outputs.save()
+    progress.close()
