@@ -131,8 +131,7 @@ def main() -> None:
     returns = {name: interval(values) for name, values in played.items()}
     heuristic = returns["heuristic"]["mean"]
     ratio = {
-        mode: round(returns[f"ppo_{mode}"]["mean"] / heuristic, 3)
-        for mode in ("greedy", "sampled")
+        mode: round(returns[f"ppo_{mode}"]["mean"] / heuristic, 3) for mode in ("greedy", "sampled")
     }
     args.out.mkdir(parents=True, exist_ok=True)
     curve = args.out / "control-curve.svg"

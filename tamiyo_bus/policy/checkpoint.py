@@ -136,9 +136,7 @@ def load_checkpoint_bytes(
             f"checkpoint registry digest {info.registry_digest!r} does not match this "
             f"build's {registry_digest()!r}: its features or actions mean something else"
         )
-    tensors = {
-        k: v for k, v in load_bytes(data).items() if not k.startswith(TRAINING_PREFIX)
-    }
+    tensors = {k: v for k, v in load_bytes(data).items() if not k.startswith(TRAINING_PREFIX)}
     moments: dict[str, dict[str, np.ndarray]] = {"count": {}, "mean": {}, "m2": {}}
     for node_type in NODE_TYPES:
         for moment, table in moments.items():
