@@ -100,7 +100,7 @@ def baselines(eval_runs: int, trainer: TrainerSettings, eval_seed: int) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--updates", type=int, default=30, help="per training")
+    parser.add_argument("--updates", type=int, default=24, help="per training")
     parser.add_argument("--runs", type=int, default=8, help="simulated runs per rollout")
     parser.add_argument("--train-seeds", type=int, default=2)
     parser.add_argument("--eval-runs", type=int, default=32)
