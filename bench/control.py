@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,14 +36,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine
+from bench.sim import interval, returns
 from tamiyo_bus.learning.trainer import PPOTrainer, TrainerSettings, TrainingStats
-from tamiyo_bus.policy.baselines import NoOpPolicy, RandomPolicy
-from tamiyo_bus.policy.heuristic import HeuristicPolicy
-from tamiyo_bus.policy.serving import DecisionPolicy
 from tamiyo_bus.sim.returns import episode_returns
 from weatherlight.training.curve import write_curve
 
-Z_95 = 1.96
 GOAL_RATIO = 1.0
 MOONSHOT_RATIO = 1.2
 
@@ -58,16 +54,6 @@ class Trained:
     greedy: list[float]
     sampled: list[float]
     train_s: float
-
-
-def interval(values: np.ndarray) -> dict[str, float]:
-    mean = float(values.mean())
-    half = Z_95 * statistics.stdev(values.tolist()) / len(values) ** 0.5
-    return {
-        "mean": round(mean, 4),
-        "ci95_low": round(mean - half, 4),
-        "ci95_high": round(mean + half, 4),
-    }
 
 
 def train(job: tuple[TrainerSettings, int, int, int]) -> Trained:
@@ -87,15 +73,6 @@ def train(job: tuple[TrainerSettings, int, int, int]) -> Trained:
         for greedy in (True, False)
     }
     return Trained(settings.seed, history, returns[True], returns[False], train_s)
-
-
-def baselines(eval_runs: int, trainer: TrainerSettings, eval_seed: int) -> dict[str, np.ndarray]:
-    makers = {"no_op": NoOpPolicy, "random": RandomPolicy, "heuristic": HeuristicPolicy}
-    out = {}
-    for name, make in makers.items():
-        policies: list[DecisionPolicy] = [make() for _ in range(eval_runs)]
-        out[name] = episode_returns(policies, trainer.sim, seed=eval_seed)
-    return out
 
 
 def main() -> None:
@@ -120,7 +97,10 @@ def main() -> None:
     jobs = [(s, args.updates, args.eval_runs, args.eval_seed) for s in settings]
 
     started = time.perf_counter()
-    played = baselines(args.eval_runs, settings[0], args.eval_seed)
+    played = {
+        name: returns(name, args.eval_runs, args.eval_seed)
+        for name in ("no_op", "random", "heuristic")
+    }
     workers = min(len(jobs), os.cpu_count() or 1)
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         trained: list[Trained] = pool.map(train, jobs)
