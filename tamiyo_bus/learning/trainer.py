@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from leyline_vocab.events import BreakerName
 from oona.breaker import BreakerSettings, CircuitBreaker
 from tamiyo_bus.learning.episodes import observed_features, rollout_batch
 from tamiyo_bus.learning.gae import GAESettings
@@ -51,7 +52,6 @@ from tamiyo_bus.sim.rollout import Episode, graph_builder, run_episode
 from tamiyo_bus.sim.settings import SimSettings
 from tamiyo_bus.tolaria.lr import LRController, LRSettings
 
-LEARNING_BREAKER = "learning"
 # Minibatches of 256 (not PPO's 64): a quarter of the optimiser steps for the same data,
 # each a less noisy gradient, and 1.6x the transitions/s of the update. At 0.01 a rollout
 # of 2,400 decisions stopped after two or three of them; 0.02 lets an update use its data.
@@ -102,7 +102,7 @@ TrainingSink = Callable[[TrainingStats], None]
 def offline_guard(max_grad_norm: float) -> LearningGuard:
     """A guard for training outside a live run: its own learning breaker, never paused
     (there is no conservative mode to honour)."""
-    breaker = CircuitBreaker(LEARNING_BREAKER, BreakerSettings())
+    breaker = CircuitBreaker(BreakerName.LEARNING, BreakerSettings())
     return LearningGuard(breaker, lambda: False, LearningGuardSettings(max_grad_norm))
 
 

@@ -1,5 +1,5 @@
 """The learning curve as a standalone SVG file: each training's mean episode return
-per update against the decisions learnt from, with flat reference lines (baselines)."""
+per update, with flat reference lines (baselines)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def curve_svg(
     series = [
         Series(
             name,
-            [float(s.decisions) for s in history],
+            [float(s.update) for s in history],
             [s.mean_episode_return for s in history],
         )
         for name, history in trainings.items()
@@ -35,7 +35,7 @@ def curve_svg(
             for name, value in (references or {}).items()
         ]
     chart = line_chart(
-        series, title=TITLE, x_label="decisions learnt from", y_label="episode return"
+        series, title=TITLE, x_label="update", y_label="episode return"
     )
     # A standalone file carries the classes' style the run report puts in its page.
     return chart.replace(">", f"><style>{STYLE}</style>", 1)
