@@ -21,7 +21,7 @@ EVAL_RUNS = 12
 EVAL_SEED = 100  # training used seed 0's runs
 
 
-def test_each_update_reports_its_figures_to_the_sink() -> None:
+def test_each_update_reports_its_figures_and_the_same_seed_repeats_them() -> None:
     seen: list[TrainingStats] = []
     trainer = PPOTrainer(TINY_TRAINING, sink=seen.append)
     before = trainer.normalizer.snapshot
@@ -42,15 +42,11 @@ def test_each_update_reports_its_figures_to_the_sink() -> None:
     # The actor serves the learner's weights.
     for name, tensor in trainer.policy.state_dict().items():
         assert torch.equal(tensor, trainer.actor.state_dict()[name]), name
-
-
-def test_the_same_seed_trains_the_same_policy() -> None:
-    runs = [PPOTrainer(TINY_TRAINING) for _ in range(2)]
-    stats = [trainer.iterate() for trainer in runs]
-    assert stats[0].mean_episode_return == stats[1].mean_episode_return
-    assert stats[0].ppo.policy_loss == stats[1].ppo.policy_loss
-    for a, b in zip(runs[0].policy.parameters(), runs[1].policy.parameters(), strict=True):
-        assert torch.equal(a, b)
+    # The same settings and seed give the same first update, bit for bit.
+    again = PPOTrainer(TINY_TRAINING).iterate()
+    assert again.mean_episode_return == first.mean_episode_return
+    assert again.ppo.policy_loss == first.ppo.policy_loss
+    assert again.ppo.approx_kl == first.ppo.approx_kl
 
 
 def test_settings_are_checked() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from tamiyo_bus.learning.trainer import PPOTrainer, TrainerSettings
+from tamiyo_bus.learning.trainer import PPOTrainer, TrainerSettings, TrainingStats
 from tamiyo_bus.learning.training_checkpoint import (
     load_optimizer_state,
     optimizer_state,
@@ -31,18 +32,34 @@ from tamiyo_bus.sim import SimSettings
 SETTINGS = TrainerSettings(runs_per_rollout=2, sim=SimSettings(epochs=1), seed=3)
 
 
-def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint.safetensors"
-    original = PPOTrainer(SETTINGS)
-    original.iterate()
-    save_trainer(path, original)
-    assert not list(tmp_path.glob("*.tmp"))  # written beside, then renamed
-    continued = original.iterate()
+@dataclass(frozen=True)
+class Saved:
+    """A training checkpointed after one update, and the update that followed it."""
 
+    path: Path
+    weights: dict[str, torch.Tensor]  # the policy's when it was saved
+    normalizer_counts: list[float]
+    continued: TrainingStats
+    final: PPOTrainer
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Saved:
+    path = tmp_path_factory.mktemp("training") / "checkpoint.safetensors"
+    trainer = PPOTrainer(SETTINGS)
+    trainer.iterate()
+    save_trainer(path, trainer)
+    weights = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    counts = trainer.normalizer.snapshot.count["global"].tolist()
+    return Saved(path, weights, counts, trainer.iterate(), trainer)
+
+
+def test_a_resumed_run_continues_exactly_where_it_stopped(saved: Saved) -> None:
+    assert not list(saved.path.parent.glob("*.tmp"))  # written beside, then renamed
     resumed = PPOTrainer(SETTINGS)
-    restore_trainer(resumed, path.read_bytes())
+    restore_trainer(resumed, saved.path.read_bytes())
     assert (resumed.updates, resumed.warmed_up) == (1, True)
-    again = resumed.iterate()
+    again, continued = resumed.iterate(), saved.continued
     assert again.mean_episode_return == continued.mean_episode_return
     assert dataclasses.replace(again.ppo, duration_s=0.0) == dataclasses.replace(
         continued.ppo, duration_s=0.0
@@ -52,26 +69,22 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path: Path) -> Non
         continued.env_steps,
         continued.decisions,
     )
-    for a, b in zip(original.policy.parameters(), resumed.policy.parameters(), strict=True):
+    for a, b in zip(saved.final.policy.parameters(), resumed.policy.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
-def test_tamiyo_loads_a_training_checkpoint_as_a_policy(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint.safetensors"
-    trainer = PPOTrainer(SETTINGS)
-    trainer.iterate()
-    save_trainer(path, trainer)
-    info = read_info(path)
+def test_tamiyo_loads_a_training_checkpoint_as_a_policy(saved: Saved) -> None:
+    info = read_info(saved.path)
     assert (info.policy_id, info.policy_version) == ("ppo-sim-3", 2)
     serving = ServingPolicy(PROFILES[SETTINGS.profile])
-    _, snapshot = load_checkpoint(path, serving)
-    for name, tensor in trainer.policy.state_dict().items():
+    _, snapshot = load_checkpoint(saved.path, serving)
+    for name, tensor in saved.weights.items():
         assert torch.equal(serving.state_dict()[name], tensor), name
-    assert snapshot.count["global"].tolist() == trainer.normalizer.snapshot.count["global"].tolist()
-    saved = training_state(path.read_bytes())
-    assert json.loads(saved.metadata["config"])["seed"] == 3
-    assert json.loads(saved.metadata["progress"])["updates"] == 1
-    assert any(name.startswith("optimizer.state.") for name in saved.tensors)
+    assert snapshot.count["global"].tolist() == saved.normalizer_counts
+    state = training_state(saved.path.read_bytes())
+    assert json.loads(state.metadata["config"])["seed"] == 3
+    assert json.loads(state.metadata["progress"])["updates"] == 1
+    assert any(name.startswith("optimizer.state.") for name in state.tensors)
 
 
 def test_a_plain_policy_checkpoint_carries_no_training_state(tmp_path: Path) -> None:
@@ -86,12 +99,10 @@ def test_a_plain_policy_checkpoint_carries_no_training_state(tmp_path: Path) -> 
         restore_trainer(trainer, path.read_bytes())
 
 
-def test_a_checkpoint_of_other_settings_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint.safetensors"
-    save_trainer(path, PPOTrainer(SETTINGS))
+def test_a_checkpoint_of_other_settings_is_refused(saved: Saved) -> None:
     other = PPOTrainer(dataclasses.replace(SETTINGS, reward_scale=2.0))
     with pytest.raises(CheckpointMismatchError, match="reward_scale"):
-        restore_trainer(other, path.read_bytes())
+        restore_trainer(other, saved.path.read_bytes())
 
 
 def test_the_optimiser_state_round_trips() -> None:
