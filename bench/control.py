@@ -149,7 +149,7 @@ def main() -> None:
                     "seed": t.seed,
                     "greedy_mean": round(float(np.mean(t.greedy)), 4),
                     "sampled_mean": round(float(np.mean(t.sampled)), 4),
-                    "last_rollout_return": round(t.history[-1].mean_episode_return, 4),
+                    "rollout_returns": [round(h.mean_episode_return, 3) for h in t.history],
                     "train_s": round(t.train_s, 1),
                 }
                 for t in trained

@@ -34,9 +34,7 @@ def curve_svg(
             Series(name, span, [value, value], dashed=True)
             for name, value in (references or {}).items()
         ]
-    chart = line_chart(
-        series, title=TITLE, x_label="update", y_label="episode return"
-    )
+    chart = line_chart(series, title=TITLE, x_label="update", y_label="episode return")
     # A standalone file carries the classes' style the run report puts in its page.
     return chart.replace(">", f"><style>{STYLE}</style>", 1)
 
