@@ -28,7 +28,7 @@ from oona.events import EventSink
 from oona.keys import Keyring
 from oona.payloads import decode
 from oona.streams import Stream
-from tamiyo_bus.experience.steps import graph_group, topology_of
+from tamiyo_bus.experience.steps import action_of, graph_group, topology_of
 from tamiyo_bus.learning.graph_batch import GraphGroup
 from tamiyo_bus.policy.actions import ACTION_SPACE, BLEND_METHODS, SEED_COLUMN
 from tamiyo_bus.simic.gate import is_held_out
@@ -76,6 +76,11 @@ def check_segment(segment: pb.Trajectory) -> None:
         topology = topology_of(segment.topology)
     except ValueError as error:
         raise RejectedMessage(BAD_TOPOLOGY, str(error)[:500]) from None
+    for step in segment.steps:
+        try:
+            action_of(step.choice)
+        except ValueError as error:
+            raise RejectedMessage(BAD_CHOICE, f"step {step.decision_step}: {error}") from None
     try:
         group = graph_group(topology, segment.steps)
     except ValueError as error:

@@ -22,8 +22,10 @@ BEFORE = Progress(loss=2.0, accuracy=0.5, parameter_ratio=0.0)
 AFTER = Progress(loss=1.0, accuracy=0.6, parameter_ratio=0.1)
 
 
-def facts(step: int, *, acted: bool = False, report: RewardTerms | None = None,
-          pending: bool = True, stored_s: float = 0.0, loss: float = 1.0) -> DecisionFacts:  # fmt: skip
+def facts(
+    step: int, *, acted: bool = False, report: RewardTerms | None = None,
+    pending: bool = True, stored_s: float = 0.0, loss: float = 1.0,
+) -> DecisionFacts:  # fmt: skip
     return DecisionFacts(step, acted, Progress(loss, 0.5, 0.0), stored_s, pending, report)
 
 
