@@ -57,6 +57,7 @@ METRIC_LEARNER_GRAD_NORM = "learner_grad_norm"
 METRIC_LEARNER_UPDATES = "learner_updates"
 METRIC_LEARNER_POLICY_VERSION = "learner_policy_version"
 METRIC_LEARNER_CANDIDATES = "learner_candidates"  # labelled outcome: published/rejected/deferred
+METRIC_LEARNER_REJECTED_IN_ROW = "learner_candidates_rejected_in_row"
 METRIC_LEARNER_REPLAY_FILL = "learner_replay_fill"  # live items / capacity
 METRIC_LEARNER_EXPERIENCE = "learner_experience"  # labelled state: joined/expired/unmatched...
 LABEL_OUTCOME = "outcome"

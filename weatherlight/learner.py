@@ -30,6 +30,7 @@ from leyline_vocab.telemetry import (
     METRIC_LEARNER_LEARNING_RATE,
     METRIC_LEARNER_POLICY_LOSS,
     METRIC_LEARNER_POLICY_VERSION,
+    METRIC_LEARNER_REJECTED_IN_ROW,
     METRIC_LEARNER_REPLAY_FILL,
     METRIC_LEARNER_UPDATES,
     METRIC_LEARNER_VALUE_LOSS,
@@ -81,6 +82,7 @@ def learner_gauges(metrics: GaugeSink) -> LearnerSink:
         gauge(METRIC_LEARNER_UPDATES, p.updates)
         gauge(METRIC_LEARNER_POLICY_VERSION, p.running_version)
         gauge(METRIC_LEARNER_REPLAY_FILL, stats.replay_fill)
+        gauge(METRIC_LEARNER_REJECTED_IN_ROW, p.rejected_in_row)
         for outcome, count in (
             ("published", p.candidates_published),
             ("rejected", p.candidates_rejected),

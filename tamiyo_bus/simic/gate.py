@@ -39,8 +39,8 @@ class ValidationGateSettings:
     reward's units)."""
 
     min_held_out_decisions: int = 32  # fewer: no candidate yet (deferred)
-    value_error_tolerance: float = 0.1  # candidate MSE <= running MSE x (1 + this) + slack
-    value_error_slack: float = 1e-3
+    value_error_tolerance: float = 0.2  # candidate MSE <= running MSE x (1 + this) + slack
+    value_error_slack: float = 0.01
     max_kl: float = 0.1
     sim_evaluation: bool = True
     sim_runs: int = 4  # simulated runs, one episode each, per policy

@@ -348,10 +348,12 @@ class SimicLearner:
         advantages: np.ndarray,
         returns: np.ndarray,
     ) -> None:
-        items: list[GraphTransition] = []
+        """One write per topology: a write of many new placements would have the
+        replay's table of topologies make room by dropping ones the same write needs."""
+        by_topology: dict[str, list[GraphTransition]] = {}
         for i in train:
             d = decisions[i]
-            items.append(
+            by_topology.setdefault(d.topology, []).append(
                 replay_transition(
                     d,
                     self.topologies.get(d.topology),
@@ -360,11 +362,12 @@ class SimicLearner:
                     returns=float(returns[i]),
                 )
             )
-        try:
-            self.replay.add(items)
-        except ValueError as error:  # a graph larger than the replay's rows
-            self.replay_refused += len(items)
-            log.warning("replay refused %d decisions: %s", len(items), error)
+        for items in by_topology.values():
+            try:
+                self.replay.add(items)
+            except ValueError as error:  # a graph larger than the replay's rows
+                self.replay_refused += len(items)
+                log.warning("replay refused %d decisions: %s", len(items), error)
 
     def _consume(self, decisions: Sequence[StoredDecision], returns: np.ndarray) -> None:
         self.progress.batches += 1
@@ -413,6 +416,7 @@ class SimicLearner:
             self.running.load_state_dict(self.policy.state_dict())
             p.running_version = p.published_version = version
             p.candidates_published += 1
+            p.rejected_in_row = 0
             if sim is not None:
                 self._running_return = (version, sim.candidate_return)
             candidate = Candidate(
@@ -421,6 +425,7 @@ class SimicLearner:
             self.events.emit(event(EventKind.POLICY_CANDIDATE_PUBLISHED, version=version, **detail))
         else:
             p.candidates_rejected += 1
+            p.rejected_in_row += 1
             self.policy.load_state_dict(self.running.state_dict())
             self.ppo.optimizer.state.clear()
             reasons = ",".join(verdict.rejections)

@@ -43,6 +43,7 @@ class LearnerProgress:
     seen_version: int = 0
     candidates_published: int = 0
     candidates_rejected: int = 0
+    rejected_in_row: int = 0  # since the last candidate published
     candidates_deferred: int = 0
     lr_step: int = 0
 
