@@ -43,7 +43,6 @@ from tamiyo_bus.learning.guard import LearningGuard
 from tamiyo_bus.learning.learner import PPOBatch, PPOLearner, PPOUpdateStats
 from tamiyo_bus.learning.replay import GraphReplay, GraphTransition
 from tamiyo_bus.learning.trainer import constant_lr, offline_guard
-from tamiyo_bus.policy.checkpoint import CheckpointMismatchError
 from tamiyo_bus.policy.features import NormalizerSnapshot
 from tamiyo_bus.policy.reference import ReferencePolicy
 from tamiyo_bus.simic.advantages import chained_gae
@@ -168,7 +167,8 @@ class SimicLearner:
                 optimizer=self.ppo.optimizer,
             )
             self.progress = progress
-            self.normalizer = normalizer
+            observed = any(count.any() for count in normalizer.count.values())
+            self.normalizer = normalizer if observed else None  # never fitted: fit again
             self.lr.step = progress.lr_step
             released = self.store.release_after(progress.batches)
             log.info("learner resumed at update %d (%d decisions put back)",
@@ -176,7 +176,7 @@ class SimicLearner:
         if self.settings.replay_path.exists():
             try:
                 self.replay.load(self.settings.replay_path)
-            except (ValueError, KeyError, CheckpointMismatchError) as error:
+            except Exception as error:  # corrupt, or of another capacity: a cache, not state
                 log.warning("replay not restored, starting empty: %s", error)
                 self.replay = GraphReplay(self.settings.replay, seed=self.settings.seed,
                                           clock=self.clock)  # fmt: skip
