@@ -1235,7 +1235,9 @@ global___PolicyChoice = PolicyChoice
 
 @typing.final
 class GraphTopology(google.protobuf.message.Message):
-    """A graph structure (node counts, edges, static columns) as safetensors arrays."""
+    """A graph structure (node counts, edges, static columns) as zlib-compressed
+    safetensors arrays.
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
