@@ -56,7 +56,8 @@ def test_a_segment_decodes_to_the_graphs_and_choices_that_were_played() -> None:
     played = actor(segments).play()
     first = segments[0]
     group = graph_group(topology_of(first.topology), first.steps)
-    records = [e for e in played if e.training_run_id == first.training_run_id][0].records[:4]
+    episode = next(e for e in played if e.training_run_id == first.training_run_id)
+    records = episode.records[: len(first.steps)]
     assert group.actions.action.tolist() == [r.action.action for r in records]
     expected = torch.stack([r.graph.x_dict()["layer"] for r in records])
     torch.testing.assert_close(group.x["layer"], expected, atol=2e-2, rtol=1e-2)
