@@ -83,7 +83,9 @@ def main() -> None:
     parser.add_argument("--eval-runs", type=int, default=32)
     parser.add_argument("--eval-seed", type=int, default=1_000)
     parser.add_argument("--quick", action="store_true", help="a minute or two")
-    parser.add_argument("--out", type=Path, default=Path("bench-control"), help="curve dir")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs") / "bench-control", help="where the curve goes"
+    )
     parser.add_argument("--json", action="store_true", help="print one final JSON line")
     args = parser.parse_args()
     if args.quick:

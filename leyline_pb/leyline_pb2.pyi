@@ -1235,7 +1235,9 @@ global___PolicyChoice = PolicyChoice
 
 @typing.final
 class GraphTopology(google.protobuf.message.Message):
-    """A graph structure (node counts, edges, static columns) as safetensors arrays."""
+    """A graph structure (node counts, edges, static columns) as zlib-compressed
+    safetensors arrays.
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
@@ -1340,6 +1342,7 @@ class Trajectory(google.protobuf.message.Message):
     TOPOLOGY_FIELD_NUMBER: builtins.int
     RUN_ENDED_FIELD_NUMBER: builtins.int
     FINAL_PROGRESS_FIELD_NUMBER: builtins.int
+    REWARDED_FIELD_NUMBER: builtins.int
     trajectory_id: builtins.str
     """the run and the first decision step: stable on a retry"""
     actor_id: builtins.str
@@ -1350,6 +1353,10 @@ class Trajectory(google.protobuf.message.Message):
     architecture_id: builtins.str
     run_ended: builtins.bool
     """the run ended after the last step"""
+    rewarded: builtins.bool
+    """Every step's reward and done are filled (simulated actors know them at once): no
+    field report to join, the learner trains on the segment as it is.
+    """
     @property
     def steps(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___TrajectoryStep]: ...
     @property
@@ -1372,9 +1379,10 @@ class Trajectory(google.protobuf.message.Message):
         topology: global___GraphTopology | None = ...,
         run_ended: builtins.bool = ...,
         final_progress: global___RunProgress | None = ...,
+        rewarded: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["final_progress", b"final_progress", "topology", b"topology"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["actor_id", b"actor_id", "architecture_id", b"architecture_id", "final_progress", b"final_progress", "policy_version", b"policy_version", "run_ended", b"run_ended", "steps", b"steps", "topology", b"topology", "training_run_id", b"training_run_id", "trajectory_id", b"trajectory_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["actor_id", b"actor_id", "architecture_id", b"architecture_id", "final_progress", b"final_progress", "policy_version", b"policy_version", "rewarded", b"rewarded", "run_ended", b"run_ended", "steps", b"steps", "topology", b"topology", "training_run_id", b"training_run_id", "trajectory_id", b"trajectory_id"]) -> None: ...
 
 global___Trajectory = Trajectory
 

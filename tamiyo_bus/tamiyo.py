@@ -278,7 +278,13 @@ def build_tamiyo(
         else None
     )
     recorder = (
-        ExperienceRecorder(settings.experience, experience, actor_id=step.issued_by, clock=clock)
+        ExperienceRecorder(
+            settings.experience,
+            experience,
+            actor_id=step.issued_by,
+            publishing_allowed=lambda: risk.conservative.impala_publishing_enabled,
+            clock=clock,
+        )
         if experience is not None and settings.experience.enabled
         else None
     )

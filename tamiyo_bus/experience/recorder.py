@@ -58,11 +58,14 @@ class ExperienceRecorder:
         sink: TrajectorySink,
         *,
         actor_id: str,
+        publishing_allowed: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.segments = Segmenter(settings, actor_id)
         self.published = 0  # segments handed to the sink
+        self.withheld = 0  # decisions not recorded while publishing was not allowed
+        self._publishing_allowed = publishing_allowed
         self._sink = sink
         self._clock = clock
         self._topologies: OrderedDict[int, tuple[GraphStructure, Topology]] = OrderedDict()
@@ -84,7 +87,12 @@ class ExperienceRecorder:
         return self.worker.close() and drained
 
     def record(self, training_run_id: str, decision: PolicyDecision, outcome: StepOutcome) -> bool:
-        """Queue one decision of the policy's; False when the queue refused it."""
+        """Queue one decision of the policy's; False when the queue refused it, or when
+        publishing is not allowed (conservative mode: a run in trouble teaches the
+        learner its trouble, not the policy's choices)."""
+        if not self._publishing_allowed():
+            self.withheld += 1
+            return False
         return self.worker.submit(_Decided(training_run_id, decision, outcome))
 
     def end_run(self, training_run_id: str, progress: Progress) -> bool:

@@ -26,7 +26,7 @@ class ExperienceSettings:
     enabled: bool = True
     # decisions waiting for the encoder thread; past it the newest is refused (counted)
     queue_max_decisions: int = 1024
-    segment_max_steps: int = 32
+    segment_max_steps: int = 20  # the unroll length of an actor's segment
     segment_max_age_s: float = 30.0
     # encoded segments waiting for the bus (an outage); past it the oldest is dropped
     publish_queue_max_segments: int = 256

@@ -11,6 +11,7 @@ not fit its topology, or a topology whose arrays do not make a structure, is a
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ from tamiyo_bus.policy.actions import NUM_ACTIONS, PolicyAction
 from tamiyo_bus.policy.graph import PolicyGraph
 
 _WIRE_FLOAT16 = np.dtype("<f2")
+_TOPOLOGY_COMPRESSION = 6
+MAX_TOPOLOGY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +90,29 @@ def progress_of(message: pb.RunProgress) -> Progress:
 
 
 def topology_message(topology: Topology) -> pb.GraphTopology:
+    """The structure's arrays, compressed: its template is mostly zeros (55 KB raw at
+    the reference size, about 1 KB compressed)."""
     arrays = {k: np.ascontiguousarray(v) for k, v in structure_arrays(topology.structure).items()}
-    return pb.GraphTopology(digest=topology.digest, arrays=save(arrays))
+    packed = zlib.compress(save(arrays), _TOPOLOGY_COMPRESSION)
+    return pb.GraphTopology(digest=topology.digest, arrays=packed)
+
+
+def _inflate(packed: bytes) -> bytes:
+    """Decompress at most MAX_TOPOLOGY_BYTES: a small entry must not expand without
+    bound in the learner's memory."""
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(packed, MAX_TOPOLOGY_BYTES)
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise ValueError(f"topology arrays exceed {MAX_TOPOLOGY_BYTES} bytes or are truncated")
+    return raw
 
 
 def topology_of(message: pb.GraphTopology) -> Topology:
     """The topology ``message`` describes; ValueError when its arrays do not make a
     structure or do not match its digest."""
     try:
-        arrays = load(message.arrays)
-    except Exception as error:  # safetensors raises its own error types on bad bytes
+        arrays = load(_inflate(message.arrays))
+    except Exception as error:  # zlib and safetensors raise their own types on bad bytes
         raise ValueError(f"topology arrays unreadable: {error}") from error
     topology = Topology(structure_from_arrays(arrays))
     if topology.digest != message.digest:

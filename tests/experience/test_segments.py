@@ -4,12 +4,14 @@ carries, and a strict reading of what a writer put on the bus."""
 from __future__ import annotations
 
 import random
+import zlib
 
 import pytest
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.experience.segments import ExperienceSettings, Segmenter
 from tamiyo_bus.experience.steps import (
+    MAX_TOPOLOGY_BYTES,
     StepOutcome,
     action_of,
     choice_message,
@@ -122,3 +124,6 @@ def test_a_topology_that_is_not_one_is_refused() -> None:
         topology_of(pb.GraphTopology(digest="0" * 64, arrays=message.arrays))
     with pytest.raises(ValueError, match="unreadable"):
         topology_of(pb.GraphTopology(digest=message.digest, arrays=b"\x00garbage"))
+    bomb = zlib.compress(bytes(MAX_TOPOLOGY_BYTES + 1))  # 16 KB that would inflate to 16 MB
+    with pytest.raises(ValueError, match="exceed"):
+        topology_of(pb.GraphTopology(digest=message.digest, arrays=bomb))

@@ -123,6 +123,7 @@ class AsyncSide:
         self.weatherlight: Weatherlight | None = None
         self.producers: dict[str, TelemetryProducer] = {}
         self.outbox: TelemetryOutbox | None = None
+        self.outbox_run_id = run_id
         self.forwarded = 0
 
     # ------------------------------------------------------------ thread plumbing
@@ -197,10 +198,13 @@ class AsyncSide:
     def producer(self, source: str) -> TelemetryProducer:
         return self.producers[source]
 
-    def forward_kasmina(self, outbox: TelemetryOutbox) -> None:
-        """Turn Kasmina's per-step records into packets, off the step path."""
-        self.outbox = outbox
-        self._spawn(self._forward)
+    def forward_kasmina(self, outbox: TelemetryOutbox, run_id: str) -> None:
+        """Turn Kasmina's per-step records of run ``run_id`` into packets, off the step
+        path (a later run's Kasmina takes the place of the earlier one's)."""
+        started = self.outbox is not None
+        self.outbox, self.outbox_run_id = outbox, run_id
+        if not started:
+            self._spawn(self._forward)
 
     def deliver_reports(self, reporter: FieldReporter) -> None:
         """Publish field reports and take Simic's acks until shutdown."""
@@ -225,13 +229,13 @@ class AsyncSide:
         self.call(spawn())
 
     async def _forward(self) -> None:
-        outbox, producer = self.outbox, self.producers[SOURCE_KASMINA]
-        assert outbox is not None
+        producer = self.producers[SOURCE_KASMINA]
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), FORWARD_INTERVAL_S)
-            for item in outbox.drain():
-                producer.emit(to_packet(item, run_id=self.run_id))
+            assert self.outbox is not None
+            for item in self.outbox.drain():
+                producer.emit(to_packet(item, run_id=self.outbox_run_id))
                 self.forwarded += 1
 
     # ------------------------------------------------------------------- stop

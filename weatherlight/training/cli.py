@@ -103,7 +103,8 @@ def stats_line(stats: TrainingStats) -> str:
 
 
 class _Outputs:
-    """The run directory's files, each replaced atomically as the run goes on."""
+    """The run directory: the log grows by a line per update; the checkpoint and the
+    curve are replaced atomically."""
 
     def __init__(
         self, run_dir: Path, trainer: PPOTrainer, log: TextIO, telemetry: TrainingSink | None
