@@ -116,6 +116,8 @@ class LearnerService:
             "awaiting_successors": h.awaiting_successors,
             "updates": h.updates,
             "policy_version": h.policy_version,
+            "candidates_published": self.learner.progress.candidates_published,
+            "candidates_rejected": self.learner.progress.candidates_rejected,
         }
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -31,6 +31,7 @@ from tamiyo_bus.experience.publisher import TrajectoryPublisher
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
 from tamiyo_bus.security.policy_update import PolicyHolder
+from tamiyo_bus.simic.settings import LearnerSettings
 from tamiyo_bus.tolaria.trainer import TrainingObserver
 from tamiyo_bus.urza.store import UrzaStore
 from weatherlight.demo.assembly import Run, RunSpec, assemble
@@ -89,10 +90,11 @@ class Session:
         spec: RunSpec,
         system: SystemSettings,
         nissa_port: int = 0,
+        learner: LearnerSettings | None = None,
     ) -> Session:
         """Start the server (unless TAMIYO_REDIS_URL names one), the services and the
         field reporter, all under ``directory``; ``name`` prefixes the session's keys on
-        the server."""
+        the server. With ``learner``, Simic's learner runs beside the intake."""
         directory.mkdir(parents=True, exist_ok=True)
         keys = RoleKeys.generate()
         oona = system.oona
@@ -104,7 +106,7 @@ class Session:
         side = AsyncSide(
             oona=oona, keys=keys, run_id=name, run_dir=directory, holder=holder,
             policy_update_breaker=spec.risk.breakers.policy_update,
-            settings=ServiceSettings(nissa_port=nissa_port),
+            settings=ServiceSettings(nissa_port=nissa_port, learner=learner),
         )  # fmt: skip
         reporter = FieldReporter(ReportSettings(wal_dir=directory / "field_reports")).start()
         try:
