@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 import time
@@ -42,6 +43,7 @@ def _json_default(value: object) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
     try:
         settings = settings_of(args)
     except ValueError as exc:
