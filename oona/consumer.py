@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from leyline_pb import leyline_pb2 as pb
 from oona.backoff import Backoff, backoff_s
@@ -41,6 +41,7 @@ from oona.replies import RawEntry, entries, stream_batches, text
 from oona.retention import parse_id
 
 log = logging.getLogger(__name__)
+_GROUP_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class Consumer:
         self._claim_cursor: dict[str, str] = {}
         self._urgent_rounds = 0
         self._started = False
+        self.waiting_for = ""
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -164,8 +166,9 @@ class Consumer:
         await self.bus.io.run(create)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until `stop` is set or the task is cancelled; an outage is waited out
-        with backoff.
+        """Poll until `stop` is set or the task is cancelled; an outage, and a server
+        error reply (a stream key of the wrong type, a server out of memory...), is
+        waited out with backoff, and `waiting_for` says which.
 
         A cancellation that races a completed read can be swallowed inside the client
         library (``asyncio.wait_for`` then returns the result instead of raising), so
@@ -183,9 +186,20 @@ class Consumer:
                     await self.start()
                 await self.poll_once()
                 backoff.reset()
-            except BusUnavailable as exc:
+                self.waiting_for = ""
+            except (BusUnavailable, RedisError) as exc:
+                unavailable = isinstance(exc, BusUnavailable)
+                self.waiting_for = (
+                    f"the server: {exc}" if unavailable
+                    else f"a server error to clear: {type(exc).__name__}: {exc}"
+                )  # fmt: skip
+                if not unavailable:
+                    self.metrics.inc("consumer_errors", group=self.sub.group)
+                    self._started = False  # groups and own pending are taken again
                 delay_s = backoff.next_s()
-                log.warning("bus unavailable, retrying in %.2fs: %s", delay_s, exc)
+                log.warning("%s %s; retrying in %.2fs: %s", self.sub.consumer,
+                            "waits for the bus" if unavailable else "got a server error",
+                            delay_s, exc)  # fmt: skip
                 await asyncio.sleep(delay_s)
 
     async def poll_once(self, *, block: bool = True) -> int:
@@ -216,30 +230,41 @@ class Consumer:
 
     # ----------------------------------------------------------- the sources
 
-    async def _group_call(self, stream: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a group command; when the stream or its group was deleted under the
-        consumer (NOGROUP), recreate the group and return None."""
-        try:
-            return await call()
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-        self.metrics.inc("groups_recreated", stream=stream)
-        await self.ensure_group(stream)
+    async def _group_call(self, streams: Sequence[str], call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a group command through the IO guard; when the stream or its group was
+        deleted under the consumer, or the server restarted without them (NOGROUP),
+        recreate the groups and return None.
+
+        The groups are recreated after the guarded call returned, never inside it: a
+        guarded call nested in a half-open breaker's trial waits for a slot its own
+        caller holds.
+        """
+
+        async def guarded() -> Any:
+            try:
+                return await call()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                return _GROUP_MISSING
+
+        reply = await self.bus.io.run(guarded)
+        if reply is not _GROUP_MISSING:
+            return reply
+        for stream in streams:
+            self.metrics.inc("groups_recreated", stream=stream)
+            await self.ensure_group(stream)
         return None
 
     async def _own_pending(self, stream: str) -> list[tuple[str, int]]:
-        async def read() -> list[tuple[str, int]]:
-            rows: Any = await self._group_call(
-                stream,
-                lambda: self.redis.xpending_range(
-                    self.bus.key(stream), self.sub.group, "-", "+", 10_000,
-                    consumername=self.sub.consumer,
-                ),
-            )  # fmt: skip
-            return [(text(r["message_id"]), int(r["times_delivered"])) for r in rows or []]
-
-        return await self.bus.io.run(read)
+        rows: Any = await self._group_call(
+            (stream,),
+            lambda: self.redis.xpending_range(
+                self.bus.key(stream), self.sub.group, "-", "+", 10_000,
+                consumername=self.sub.consumer,
+            ),
+        )  # fmt: skip
+        return [(text(r["message_id"]), int(r["times_delivered"])) for r in rows or []]
 
     async def _retry_due(self) -> int:
         now = time.monotonic()
@@ -252,18 +277,13 @@ class Consumer:
             key = self.bus.key(stream)
             ids = [r.entry_id for r in batch]
 
-            async def claim(
-                key: str = key, ids: Sequence[str] = ids, stream: str = stream
-            ) -> list[RawEntry]:
-                reply: Any = await self._group_call(
-                    stream,
-                    lambda: self.redis.xclaim(
-                        key, self.sub.group, self.sub.consumer, 0, list[Any](ids)
-                    ),
-                )
-                return entries(reply)
-
-            claimed_entries = await self.bus.io.run(claim)
+            reply = await self._group_call(
+                (stream,),
+                lambda key=key, ids=ids: self.redis.xclaim(  # type: ignore[misc]
+                    key, self.sub.group, self.sub.consumer, 0, list[Any](ids)
+                ),
+            )
+            claimed_entries = entries(reply)
             claimed = {entry_id for entry_id, _ in claimed_entries}
             for r in batch:
                 self._retries.pop((stream, r.entry_id), None)
@@ -280,17 +300,14 @@ class Consumer:
             key = self.bus.key(stream)
             start = self._claim_cursor.get(stream, "0-0")
 
-            async def autoclaim(key: str = key, start: str = start, stream: str = stream) -> Any:
-                return await self._group_call(
-                    stream,
-                    lambda: self.redis.xautoclaim(
-                        key, self.sub.group, self.sub.consumer,
-                        min_idle_time=self.settings.claim_idle_ms,
-                        start_id=start, count=self.settings.read_batch_size,
-                    ),
-                )  # fmt: skip
-
-            reply = await self.bus.io.run(autoclaim)
+            reply = await self._group_call(
+                (stream,),
+                lambda key=key, start=start: self.redis.xautoclaim(  # type: ignore[misc]
+                    key, self.sub.group, self.sub.consumer,
+                    min_idle_time=self.settings.claim_idle_ms,
+                    start_id=start, count=self.settings.read_batch_size,
+                ),
+            )  # fmt: skip
             if reply is None:
                 self._claim_cursor.pop(stream, None)
                 continue
@@ -310,16 +327,13 @@ class Consumer:
         lo = min(ids, key=parse_id)
         hi = max(ids, key=parse_id)
 
-        async def read() -> Any:
-            return await self._group_call(
-                stream,
-                lambda: self.redis.xpending_range(
-                    self.bus.key(stream), self.sub.group, lo, hi, len(ids) * 4 + 16,
-                    consumername=self.sub.consumer,
-                ),
-            )  # fmt: skip
-
-        rows = await self.bus.io.run(read)
+        rows = await self._group_call(
+            (stream,),
+            lambda: self.redis.xpending_range(
+                self.bus.key(stream), self.sub.group, lo, hi, len(ids) * 4 + 16,
+                consumername=self.sub.consumer,
+            ),
+        )  # fmt: skip
         return {text(r["message_id"]): int(r["times_delivered"]) for r in rows or []}
 
     async def _read_new(self, *, block: bool) -> int:
@@ -363,23 +377,14 @@ class Consumer:
     ) -> list[tuple[str, list[RawEntry]]]:
         keys = {self.bus.key(s): pos for s, pos in streams.items()}
         by_key = {self.bus.key(s): s for s in streams}
-
-        async def read() -> list[tuple[str, list[RawEntry]]]:
-            try:
-                reply: Any = await self.redis.xreadgroup(
-                    self.sub.group, self.sub.consumer, keys,  # type: ignore[arg-type]
-                    count=self.settings.read_batch_size, block=block_ms,
-                )  # fmt: skip
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                for stream in streams:
-                    self.metrics.inc("groups_recreated", stream=stream)
-                    await self.ensure_group(stream)
-                return []
-            return [(by_key[key], batch) for key, batch in stream_batches(reply)]
-
-        return await self.bus.io.run(read)
+        reply = await self._group_call(
+            list(streams),
+            lambda: self.redis.xreadgroup(
+                self.sub.group, self.sub.consumer, keys,  # type: ignore[arg-type]
+                count=self.settings.read_batch_size, block=block_ms,
+            ),
+        )  # fmt: skip
+        return [(by_key[key], batch) for key, batch in stream_batches(reply)]
 
     # ------------------------------------------------------------ processing
 

@@ -2,7 +2,8 @@
 
 The publisher takes the reports that are due from the book and publishes them to the
 field-reports stream. Only a publish the bus accepted counts as an attempt; a publish
-that fails (server unreachable, stream full) is counted as a failure, and the reports
+that fails (server unreachable, stream full, a server error reply) is counted as a
+failure, and the reports
 are due again after a backoff, with no attempt used up. After each accepted publish
 Tamiyo waits for the ack with exponential backoff and jitter (`RetryPolicy`), then
 publishes again; after `max_attempts` publishes without an ack the report is parked.
@@ -22,6 +23,8 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import cast
+
+from redis.exceptions import RedisError
 
 from leyline_pb import leyline_pb2 as pb
 from oona.backoff import backoff_s
@@ -148,7 +151,7 @@ class ReportDelivery:
             await self.bus.publish_many(
                 messages, batch_size=self.settings.publish_batch_max_reports
             )
-        except OonaError as exc:
+        except (OonaError, RedisError) as exc:  # unreachable, full, or an error reply
             self._failures += 1
             delay_s = self._failure_backoff_s()
             self.book.requeue(ids, delay_s)
