@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -37,6 +37,7 @@ from oona.errors import BusUnavailable, RejectedMessage
 from oona.events import EventSink, LogEventSink
 from oona.freshness import Clock
 from oona.keys import Keyring, Role
+from oona.lease import UnitLeases, lease_ms_for
 from oona.replies import RawEntry, entries, stream_batches, text
 from oona.retention import parse_id
 
@@ -88,6 +89,27 @@ class _Failure:
     final: bool = False  # a rejection: dead-letter at once, never retry
 
 
+_LEASE_LOST = _Failure("lease_lost", "another consumer took the unit over")
+
+
+@dataclass
+class _Unrecorded:
+    """Progress and duplicate acks of one read not yet recorded in the ledger."""
+
+    stream: str
+    progress: list[Progress] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    since_s: float = field(default_factory=time.monotonic)
+
+    def age_ms(self) -> float:
+        return (time.monotonic() - self.since_s) * 1000.0
+
+    def take(self) -> tuple[list[Progress], list[str]]:
+        taken = self.progress, self.duplicates
+        self.progress, self.duplicates, self.since_s = [], [], time.monotonic()
+        return taken
+
+
 class Consumer:
     """Consumes a Subscription with `handler`; verification uses `keyring`, freshness
     `clock_ns` (the receiver's clock)."""
@@ -116,7 +138,10 @@ class Consumer:
         self.settings = bus.settings
         self.metrics = bus.metrics
         self._clock_ns = clock_ns
-        self.ledger = EnvelopeLedger(bus.redis, bus.settings, subscription.group)
+        self.ledger = EnvelopeLedger(
+            bus.redis, bus.settings, subscription.group, subscription.consumer
+        )
+        self.lease_ms = lease_ms_for(bus.settings.claim_idle_ms)
         self.dead_letters = DeadLetterWriter(bus, self.ledger, subscription, self.events)
         self.rules = {
             stream: EnvelopeRules(
@@ -389,20 +414,21 @@ class Consumer:
     # ------------------------------------------------------------ processing
 
     async def _process(self, stream: str, batch: Sequence[RawEntry], counts: dict[str, int]) -> int:
-        """Verify, de-duplicate and hand entries to the handler; then ack, schedule a
-        retry, or dead-letter each one."""
+        """Verify and de-duplicate entries and hand each to the handler under this
+        consumer's lease on its unit; then schedule a retry or dead-letter what failed.
+
+        Progress is recorded, and finished entries acked, every
+        `progress_flush_interval_ms` and at the end of the read, so that a consumer
+        paused or killed mid-read leaves at most that much applied work unrecorded (the
+        next holder applies it again). An entry whose unit another consumer took over
+        is left to that consumer."""
         if not batch:
             return 0
-        now_ms = int(time.time() * 1000)
         self.metrics.inc("delivered", len(batch), stream=stream)
         opened = await self._open_all(stream, batch, counts)
-        states = await self.bus.io.run(
-            lambda: self.ledger.check(
-                [(entry.unit_id, entry_id) for entry_id, _, entry, _ in opened], now_ms=now_ms
-            )
-        )
-        progress: list[Progress] = []
-        to_ack: list[str] = []
+        leases = UnitLeases(self.ledger, self.lease_ms, self.bus.io)
+        states = await leases.take([(entry.unit_id, entry_id) for entry_id, _, entry, _ in opened])
+        pending = _Unrecorded(stream)
         for (entry_id, fields, entry, deliveries), state in zip(opened, states, strict=True):
             if state.status is DeliveryStatus.REPLAY:
                 replay = _Failure("replay", f"{entry.unit_id} was carried by another entry")
@@ -410,25 +436,52 @@ class Consumer:
                 continue
             if state.status is DeliveryStatus.APPLIED:
                 self.metrics.inc("duplicates", stream=stream)
-                to_ack.append(entry_id)
+                pending.duplicates.append(entry_id)
                 continue
-            done, failure = await self._apply(stream, entry_id, entry, deliveries, state)
-            complete = failure is None
-            if done > state.applied or complete:
-                progress.append(Progress(entry.unit_id, done, complete))
-            if complete:
-                to_ack.append(entry_id)
-            elif failure is not None and (failure.final or self._last_delivery(deliveries)):
+            if state.status is DeliveryStatus.BUSY:
+                self.metrics.inc("leased_elsewhere", stream=stream)
+                continue
+            done, failure = await self._apply(stream, entry_id, entry, deliveries, state, leases)
+            leases.done(entry.unit_id)
+            if failure is _LEASE_LOST:
+                self._lease_lost(stream, entry_id, entry.unit_id)
+                continue
+            if done > state.applied or failure is None:
+                pending.progress.append(Progress(entry.unit_id, done, failure is None, entry_id))
+            if failure is not None and (failure.final or self._last_delivery(deliveries)):
+                await self._flush(pending)  # what was applied of it, before it leaves
                 await self._dead_letter(
                     stream, entry_id, fields, failure, deliveries, entry.unit_id
                 )
-            else:
+            elif failure is not None:
                 self._schedule_retry(stream, entry_id, deliveries)
-        await self.bus.io.run(
-            lambda: self.ledger.record_and_ack(self.bus.key(stream), progress, to_ack)
-        )
-        self.metrics.inc("acked", len(to_ack), stream=stream)
+            if pending.age_ms() >= self.settings.progress_flush_interval_ms:
+                await self._flush(pending)
+        await self._flush(pending)
         return len(batch)
+
+    async def _flush(self, pending: _Unrecorded) -> None:
+        """Record what `pending` holds in one server-side script; a unit another
+        consumer took over meanwhile is theirs (`lease_lost`)."""
+        progress, duplicates = pending.take()
+        if not progress and not duplicates:
+            return
+        stream = pending.stream
+        recorded = await self.bus.io.run(
+            lambda: self.ledger.record_and_ack(self.bus.key(stream), progress, duplicates)
+        )
+        self.metrics.inc("acked", recorded.acked, stream=stream)
+        for unit, fenced in zip(progress, recorded.fenced, strict=True):
+            if fenced:
+                self._lease_lost(stream, unit.entry_id, unit.unit_id)
+
+    def _lease_lost(self, stream: str, entry_id: str, unit_id: str) -> None:
+        """Another consumer took the unit over (this one was paused or slow past its
+        lease): it is theirs to record and ack."""
+        self.metrics.inc("lease_lost", stream=stream)
+        self._retries.pop((stream, entry_id), None)
+        log.warning("%s lost its lease on %s (%s %s): another consumer took it over",
+                    self.sub.consumer, unit_id, stream, entry_id)  # fmt: skip
 
     def _last_delivery(self, deliveries: int) -> bool:
         return deliveries >= self.settings.max_deliveries
@@ -466,10 +519,18 @@ class Consumer:
         return opened
 
     async def _apply(
-        self, stream: str, entry_id: str, entry: OpenedEntry, deliveries: int, state: UnitState
+        self,
+        stream: str,
+        entry_id: str,
+        entry: OpenedEntry,
+        deliveries: int,
+        state: UnitState,
+        leases: UnitLeases,
     ) -> tuple[int, _Failure | None]:
-        """Run the handler on the envelopes not yet done; returns how many are done (in
-        order: applied, or dead-lettered alone) and the failure that stopped it, if any.
+        """Run the handler on the envelopes not yet done, each only while this consumer
+        holds the unit; returns how many are done (in order: applied, or dead-lettered
+        alone) and the failure that stopped it, if any (`_LEASE_LOST` when another
+        consumer took the unit over).
 
         In a batch, an envelope the handler refuses for good (RejectedMessage), or that
         failed on the entry's last delivery, is dead-lettered alone and the envelopes
@@ -479,6 +540,9 @@ class Consumer:
         now_ns = time.time_ns()
         alone = len(entry.envelopes) > 1
         for index in range(state.applied, len(entry.envelopes)):
+            if not await leases.hold(entry.unit_id):
+                self.metrics.inc("handled", done - state.applied, stream=stream)
+                return done, _LEASE_LOST
             env = entry.envelopes[index]
             failure = await self._handle(Delivery(stream, entry_id, env, deliveries, entry.role))
             if failure is not None:

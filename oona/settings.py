@@ -30,6 +30,7 @@ class OonaSettings:
     retry_backoff_max_ms: float = 10_000.0
     claim_idle_ms: int = 30_000
     claim_interval_ms: int = 1_000
+    progress_flush_interval_ms: float = 10.0
     emergency_burst_limit: int = 8
     idempotency_ttl_s: int = 24 * 3600
     dead_letter_copy_max_bytes: int = 64 * 1024
