@@ -48,6 +48,7 @@ class EventKind(StrEnum):
     POLICY_UPDATE_REJECTED = "policy_update_rejected"
     POLICY_UPDATE_APPLIED = "policy_update_applied"
     POLICY_ROLLED_BACK = "policy_rolled_back"
+    SERVER_RESTARTED = "server_restarted"
 
 
 _CRITICAL: frozenset[str] = frozenset({EventKind.BLUEPRINT_QUARANTINED, EventKind.EMERGENCY})
@@ -61,14 +62,16 @@ _HIGH: frozenset[str] = frozenset(
         EventKind.COMMAND_REJECTED,
         EventKind.POLICY_UPDATE_REJECTED,
         EventKind.POLICY_ROLLED_BACK,
+        EventKind.SERVER_RESTARTED,
     }
 )
 
 
 def priority_for(kind: str, breaker: str = "") -> Priority:
     """CRITICAL: blueprint quarantine, emergency, the inference breaker opening.
-    HIGH: timeouts, loss spike, isolation violation, hook budget, a policy rollback and
-    every security rejection (a forged or replayed message is worth a look at once).
+    HIGH: timeouts, loss spike, isolation violation, hook budget, a policy rollback, a
+    restart of the embedded server and every security rejection (a forged or replayed
+    message is worth a look at once).
     NORMAL: the rest, including names from outside this vocabulary.
     """
     if kind in _CRITICAL or (kind == EventKind.BREAKER_OPENED and breaker == BreakerName.INFERENCE):

@@ -28,6 +28,7 @@ from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
 from weatherlight.drain import DrainCollector, DrainStats, drain_service
 from weatherlight.events import EVENTS
+from weatherlight.server_keeper import ServerKeeperSettings
 from weatherlight.supervisor import (
     BusComponent,
     ServiceContext,
@@ -51,6 +52,7 @@ class WeatherlightSettings:
     hub: HubSettings = field(default_factory=HubSettings)
     nissa: NissaSettings = field(default_factory=NissaSettings)
     simic: SimicSettings | None = None  # None: no field-report intake in this process
+    server_keeper: ServerKeeperSettings = field(default_factory=ServerKeeperSettings)
 
 
 def hub_service(settings: HubSettings) -> ServiceRun:

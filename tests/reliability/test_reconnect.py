@@ -177,3 +177,32 @@ async def test_field_report_delivery_outlives_server_error_replies_on_both_its_s
             await simic
         reporter.close()
         store.close()
+
+
+async def test_each_service_says_what_it_waits_for_while_the_server_is_down(
+    tmp_path: Path, signer: Signer, keyring: Keyring
+) -> None:
+    from weatherlight.drain import DrainStats, drain_service
+    from weatherlight.services import Weatherlight
+    from weatherlight.supervisor import ServiceSpec
+
+    server = EmbeddedServer(data_dir=tmp_path / "redis").start()
+    weatherlight = Weatherlight(
+        [ServiceSpec("drain", drain_service(DrainStats()))],
+        oona=_settings(server.url), signer=signer, keyring=keyring, instance="t",
+    )  # fmt: skip
+    await weatherlight.start()
+
+    def waiting() -> str:
+        view = weatherlight.supervisor.health().detail["services"]["drain"]  # type: ignore[index]
+        return str(view["waiting_for"])
+
+    try:
+        assert waiting() == ""
+        server.stop(kill=True)
+        await wait_for(lambda: _true(waiting().startswith("the server: unreachable")))
+        server.start()
+        await wait_for(lambda: _true(waiting() == ""), timeout_s=15)
+    finally:
+        await weatherlight.stop()
+        server.cleanup()

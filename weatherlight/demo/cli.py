@@ -159,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
     oona = system.oona
     server: EmbeddedServer | None = None
     if not oona.redis_url:
-        server = EmbeddedServer(data_dir=run_dir / "redis").start()
+        server = EmbeddedServer(
+            data_dir=run_dir / "redis", appendonly=oona.appendonly, appendfsync=oona.appendfsync
+        ).start()
         oona = oona.with_overrides(redis_url=server.url)
     oona = oona.with_overrides(key_prefix=f"demo-{run_id}")
     store = UrzaStore.open_seeded(system.urza)
