@@ -95,9 +95,7 @@ async def test_serve_restarts_a_killed_server_and_loses_nothing_it_acknowledged(
         os.kill(old, signal.SIGKILL)
 
         wait_until(lambda: not running(old), what="the dead server reaped")
-        wait_until(
-            lambda: server_child(served.process.pid) not in (None, old), what="a new server"
-        )
+        wait_until(lambda: server_child(served.process.pid) not in (None, old), what="a new server")
 
         kept = [e for e, _ in await tamiyo.io.run(lambda: tamiyo.redis.xrange("acked"))]
         assert kept == acked
