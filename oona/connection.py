@@ -72,6 +72,7 @@ class IoGuard:
         )
         self._failing_since: float | None = None
         self._last_error = ""
+        self.failures = 0  # connection failures so far (a reply may have been lost with each)
 
     def _record_transition(self, name: str, old: object, new: object) -> None:
         self.metrics.inc("breaker_transitions", breaker=name, to=str(new))
@@ -121,6 +122,7 @@ class IoGuard:
     def _failed(self, exc: BaseException) -> None:
         self.breaker.record_failure()
         self.metrics.inc("io_failures")
+        self.failures += 1
         if self._failing_since is None:
             self._failing_since = time.monotonic()
         self._last_error = f"{type(exc).__name__}: {exc}"

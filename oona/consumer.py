@@ -87,6 +87,8 @@ class _Failure:
     reason: str
     detail: str
     final: bool = False  # a rejection: dead-letter at once, never retry
+    priority: int | None = None  # a verified envelope's, when it was refused
+    source: str = ""
 
 
 _LEASE_LOST = _Failure("lease_lost", "another consumer took the unit over")
@@ -160,6 +162,7 @@ class Consumer:
         self._claim_cursor: dict[str, str] = {}
         self._urgent_rounds = 0
         self._started = False
+        self._failures_seen = bus.io.failures
         self.waiting_for = ""
 
     @property
@@ -220,7 +223,10 @@ class Consumer:
                 )  # fmt: skip
                 if not unavailable:
                     self.metrics.inc("consumer_errors", group=self.sub.group)
-                    self._started = False  # groups and own pending are taken again
+                # A read cut short leaves its entries pending on this consumer: take them
+                # back (and the groups, which a restarted server may lack) at once,
+                # rather than after claim_idle_ms.
+                self._started = False
                 delay_s = backoff.next_s()
                 log.warning("%s %s; retrying in %.2fs: %s", self.sub.consumer,
                             "waits for the bus" if unavailable else "got a server error",
@@ -229,7 +235,15 @@ class Consumer:
 
     async def poll_once(self, *, block: bool = True) -> int:
         """One round; returns the number of entries handled (acked, dead-lettered or
-        left for retry)."""
+        left for retry).
+
+        After a connection failure the consumer first takes back its own pending
+        entries: a read whose reply was lost with the connection left entries pending
+        here that no later read returns (they would wait for claim_idle_ms otherwise).
+        """
+        if self.bus.io.failures != self._failures_seen:
+            self._failures_seen = self.bus.io.failures
+            self._started = False
         if not self._started:
             await self.start()
         handled = await self._retry_due()
@@ -507,7 +521,10 @@ class Consumer:
                     fields, self.rules[stream], self.keyring, now_ns=self._clock_ns()
                 )
             except RejectedMessage as rejection:
-                failure = _Failure(rejection.reason, rejection.detail, final=True)
+                failure = _Failure(
+                    rejection.reason, rejection.detail, final=True,
+                    priority=rejection.priority, source=rejection.source,
+                )  # fmt: skip
                 await self._dead_letter(stream, entry_id, fields, failure, deliveries)
                 continue
             except Exception as exc:
@@ -592,6 +609,7 @@ class Consumer:
         unit_id: str | None = None,
     ) -> None:
         await self.dead_letters.entry(
-            stream, entry_id, fields, failure.reason, failure.detail, deliveries, unit_id
-        )
+            stream, entry_id, fields, failure.reason, failure.detail, deliveries, unit_id,
+            priority=failure.priority, source=failure.source,
+        )  # fmt: skip
         self._retries.pop((stream, entry_id), None)
