@@ -96,9 +96,9 @@ def simic_service(settings: SimicSettings) -> ServiceRun:
 
     @asynccontextmanager
     async def build(bus: Bus, context: ServiceContext) -> AsyncIterator[SimicIntake]:
-        store = ReportStore(settings.db_path)
+        named = replace(settings, consumer=context.consumer_name)
+        store = ReportStore.for_intake(named)
         try:
-            named = replace(settings, consumer=context.consumer_name)
             yield SimicIntake(bus, context.keyring, store, named, events=context.events)
         finally:
             store.close()
