@@ -9,11 +9,13 @@ from collections.abc import Callable, Sequence
 
 from weatherlight import exporter_cli, keys_cli, reports_cli, selfcheck, serve, urza_cli
 from weatherlight.demo import cli as demo_cli
+from weatherlight.demo import drain as demo_drain
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 SUBCOMMANDS: tuple[Register, ...] = (
     demo_cli.register,
+    demo_drain.register,
     selfcheck.register,
     exporter_cli.register,
     keys_cli.register,

@@ -8,7 +8,10 @@ runs; at the end a printed summary and, in the run directory, ``report.html``,
 ``summary.json``, the field-report log and Simic's store.
 
 Keys are throw-away Ed25519 pairs made for this run, one per signing role (Tamiyo,
-Tolaria, Kasmina, Simic, Weatherlight), and never written anywhere.
+Tolaria, Kasmina, Simic, Weatherlight), kept in the run directory (``keys/``, private
+keys mode 0600) and trusted by nothing else: a run killed without warning is drained
+with them (`tamiyo-bus demo-drain RUN_DIR`), so that Simic recognises the reports it
+already stored.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from pathlib import Path
 import torch
 
 from leyline_vocab.telemetry import SOURCE_TAMIYO, SOURCE_TOLARIA
-from oona.server import EmbeddedServer
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
 from tamiyo_bus import Baseline, baseline_policy, initial_policy
 from tamiyo_bus.policy.profiles import Profile
@@ -39,6 +41,8 @@ from tamiyo_bus.tolaria.models import MODELS
 from tamiyo_bus.tolaria.trainer import TrainingObserver
 from tamiyo_bus.urza.store import UrzaStore
 from weatherlight.demo.assembly import RunSpec, assemble, resolve_device
+from weatherlight.demo.drain import run_server
+from weatherlight.demo.layout import RunLayout
 from weatherlight.demo.observers import FieldReportObserver, TolariaTelemetry
 from weatherlight.demo.progress import ProgressBar
 from weatherlight.demo.recorder import RunRecorder
@@ -153,17 +157,11 @@ def run(args: argparse.Namespace) -> int:
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.dataset}-{spec.model}-s{spec.seed}"
     run_dir = args.out / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    keys = RoleKeys.generate()
+    layout = RunLayout(run_dir)
+    keys = RoleKeys.create(layout.keys)
     signer = keys.signer(SOURCE_TAMIYO)
     system = SystemSettings.from_env()
-    oona = system.oona
-    server: EmbeddedServer | None = None
-    if not oona.redis_url:
-        server = EmbeddedServer(
-            data_dir=run_dir / "redis", appendonly=oona.appendonly, appendfsync=oona.appendfsync
-        ).start()
-        oona = oona.with_overrides(redis_url=server.url)
-    oona = oona.with_overrides(key_prefix=f"demo-{run_id}")
+    oona, server = run_server(layout, system.oona)
     store = UrzaStore.open_seeded(system.urza)
     torch.set_num_threads(args.threads or training_threads())
     holder = (
@@ -179,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"tamiyo-bus demo: run {run_id} on {device} (throw-away keys, one per role)")
     print(f"  server      {server.version() if server else oona.redis_url}")
     print(f"  urza        {store.settings.db_path}")
-    reporter = FieldReporter(ReportSettings(wal_dir=run_dir / "field_reports")).start()
+    reporter = FieldReporter(ReportSettings(wal_dir=layout.field_reports)).start()
     try:
         side.start()
         print(f"  status page {side.status_url or '-'}")

@@ -41,6 +41,7 @@ from tamiyo_bus.security.policy_update import (
     PolicyUpdateSettings,
     PolicyUpdateTransaction,
 )
+from weatherlight.demo.layout import DEMO_INSTANCE
 from weatherlight.role_keys import RoleKeys
 from weatherlight.services import (
     Weatherlight,
@@ -85,7 +86,7 @@ def policy_listener_service(
 class ServiceSettings:
     nissa_host: str = "127.0.0.1"
     nissa_port: int = 0  # 0: any free port (printed at start)
-    instance: str = "demo"
+    instance: str = DEMO_INSTANCE
 
 
 class AsyncSide:
