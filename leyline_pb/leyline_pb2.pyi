@@ -1171,32 +1171,161 @@ class TelemetryAggregate(google.protobuf.message.Message):
 global___TelemetryAggregate = TelemetryAggregate
 
 @typing.final
-class TrajectoryStep(google.protobuf.message.Message):
-    """------------------------------------------------------------- learning"""
+class RunProgress(google.protobuf.message.Message):
+    """Experience: what the learner trains on. Tamiyo publishes each decision its policy
+    made (the graph exactly as the replay stores it, the choice, the behaviour
+    log-probability and value, the policy version, the steps) in segments of one run;
+    the outcome comes later in the field report of the command (joined by command_id).
+
+    Where a run stood at a decision packet (NaN: not reported yet).
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    OBSERVATION_FIELD_NUMBER: builtins.int
-    ACTION_FIELD_NUMBER: builtins.int
-    REWARD_FIELD_NUMBER: builtins.int
-    BEHAVIOUR_LOG_PROB_FIELD_NUMBER: builtins.int
-    DONE_FIELD_NUMBER: builtins.int
-    observation: builtins.bytes
-    """serialised graph observation"""
-    action: builtins.int
-    reward: builtins.float
-    behaviour_log_prob: builtins.float
-    done: builtins.bool
+    TRAINING_LOSS_FIELD_NUMBER: builtins.int
+    VALIDATION_ACCURACY_FIELD_NUMBER: builtins.int
+    PARAMETER_RATIO_FIELD_NUMBER: builtins.int
+    training_loss: builtins.float
+    validation_accuracy: builtins.float
+    parameter_ratio: builtins.float
+    """live seeds' parameters / the model's"""
     def __init__(
         self,
         *,
-        observation: builtins.bytes = ...,
+        training_loss: builtins.float = ...,
+        validation_accuracy: builtins.float = ...,
+        parameter_ratio: builtins.float = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["parameter_ratio", b"parameter_ratio", "training_loss", b"training_loss", "validation_accuracy", b"validation_accuracy"]) -> None: ...
+
+global___RunProgress = RunProgress
+
+@typing.final
+class PolicyChoice(google.protobuf.message.Message):
+    """One complete choice of the policy; -1 marks a component the action does not use."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: builtins.int
+    SEED_FIELD_NUMBER: builtins.int
+    BLUEPRINT_FIELD_NUMBER: builtins.int
+    BLEND_FIELD_NUMBER: builtins.int
+    ALPHA_LOG_STEPS_FIELD_NUMBER: builtins.int
+    LR_LOG_SCALE_FIELD_NUMBER: builtins.int
+    action: builtins.int
+    seed: builtins.int
+    blueprint: builtins.int
+    blend: builtins.int
+    alpha_log_steps: builtins.float
+    """the raw Gaussian draws, so log-probabilities are exact"""
+    lr_log_scale: builtins.float
+    def __init__(
+        self,
+        *,
         action: builtins.int = ...,
-        reward: builtins.float = ...,
+        seed: builtins.int = ...,
+        blueprint: builtins.int = ...,
+        blend: builtins.int = ...,
+        alpha_log_steps: builtins.float = ...,
+        lr_log_scale: builtins.float = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["action", b"action", "alpha_log_steps", b"alpha_log_steps", "blend", b"blend", "blueprint", b"blueprint", "lr_log_scale", b"lr_log_scale", "seed", b"seed"]) -> None: ...
+
+global___PolicyChoice = PolicyChoice
+
+@typing.final
+class GraphTopology(google.protobuf.message.Message):
+    """A graph structure (node counts, edges, static columns) as zlib-compressed
+    safetensors arrays.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: builtins.int
+    ARRAYS_FIELD_NUMBER: builtins.int
+    digest: builtins.str
+    """sha256 of the defining arrays"""
+    arrays: builtins.bytes
+    def __init__(
+        self,
+        *,
+        digest: builtins.str = ...,
+        arrays: builtins.bytes = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["arrays", b"arrays", "digest", b"digest"]) -> None: ...
+
+global___GraphTopology = GraphTopology
+
+@typing.final
+class TrajectoryStep(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    COMMAND_ID_FIELD_NUMBER: builtins.int
+    DECISION_STEP_FIELD_NUMBER: builtins.int
+    APPLIED_STEP_FIELD_NUMBER: builtins.int
+    POLICY_VERSION_FIELD_NUMBER: builtins.int
+    CHOICE_FIELD_NUMBER: builtins.int
+    BEHAVIOUR_LOG_PROB_FIELD_NUMBER: builtins.int
+    BEHAVIOUR_VALUE_FIELD_NUMBER: builtins.int
+    FEATURES_FIELD_NUMBER: builtins.int
+    NODE_SCALAR_FIELD_NUMBER: builtins.int
+    COMPAT_FIELD_NUMBER: builtins.int
+    MASK_BITS_FIELD_NUMBER: builtins.int
+    PROGRESS_FIELD_NUMBER: builtins.int
+    ACTED_FIELD_NUMBER: builtins.int
+    RISK_CATEGORY_FIELD_NUMBER: builtins.int
+    REWARD_FIELD_NUMBER: builtins.int
+    DONE_FIELD_NUMBER: builtins.int
+    command_id: builtins.str
+    """the command the decision became (its field report's key)"""
+    decision_step: builtins.int
+    """the global step of the state decided on"""
+    applied_step: builtins.int
+    """the step the command was handed to the trainer at"""
+    policy_version: builtins.int
+    behaviour_log_prob: builtins.float
+    behaviour_value: builtins.float
+    features: builtins.bytes
+    """The per-step cells of the graph (see the replay codec), float16 little-endian,
+    and the action masks as packed bits.
+    """
+    node_scalar: builtins.bytes
+    compat: builtins.bytes
+    mask_bits: builtins.bytes
+    acted: builtins.bool
+    """the command acts after the risk gate's review: a field report follows"""
+    risk_category: builtins.int
+    """the risk engine's category at the decision"""
+    reward: builtins.float
+    """filled by simulated actors, which know it at once; 0 otherwise"""
+    done: builtins.bool
+    """the episode ended after this decision"""
+    @property
+    def choice(self) -> global___PolicyChoice: ...
+    @property
+    def progress(self) -> global___RunProgress: ...
+    def __init__(
+        self,
+        *,
+        command_id: builtins.str = ...,
+        decision_step: builtins.int = ...,
+        applied_step: builtins.int = ...,
+        policy_version: builtins.int = ...,
+        choice: global___PolicyChoice | None = ...,
         behaviour_log_prob: builtins.float = ...,
+        behaviour_value: builtins.float = ...,
+        features: builtins.bytes = ...,
+        node_scalar: builtins.bytes = ...,
+        compat: builtins.bytes = ...,
+        mask_bits: builtins.bytes = ...,
+        progress: global___RunProgress | None = ...,
+        acted: builtins.bool = ...,
+        risk_category: builtins.int = ...,
+        reward: builtins.float = ...,
         done: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["action", b"action", "behaviour_log_prob", b"behaviour_log_prob", "done", b"done", "observation", b"observation", "reward", b"reward"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["choice", b"choice", "progress", b"progress"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["acted", b"acted", "applied_step", b"applied_step", "behaviour_log_prob", b"behaviour_log_prob", "behaviour_value", b"behaviour_value", "choice", b"choice", "command_id", b"command_id", "compat", b"compat", "decision_step", b"decision_step", "done", b"done", "features", b"features", "mask_bits", b"mask_bits", "node_scalar", b"node_scalar", "policy_version", b"policy_version", "progress", b"progress", "reward", b"reward", "risk_category", b"risk_category"]) -> None: ...
 
 global___TrajectoryStep = TrajectoryStep
 
@@ -1208,11 +1337,36 @@ class Trajectory(google.protobuf.message.Message):
     ACTOR_ID_FIELD_NUMBER: builtins.int
     POLICY_VERSION_FIELD_NUMBER: builtins.int
     STEPS_FIELD_NUMBER: builtins.int
+    TRAINING_RUN_ID_FIELD_NUMBER: builtins.int
+    ARCHITECTURE_ID_FIELD_NUMBER: builtins.int
+    TOPOLOGY_FIELD_NUMBER: builtins.int
+    RUN_ENDED_FIELD_NUMBER: builtins.int
+    FINAL_PROGRESS_FIELD_NUMBER: builtins.int
+    REWARDED_FIELD_NUMBER: builtins.int
     trajectory_id: builtins.str
+    """the run and the first decision step: stable on a retry"""
     actor_id: builtins.str
+    """the Tamiyo instance (or simulated actor) that decided"""
     policy_version: builtins.int
+    """of the first step"""
+    training_run_id: builtins.str
+    architecture_id: builtins.str
+    run_ended: builtins.bool
+    """the run ended after the last step"""
+    rewarded: builtins.bool
+    """Every step's reward and done are filled (simulated actors know them at once): no
+    field report to join, the learner trains on the segment as it is.
+    """
     @property
     def steps(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___TrajectoryStep]: ...
+    @property
+    def topology(self) -> global___GraphTopology:
+        """every step's graph has this structure"""
+
+    @property
+    def final_progress(self) -> global___RunProgress:
+        """where the run stood at its end (when run_ended)"""
+
     def __init__(
         self,
         *,
@@ -1220,8 +1374,15 @@ class Trajectory(google.protobuf.message.Message):
         actor_id: builtins.str = ...,
         policy_version: builtins.int = ...,
         steps: collections.abc.Iterable[global___TrajectoryStep] | None = ...,
+        training_run_id: builtins.str = ...,
+        architecture_id: builtins.str = ...,
+        topology: global___GraphTopology | None = ...,
+        run_ended: builtins.bool = ...,
+        final_progress: global___RunProgress | None = ...,
+        rewarded: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["actor_id", b"actor_id", "policy_version", b"policy_version", "steps", b"steps", "trajectory_id", b"trajectory_id"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["final_progress", b"final_progress", "topology", b"topology"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["actor_id", b"actor_id", "architecture_id", b"architecture_id", "final_progress", b"final_progress", "policy_version", b"policy_version", "rewarded", b"rewarded", "run_ended", b"run_ended", "steps", b"steps", "topology", b"topology", "training_run_id", b"training_run_id", "trajectory_id", b"trajectory_id"]) -> None: ...
 
 global___Trajectory = Trajectory
 

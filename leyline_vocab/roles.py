@@ -4,8 +4,9 @@ A key is trusted as one role (its file name says which: ``ROLE.pub.pem`` or
 ``ROLE.LABEL.pub.pem``, see oona.keyfiles). Verification checks the role as well as
 the signature, and refuses anything else as ``unauthorised_signer``:
 
-- tamiyo: TELEMETRY on telemetry and emergency, FIELD_REPORT on field_reports;
-  signs AdaptationCommands;
+- tamiyo: TELEMETRY on telemetry and emergency, FIELD_REPORT on field_reports,
+  TRAJECTORY on trajectories (the policy's decisions, for the learner); signs
+  AdaptationCommands;
 - tolaria, kasmina: TELEMETRY on telemetry and emergency;
 - simic: POLICY_UPDATE on policy, FIELD_REPORT_ACK on field_reports.acks; signs
   PolicyUpdates;
@@ -49,7 +50,11 @@ def _role(name: str, publishes: Iterable[tuple[str, int]], documents: Iterable[b
 
 TAMIYO = _role(
     SOURCE_TAMIYO,
-    {*_telemetry(), (Stream.FIELD_REPORTS, pb.MESSAGE_TYPE_FIELD_REPORT)},
+    {
+        *_telemetry(),
+        (Stream.FIELD_REPORTS, pb.MESSAGE_TYPE_FIELD_REPORT),
+        (Stream.TRAJECTORIES, pb.MESSAGE_TYPE_TRAJECTORY),
+    },
     {COMMAND_DOMAIN},
 )
 TOLARIA = _role(SOURCE_TOLARIA, _telemetry())

@@ -39,7 +39,9 @@ class OonaSettings:
 
     # publishing and retention
     stream_max_entries: int = 1_000_000
-    stream_caps: dict[str, int] = field(default_factory=dict)
+    # Trajectory segments are large (tens of KB): 1,024 of them bound the server's memory
+    # and make a lagging learner push back on the actors publishing them.
+    stream_caps: dict[str, int] = field(default_factory=lambda: {"trajectories": 1_024})
     sheddable_streams: frozenset[str] = frozenset({"telemetry"})
     durable_streams: frozenset[str] = frozenset({"field_reports", "policy"})
     pushback_wait_ms: float = 2_000.0

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from leyline_pb import leyline_pb2 as pb
 from leyline_vocab.events import BreakerName
+from tamiyo_bus.learning.reward import Progress
 from tamiyo_bus.policy.actions import BLEND_METHODS
 from tamiyo_bus.policy.graph import PolicyGraph
 from tamiyo_bus.policy.serving import Inference
@@ -58,6 +59,7 @@ _FAILED = _MISSED | {InferenceOutcome.STALE, InferenceOutcome.FAILED}
 class PolicyDecision:
     step: int  # the global step of the state the policy decided on
     policy_version: int
+    architecture_id: str  # of the policy that decided
     inference: Inference
     graph: PolicyGraph
     urza_timed_out: bool
@@ -71,6 +73,7 @@ class PolicyDecision:
     build_ms: float
     inference_ms: float
     cpu_ms: float  # the worker's CPU time on this decision (what it took from the trainer)
+    progress: Progress  # where the run stood in the state decided on (for the reward)
 
 
 def propose_command(

@@ -42,10 +42,14 @@ from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.cadence import Cadence
 from tamiyo_bus.decision import InferenceOutcome, PolicyDecision, propose_command
 from tamiyo_bus.decision_telemetry import DecisionTelemetry
+from tamiyo_bus.experience.recorder import ExperienceRecorder
+from tamiyo_bus.experience.steps import StepOutcome
 from tamiyo_bus.inference_worker import InferenceWorker, Job
+from tamiyo_bus.learning.reward import Progress
 from tamiyo_bus.policy.actions import ACTION_SPACE, NO_OP_ACTION
 from tamiyo_bus.policy.graph import GraphBuilder
 from tamiyo_bus.policy.serving import DecisionPolicy, ServingPolicy
+from tamiyo_bus.risk import Category
 from tamiyo_bus.security.commands import stamp_command
 from tamiyo_bus.security.policy_update import RunningPolicy
 from tamiyo_bus.settings import DecisionMode, StepSettings
@@ -124,6 +128,7 @@ class StepController:
         signer: CommandSigner,
         settings: StepSettings | None = None,
         telemetry: QueueWorker[DecisionTelemetry] | None = None,
+        experience: ExperienceRecorder | None = None,
         gate: CommandGate | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -134,6 +139,7 @@ class StepController:
         self._catalog = catalog
         self._signer = signer
         self._telemetry = telemetry
+        self._experience = experience
         self._gate = gate
         self._generator = generator
         self.stats = StepStats()
@@ -288,6 +294,8 @@ class StepController:
         if decision is not None:
             self.stats.decided += 1
             self._builder.normalizer.observe(decision.graph.raw)
+            if self._experience is not None:
+                self._experience.record(command.training_run_id, decision, _step_outcome(command))
         if self._telemetry is not None:
             times = _Times(started_ns, gate_start, risk_start, sign_start, done)
             self._telemetry.submit(_telemetry(command, decision, times, self.cadence.steps))
@@ -326,6 +334,7 @@ class StepController:
         return PolicyDecision(
             step=job.step,
             policy_version=running.version,
+            architecture_id=running.architecture_id,
             inference=inference,
             graph=graph,
             urza_timed_out=resolution.timed_out,
@@ -334,6 +343,7 @@ class StepController:
             build_ms=(built - start) / _NS_PER_MS,
             inference_ms=(time.perf_counter_ns() - built) / _NS_PER_MS,
             cpu_ms=(time.thread_time_ns() - cpu_start) / _NS_PER_MS,
+            progress=Progress.of_packet(packet),
         )
 
 
@@ -341,6 +351,16 @@ def _decided(decision: PolicyDecision) -> InferenceOutcome:
     if decision.urza_timed_out:
         return InferenceOutcome.DECIDED_WITHOUT_URZA
     return InferenceOutcome.DECIDED
+
+
+def _step_outcome(command: pb.AdaptationCommand) -> StepOutcome:
+    category = command.annotations.get("risk_category", Category.GREEN.name)
+    return StepOutcome(
+        command_id=command.command_id,
+        applied_step=command.global_step,
+        acted=command.command_type != pb.COMMAND_TYPE_NO_OP,
+        risk_category=int(Category.__members__.get(category, Category.GREEN)),
+    )
 
 
 def _decider(running: RunningPolicy) -> DecisionPolicy:

@@ -28,6 +28,9 @@ from oona.breaker import CircuitBreaker
 from oona.events import EventSink, LogEventSink
 from oona.keys import Signer
 from tamiyo_bus.decision_telemetry import DecisionTelemetry, TelemetrySink, telemetry_publisher
+from tamiyo_bus.experience.recorder import ExperienceRecorder, TrajectorySink
+from tamiyo_bus.experience.segments import ExperienceSettings
+from tamiyo_bus.learning.reward import Progress
 from tamiyo_bus.policy.baselines import NoOpPolicy, RandomPolicy
 from tamiyo_bus.policy.features import NormalizerSettings, RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder
@@ -56,6 +59,7 @@ INITIAL_POLICY_ID = "tamiyo-initial"
 BASELINE_FAMILY = "tamiyo-baseline"
 CATALOG_PREFETCH_S = 10.0
 WARM_UP_ROUNDS = 20
+EXPERIENCE_FLUSH_S = 5.0  # close: longest wait for the last segments to be handed over
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class TamiyoSettings:
     normalizer: NormalizerSettings = field(default_factory=NormalizerSettings)
     # decision records waiting for their background publisher; more drop the oldest
     telemetry_queue_size: int = 1024
+    experience: ExperienceSettings = field(default_factory=ExperienceSettings)
 
 
 def initial_policy(
@@ -124,6 +129,7 @@ class Tamiyo:
         builder: GraphBuilder,
         holder: PolicyHolder,
         telemetry: QueueWorker[DecisionTelemetry] | None,
+        experience: ExperienceRecorder | None = None,
     ) -> None:
         self.controller = controller
         self.gate = gate
@@ -131,6 +137,7 @@ class Tamiyo:
         self.builder = builder
         self.holder = holder
         self.telemetry = telemetry
+        self.experience = experience
 
     @property
     def risk(self) -> RiskGate:
@@ -142,6 +149,12 @@ class Tamiyo:
     def evaluate_step(self, packet: pb.SystemStatePacket) -> pb.AdaptationCommand | None:
         return self.controller.evaluate_step(packet)
 
+    def end_run(self, packet: pb.SystemStatePacket) -> None:
+        """The run ``packet`` belongs to ended in the state ``packet`` gives: the learner
+        rewards the run's last decision by it (without waiting)."""
+        if self.experience is not None:
+            self.experience.end_run(packet.training_run_id, Progress.of_packet(packet))
+
     def start(self, *, prefetch_timeout_s: float = CATALOG_PREFETCH_S) -> Tamiyo:
         """Start the background workers (Urza lookups, inference, statistics, telemetry),
         waiting up to ``prefetch_timeout_s`` for the candidates' metadata."""
@@ -150,12 +163,16 @@ class Tamiyo:
         self.builder.normalizer.start()
         if self.telemetry is not None:
             self.telemetry.start()
+        if self.experience is not None:
+            self.experience.start()
         self.controller.start()
         return self
 
     def close(self) -> None:
         """Stop the background workers; each is joined for a bounded time only."""
         self.controller.close()
+        if self.experience is not None:
+            self.experience.close(EXPERIENCE_FLUSH_S)
         if self.telemetry is not None:
             self.telemetry.close()
         self.builder.normalizer.close()
@@ -177,8 +194,9 @@ class Tamiyo:
         update is in flight; False if one still is after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         idle = self.controller.wait_idle(timeout_s)
-        if self.telemetry is not None:
-            idle = self.telemetry.wait_idle(max(deadline - time.monotonic(), 0.0)) and idle
+        for worker in (self.telemetry, self.experience):
+            if worker is not None:
+                idle = worker.wait_idle(max(deadline - time.monotonic(), 0.0)) and idle
         return self.builder.normalizer.wait_idle(max(deadline - time.monotonic(), 0.0)) and idle
 
     def warm_up(self, packet: pb.SystemStatePacket, rounds: int = WARM_UP_ROUNDS) -> float:
@@ -212,6 +230,7 @@ def build_tamiyo(
     holder: PolicyHolder,
     seed: int = 0,
     telemetry: TelemetrySink | None = None,
+    experience: TrajectorySink | None = None,
     events: EventSink | None = None,
     metrics: MetricsSink | None = None,
     adopted_breakers: Mapping[BreakerName, CircuitBreaker] | None = None,
@@ -220,7 +239,9 @@ def build_tamiyo(
     """Tamiyo running ``holder``'s policy on ``topology``, choosing among ``candidates``
     of the ``blueprints`` library, with the risk gate and signing.
 
-    ``telemetry`` receives a record per decision (off the step path); ``events`` and
+    ``telemetry`` receives a record per decision (off the step path); ``experience``
+    receives the policy's decisions as Trajectory segments for the learner (when
+    ``settings.experience.enabled``; off the step path); ``events`` and
     ``metrics`` receive the risk engine's events and its gauges and counters (the
     breaker states and conservative mode Nissa's alerts read). ``adopted_breakers``
     already guard a dependency (the IO breaker of the bus the run's telemetry and
@@ -256,6 +277,17 @@ def build_tamiyo(
         if telemetry is not None
         else None
     )
+    recorder = (
+        ExperienceRecorder(
+            settings.experience,
+            experience,
+            actor_id=step.issued_by,
+            publishing_allowed=lambda: risk.conservative.impala_publishing_enabled,
+            clock=clock,
+        )
+        if experience is not None and settings.experience.enabled
+        else None
+    )
     controller = StepController(
         policy=holder,
         builder=builder,
@@ -263,7 +295,8 @@ def build_tamiyo(
         signer=CommandSigner(signer),
         settings=step,
         telemetry=publisher,
+        experience=recorder,
         gate=gate,
         generator=torch.Generator().manual_seed(seed),
     )
-    return Tamiyo(controller, gate, catalog, builder, holder, publisher)
+    return Tamiyo(controller, gate, catalog, builder, holder, publisher, recorder)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from weatherlight import exporter_cli, keys_cli, reports_cli, selfcheck, serve, urza_cli
 from weatherlight.demo import cli as demo_cli
 from weatherlight.demo import drain as demo_drain
+from weatherlight.training import cli as train_cli
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -22,6 +23,7 @@ SUBCOMMANDS: tuple[Register, ...] = (
     serve.register,
     urza_cli.register,
     reports_cli.register,
+    train_cli.register,
 )
 
 

@@ -4,11 +4,17 @@ safetensors holds tensors and a string map and executes nothing on load. The met
 names the architecture id and the registry digest; loading refuses a checkpoint made
 for another architecture or another input registry before it touches any weights,
 with an error that names both sides.
+
+A learner's checkpoint carries its own state beside the policy's in the same file:
+tensors and metadata entries whose names start with ``training.`` (the optimiser's
+moments, the training configuration). Loading a policy ignores them, so a training
+checkpoint is also a policy checkpoint; :func:`training_state` reads them back.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +31,7 @@ from tamiyo_bus.policy.schema import NODE_TYPES
 
 FORMAT = "tamiyo-policy-checkpoint/1"
 _NORM = "normalizer."
+TRAINING_PREFIX = "training."
 _HEADER_LEN_BYTES = 8
 
 
@@ -40,14 +47,24 @@ class CheckpointInfo:
     registry_digest: str
 
 
+@dataclass(frozen=True, slots=True)
+class TrainingState:
+    """What a learner keeps beside the policy (names without the ``training.`` prefix)."""
+
+    tensors: Mapping[str, torch.Tensor]
+    metadata: Mapping[str, str]
+
+
 def checkpoint_bytes(
     policy: ReferencePolicy,
     normalizer: NormalizerSnapshot,
     *,
     policy_id: str,
     policy_version: int,
+    training: TrainingState | None = None,
 ) -> bytes:
-    """Serialise weights, normaliser moments and identity as safetensors bytes."""
+    """Serialise weights, normaliser moments and identity (and a learner's ``training``
+    state) as safetensors bytes."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in policy.state_dict().items()}
     for node_type in NODE_TYPES:
         for moment, values in (
@@ -63,6 +80,12 @@ def checkpoint_bytes(
         "architecture_id": architecture_id(policy),
         "registry_digest": registry_digest(),
     }
+    if training is not None:
+        tensors.update(
+            (TRAINING_PREFIX + k, t.detach().cpu().contiguous())
+            for k, t in training.tensors.items()
+        )
+        metadata.update((TRAINING_PREFIX + k, v) for k, v in training.metadata.items())
     return save_bytes(tensors, metadata=metadata)
 
 
@@ -73,9 +96,12 @@ def save_checkpoint(
     *,
     policy_id: str,
     policy_version: int,
+    training: TrainingState | None = None,
 ) -> None:
     """Write a checkpoint atomically (temporary file, then rename)."""
-    data = checkpoint_bytes(policy, normalizer, policy_id=policy_id, policy_version=policy_version)
+    data = checkpoint_bytes(
+        policy, normalizer, policy_id=policy_id, policy_version=policy_version, training=training
+    )
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
@@ -110,7 +136,7 @@ def load_checkpoint_bytes(
             f"checkpoint registry digest {info.registry_digest!r} does not match this "
             f"build's {registry_digest()!r}: its features or actions mean something else"
         )
-    tensors = load_bytes(data)
+    tensors = {k: v for k, v in load_bytes(data).items() if not k.startswith(TRAINING_PREFIX)}
     moments: dict[str, dict[str, np.ndarray]] = {"count": {}, "mean": {}, "m2": {}}
     for node_type in NODE_TYPES:
         for moment, table in moments.items():
@@ -121,6 +147,16 @@ def load_checkpoint_bytes(
     policy.load_state_dict(tensors, strict=True)
     snapshot = NormalizerSnapshot.from_moments(moments["count"], moments["mean"], moments["m2"])
     return info, snapshot
+
+
+def training_state(data: bytes) -> TrainingState:
+    """The learner's state a checkpoint carries, prefixes removed (empty if none)."""
+    _info(_metadata(data))
+    n = len(TRAINING_PREFIX)
+    return TrainingState(
+        {k[n:]: v for k, v in load_bytes(data).items() if k.startswith(TRAINING_PREFIX)},
+        {k[n:]: v for k, v in _metadata(data).items() if k.startswith(TRAINING_PREFIX)},
+    )
 
 
 def _metadata(data: bytes) -> dict[str, str]:

@@ -44,6 +44,8 @@ def test_demo_runs_end_to_end_and_writes_its_report(
         assert title in report
     assert (run_dir / "simic.sqlite3").exists()
     assert "0 pending, 0 parked" in summary["services"]["field reports"]
+    experience = summary["services"]["experience"]
+    assert int(experience.split()[0]) >= 1 and experience.endswith(" 0 dropped")
 
 
 def summary_lines(summary: dict[str, object]) -> list[str]:

@@ -12,7 +12,7 @@ import torch
 
 from oona.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from oona.events import BufferedEventSink
-from tamiyo_bus.learning import LearningGuard, LearningGuardSettings, LearningOutcome
+from tamiyo_bus.learning.guard import LearningGuard, LearningGuardSettings, LearningOutcome
 from tamiyo_bus.risk import BreakerBankSettings, BreakerName, RiskGate, RiskSettings
 
 from ..risk.helpers import Clock, command, gate_once

@@ -9,7 +9,7 @@ import copy
 import torch
 
 from oona.breaker import BreakerSettings, CircuitBreaker
-from tamiyo_bus.learning import LearningGuard, LearningGuardSettings, LearningOutcome
+from tamiyo_bus.learning.guard import LearningGuard, LearningGuardSettings, LearningOutcome
 
 from ..risk.helpers import Clock
 

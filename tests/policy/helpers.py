@@ -12,6 +12,7 @@ from oona.events import BufferedEventSink
 from oona.keys import UNRESTRICTED, Keyring, Signer
 from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo
 from tamiyo_bus.decision_telemetry import DecisionTelemetry
+from tamiyo_bus.experience.recorder import TrajectorySink
 from tamiyo_bus.policy.features import NormalizerSettings
 from tamiyo_bus.policy.graph import GraphBuilder
 from tamiyo_bus.policy.reference import PolicyConfig, architecture_id
@@ -111,6 +112,7 @@ def make_stack(
     normalizer_update: bool = False,
     prefetch: bool = True,
     seed: int = 0,
+    experience: TrajectorySink | None = None,
 ) -> Stack:
     """A started Tamiyo on a synthetic host; without ``prefetch`` the first step finds
     Urza's answer for the candidates not yet in (it was asked at start, not awaited)."""
@@ -134,6 +136,7 @@ def make_stack(
         holder=holder_for(policy or ServingPolicy(SMALL)),
         seed=seed,
         telemetry=sink,
+        experience=experience,
         events=BufferedEventSink(),
     ).start(prefetch_timeout_s=10.0 if prefetch else 0.0)
     return Stack(

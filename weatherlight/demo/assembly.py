@@ -22,6 +22,7 @@ from oona.events import EventSink
 from oona.keys import Keyring, Signer
 from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo, initial_policy
 from tamiyo_bus.decision_telemetry import TelemetrySink
+from tamiyo_bus.experience.recorder import TrajectorySink
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.policy.profiles import Profile
@@ -132,6 +133,7 @@ def assemble(
     observers: Sequence[TrainingObserver] = (),
     holder: PolicyHolder | None = None,
     telemetry: TelemetrySink | None = None,
+    experience: TrajectorySink | None = None,
     events: EventSink | None = None,
     metrics: MetricsSink | None = None,
     adopted_breakers: Mapping[BreakerName, CircuitBreaker] | None = None,
@@ -162,7 +164,8 @@ def assemble(
         spec.tamiyo, topology=topology, blueprints=store,
         candidates=candidate_blueprints(store, topology), signer=signer,
         holder=holder or initial_policy(device, spec.seed, spec.profile), seed=spec.seed,
-        telemetry=telemetry, events=events, metrics=metrics, adopted_breakers=adopted_breakers,
+        telemetry=telemetry, experience=experience, events=events, metrics=metrics,
+        adopted_breakers=adopted_breakers,
     ).start()  # fmt: skip
     trainer = Tolaria(
         model,

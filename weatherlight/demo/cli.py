@@ -17,7 +17,6 @@ already stored.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import math
@@ -29,31 +28,18 @@ from pathlib import Path
 
 import torch
 
-from leyline_vocab.telemetry import SOURCE_TAMIYO, SOURCE_TOLARIA
-from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
 from tamiyo_bus import Baseline, baseline_policy, initial_policy
 from tamiyo_bus.policy.profiles import Profile
 from tamiyo_bus.reports.book import ReportState
-from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
 from tamiyo_bus.settings import DecisionMode
 from tamiyo_bus.tolaria.data import DATASETS
 from tamiyo_bus.tolaria.models import MODELS
-from tamiyo_bus.tolaria.trainer import TrainingObserver
-from tamiyo_bus.urza.store import UrzaStore
-from weatherlight.demo.assembly import RunSpec, assemble, resolve_device
-from weatherlight.demo.drain import run_server
-from weatherlight.demo.layout import RunLayout
-from weatherlight.demo.observers import FieldReportObserver, TolariaTelemetry
+from weatherlight.demo.assembly import Run, RunSpec, resolve_device
 from weatherlight.demo.progress import ProgressBar
-from weatherlight.demo.recorder import RunRecorder
 from weatherlight.demo.report import write_report
-from weatherlight.demo.services import AsyncSide, ServiceSettings
+from weatherlight.demo.session import RunResult, Session
 from weatherlight.demo.summary import summarise
-from weatherlight.role_keys import RoleKeys
 from weatherlight.settings import SystemSettings
-
-REPORTS_SETTLE_S = 20.0  # at the end, how long to wait for Simic to ack the last reports
-IDLE_WAIT_S = 5.0
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -140,14 +126,28 @@ def _spec(args: argparse.Namespace) -> RunSpec:
     )  # fmt: skip
 
 
-def _settle_reports(reporter: FieldReporter, run_id: str) -> dict[ReportState, int]:
-    """Close the run's windows and give Simic a moment to ack the last reports."""
-    reporter.on_run_end(run_id)
-    reporter.flush()
-    deadline = time.monotonic() + REPORTS_SETTLE_S
-    while reporter.book.counts()[ReportState.PENDING] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return reporter.book.counts()
+def _print_run(built: Run, spec: RunSpec) -> None:
+    """What the run is about to train, and a warning when its decisions cannot fit."""
+    steps = spec.epochs * spec.steps_per_epoch(built.data)
+    print(
+        f"  host        {spec.model} {spec.depth}x{spec.width} on {spec.dataset}: "
+        f"{built.host_parameters:,} parameters, {len(built.kasmina.seeds)} seed slots, "
+        f"{steps:,} steps\n"
+    )
+    step = built.tamiyo.controller.settings
+    budget_ms = step.step_deadline_ms - step.finish_reserve_ms
+    print(
+        f"  policy      {built.tamiyo.holder.current().architecture_id}, "
+        f"{step.decision_mode} decisions; one costs about {built.warm_decision_ms:.1f} ms here"
+    )
+    if step.decision_mode is DecisionMode.INLINE and built.warm_decision_ms > budget_ms:
+        print(
+            f"  note: a decision takes about {built.warm_decision_ms:.1f} ms on this machine, "
+            f"more than the {budget_ms:.1f} ms the {spec.step.step_deadline_ms:g} ms step "
+            "deadline leaves it:\n        most steps will be NO_OPs and the inference "
+            "breaker will keep the policy out\n        (a longer --step-deadline-ms lets "
+            "it decide).\n"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,92 +156,52 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(spec.device)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.dataset}-{spec.model}-s{spec.seed}"
     run_dir = args.out / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    layout = RunLayout(run_dir)
-    keys = RoleKeys.create(layout.keys)
-    signer = keys.signer(SOURCE_TAMIYO)
-    system = SystemSettings.from_env()
-    oona, server = run_server(layout, system.oona)
-    store = UrzaStore.open_seeded(system.urza)
     torch.set_num_threads(args.threads or training_threads())
     holder = (
         initial_policy(device, spec.seed, spec.profile)
         if args.policy == "network"
         else baseline_policy(Baseline(args.policy))
     )
-    side = AsyncSide(
-        oona=oona, keys=keys, run_id=run_id, run_dir=run_dir,
-        holder=holder, policy_update_breaker=spec.risk.breakers.policy_update,
-        settings=ServiceSettings(nissa_port=args.nissa_port),
-    )  # fmt: skip
-    print(f"tamiyo-bus demo: run {run_id} on {device} (throw-away keys, one per role)")
-    print(f"  server      {server.version() if server else oona.redis_url}")
-    print(f"  urza        {store.settings.db_path}")
-    reporter = FieldReporter(ReportSettings(wal_dir=layout.field_reports)).start()
-    try:
-        side.start()
-        print(f"  status page {side.status_url or '-'}")
+    system = SystemSettings.from_env()
+    with Session.open(
+        run_dir, holder=holder, spec=spec, system=system, nissa_port=args.nissa_port
+    ) as session:
+        print(
+            f"tamiyo-bus demo: run {run_id} on {device} (throw-away keys, one per role, in the run directory)"
+        )
+        server = session.server.version() if session.server else session.oona.redis_url
+        print(f"  server      {server}")
+        print(f"  urza        {session.store.settings.db_path}")
+        print(f"  status page {session.side.status_url or '-'}")
         print(f"  run dir     {run_dir}")
-        side.deliver_reports(reporter)
-        tamiyo_producer = side.producer(SOURCE_TAMIYO)
-        recorder = RunRecorder()
-        reports = FieldReportObserver(reporter)
-        observers: list[TrainingObserver] = [
-            recorder,
-            reports,
-            TolariaTelemetry(side.producer(SOURCE_TOLARIA), run_id),
-        ]
-        built = assemble(
-            spec, run_id=run_id, signer=signer, keyring=keys.keyring, store=store,
-            observers=observers, holder=holder,
-            telemetry=DecisionTelemetrySink(tamiyo_producer),
-            events=TelemetryEventSink(tamiyo_producer, run=run_id),
-            metrics=TelemetryMetricsSink(tamiyo_producer, run=run_id),
-            adopted_breakers=side.breakers,
-        )  # fmt: skip
-        side.forward_kasmina(built.kasmina.outbox)
-        steps = spec.epochs * spec.steps_per_epoch(built.data)
-        progress = ProgressBar(steps, spec.epochs)
-        built.trainer.observers = (*built.trainer.observers, progress)
-        print(
-            f"  host        {spec.model} {spec.depth}x{spec.width} on {spec.dataset}: "
-            f"{built.host_parameters:,} parameters, {len(built.kasmina.seeds)} seed slots, "
-            f"{steps:,} steps\n"
-        )
-        step = built.tamiyo.controller.settings
-        budget_ms = step.step_deadline_ms - step.finish_reserve_ms
-        print(
-            f"  policy      {built.tamiyo.holder.current().architecture_id}, "
-            f"{step.decision_mode} decisions; one costs about {built.warm_decision_ms:.1f} ms here"
-        )
-        if step.decision_mode is DecisionMode.INLINE and built.warm_decision_ms > budget_ms:
-            print(
-                f"  note: a decision takes about {built.warm_decision_ms:.1f} ms on this machine, "
-                f"more than the {budget_ms:.1f} ms the {spec.step.step_deadline_ms:g} ms step "
-                "deadline leaves it:\n        most steps will be NO_OPs and the inference "
-                "breaker will keep the policy out\n        (a longer --step-deadline-ms lets "
-                "it decide).\n"
-            )
-        # Everything built so far lives for the whole run: a full collection would
-        # re-scan it (hundreds of milliseconds with torch loaded) on whichever thread
-        # triggers it, the trainer's included. Frozen, it is never scanned again.
-        gc.collect()
-        gc.freeze()
-        started = time.perf_counter()
-        built.trainer.run()
-        wall_s = time.perf_counter() - started
-        progress.close()
-        counts = _settle_reports(reporter, run_id)
-        built.tamiyo.wait_idle(IDLE_WAIT_S)
-        built.close()
-        status_url = side.status_url or "-"
-    finally:
-        side.stop()
-        reporter.close()
-        if server is not None:
-            server.stop()
+        progress: list[ProgressBar] = []
 
-    producers = side.producers.values()
+        def started(built: Run) -> None:
+            _print_run(built, spec)
+            bar = ProgressBar(spec.epochs * spec.steps_per_epoch(built.data), spec.epochs)
+            progress.append(bar)
+            built.trainer.observers = (*built.trainer.observers, bar)
+
+        result = session.run(spec, run_id, holder=holder, on_assembled=started)
+        progress[0].close()
+        status_url = session.side.status_url or "-"
+    _write_outputs(args, run_dir, result, session, status_url, str(device))
+    return 0
+
+
+def _write_outputs(
+    args: argparse.Namespace,
+    run_dir: Path,
+    result: RunResult,
+    session: Session,
+    status_url: str,
+    device: str,
+) -> None:
+    """The summary (printed and JSON) and the run report."""
+    built, counts, reports = result.run, result.report_counts, result.reports
+    spec = built.spec
+    producers = session.side.producers.values()
+    experience = session.experience.stats
     services = {
         "telemetry": f"{sum(p.stats.batched + p.stats.urgent for p in producers):,} packets "
         f"published ({sum(p.stats.urgent for p in producers)} urgent), "
@@ -250,25 +210,26 @@ def run(args: argparse.Namespace) -> int:
         "field reports": f"{sum(counts.values())} written, {counts[ReportState.ACKED]} acked "
         f"by Simic, {counts[ReportState.PENDING]} pending, {counts[ReportState.PARKED]} parked; "
         f"{reports.refused} offers refused",
+        "experience": f"{experience.published} segments of the policy's decisions "
+        f"published for the learner, {experience.dropped} dropped",
         "status page": f"{status_url} (served while the demo ran)",
         "run report": str(run_dir / "report.html"),
     }
     summary = summarise(
-        run_id=run_id, dataset=spec.dataset, model=spec.model, device=str(device), wall_s=wall_s,
-        recorder=recorder, kasmina=built.kasmina, tamiyo=built.tamiyo,
-        host_parameters=built.host_parameters, services=services,
+        run_id=built.run_id, dataset=spec.dataset, model=spec.model, device=device,
+        wall_s=result.wall_s, recorder=result.recorder, kasmina=built.kasmina,
+        tamiyo=built.tamiyo, host_parameters=built.host_parameters, services=services,
     )  # fmt: skip
     (run_dir / "summary.json").write_text(
         json.dumps(summary.to_json(), indent=2, default=_json_default), encoding="utf-8"
     )
     write_report(
-        run_dir / "report.html", summary=summary, recorder=recorder,
+        run_dir / "report.html", summary=summary, recorder=result.recorder,
         history=built.kasmina.history, seed_ids=list(built.kasmina.seeds),
         flags={k: str(v) for k, v in sorted(vars(args).items()) if k != "run"},
     )  # fmt: skip
     print("\n".join(summary.lines()))
     sys.stdout.flush()
-    return 0
 
 
 def _json_default(value: object) -> object:

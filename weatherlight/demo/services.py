@@ -32,6 +32,8 @@ from oona.breaker import BreakerSettings, CircuitBreaker
 from oona.bus import Bus
 from oona.settings import OonaSettings
 from producers.telemetry import TelemetryProducer
+from tamiyo_bus.experience.publisher import TrajectoryPublisher
+from tamiyo_bus.experience.segments import ExperienceSettings
 from tamiyo_bus.kasmina.telemetry import TelemetryOutbox, to_packet
 from tamiyo_bus.reports.delivery import ReportDelivery
 from tamiyo_bus.reports.reporter import FieldReporter
@@ -122,6 +124,7 @@ class AsyncSide:
         self.weatherlight: Weatherlight | None = None
         self.producers: dict[str, TelemetryProducer] = {}
         self.outbox: TelemetryOutbox | None = None
+        self.outbox_run_id = run_id
         self.forwarded = 0
 
     # ------------------------------------------------------------ thread plumbing
@@ -196,16 +199,27 @@ class AsyncSide:
     def producer(self, source: str) -> TelemetryProducer:
         return self.producers[source]
 
-    def forward_kasmina(self, outbox: TelemetryOutbox) -> None:
-        """Turn Kasmina's per-step records into packets, off the step path."""
-        self.outbox = outbox
-        self._spawn(self._forward)
+    def forward_kasmina(self, outbox: TelemetryOutbox, run_id: str) -> None:
+        """Turn Kasmina's per-step records of run ``run_id`` into packets, off the step
+        path (a later run's Kasmina takes the place of the earlier one's)."""
+        started = self.outbox is not None
+        self.outbox, self.outbox_run_id = outbox, run_id
+        if not started:
+            self._spawn(self._forward)
 
     def deliver_reports(self, reporter: FieldReporter) -> None:
         """Publish field reports and take Simic's acks until shutdown."""
         assert self.bus is not None
         delivery = ReportDelivery(reporter, self.bus, self.keyring)
         self._spawn(lambda: delivery.run(self._stop))
+
+    def publish_experience(self, settings: ExperienceSettings) -> TrajectoryPublisher:
+        """Publish Tamiyo's experience segments on the trajectories stream until
+        shutdown (what is queued then is published once more)."""
+        assert self.bus is not None
+        publisher = TrajectoryPublisher(self.bus, settings)
+        self._spawn(lambda: publisher.run(self._stop))
+        return publisher
 
     def _spawn(self, factory: Callable[[], Awaitable[None]]) -> None:
         """Start ``factory()`` as a task on the services' loop; shutdown awaits it."""
@@ -216,13 +230,13 @@ class AsyncSide:
         self.call(spawn())
 
     async def _forward(self) -> None:
-        outbox, producer = self.outbox, self.producers[SOURCE_KASMINA]
-        assert outbox is not None
+        producer = self.producers[SOURCE_KASMINA]
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), FORWARD_INTERVAL_S)
-            for item in outbox.drain():
-                producer.emit(to_packet(item, run_id=self.run_id))
+            assert self.outbox is not None
+            for item in self.outbox.drain():
+                producer.emit(to_packet(item, run_id=self.outbox_run_id))
                 self.forwarded += 1
 
     # ------------------------------------------------------------------- stop

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,16 +51,40 @@ def _per_step_columns(structure: GraphStructure, node_type: str) -> IntArray:
     return np.array(columns, dtype=np.int64)
 
 
+def structure_arrays(structure: GraphStructure) -> dict[str, np.ndarray]:
+    """The arrays that define ``structure`` (everything else is derived from them)."""
+    return {
+        "counts": np.array(structure.counts, np.int64),
+        "relation": structure.relation,
+        "src_local": structure.src_local,
+        "dst_local": structure.dst_local,
+        "relation_value": structure.relation_value,
+        "template": structure.template,
+    }
+
+
+def structure_from_arrays(arrays: Mapping[str, np.ndarray]) -> GraphStructure:
+    """The structure :func:`structure_arrays` described; ValueError when the arrays do
+    not make one (missing, mis-shaped or out-of-range edges)."""
+    try:
+        counts = tuple(int(c) for c in np.asarray(arrays["counts"], np.int64))
+        structure = GraphStructure(
+            counts,
+            np.asarray(arrays["relation"], np.int64),
+            np.asarray(arrays["src_local"], np.int64),
+            np.asarray(arrays["dst_local"], np.int64),
+            np.asarray(arrays["relation_value"], np.float32),
+        )
+        structure.template[...] = arrays["template"]
+    except (KeyError, IndexError, ValueError, TypeError) as error:
+        raise ValueError(f"not a graph structure: {error}") from error
+    return structure
+
+
 def structure_digest(structure: GraphStructure) -> str:
     """Content identity of a structure: equal digests, interchangeable topologies."""
-    h = hashlib.sha256(np.array(structure.counts, np.int64).tobytes())
-    for array in (
-        structure.relation,
-        structure.src_local,
-        structure.dst_local,
-        structure.relation_value,
-        structure.template,
-    ):
+    h = hashlib.sha256()
+    for array in structure_arrays(structure).values():
         h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()
 

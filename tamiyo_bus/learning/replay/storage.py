@@ -27,6 +27,8 @@ from tamiyo_bus.learning.replay.codec import (
     Topology,
     TransitionLayout,
     decode,
+    structure_arrays,
+    structure_from_arrays,
 )
 from tamiyo_bus.policy.structure import GraphStructure
 
@@ -277,13 +279,8 @@ class ReplayStorage:
             **{f"graph/{k}": v for k, v in self.graph_columns.items()},
         }
         for tid, topology in self.topologies.items():
-            s = topology.structure
-            state[f"topology/{tid}/counts"] = np.array(s.counts, dtype=np.int64)
-            state[f"topology/{tid}/relation"] = s.relation
-            state[f"topology/{tid}/src_local"] = s.src_local
-            state[f"topology/{tid}/dst_local"] = s.dst_local
-            state[f"topology/{tid}/relation_value"] = s.relation_value
-            state[f"topology/{tid}/template"] = s.template
+            for name, array in structure_arrays(topology.structure).items():
+                state[f"topology/{tid}/{name}"] = array
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -306,14 +303,8 @@ class ReplayStorage:
         ids = sorted({int(k.split("/")[1]) for k in state if k.startswith("topology/")})
         for tid in ids:
             prefix = f"topology/{tid}/"
-            structure = GraphStructure(
-                tuple(int(c) for c in state[prefix + "counts"]),
-                np.asarray(state[prefix + "relation"], np.int64),
-                np.asarray(state[prefix + "src_local"], np.int64),
-                np.asarray(state[prefix + "dst_local"], np.int64),
-                np.asarray(state[prefix + "relation_value"], np.float32),
-            )
-            structure.template[...] = state[prefix + "template"]
+            arrays = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            structure = structure_from_arrays(arrays)
             self._add_topology(tid, Topology(structure))
 
 
