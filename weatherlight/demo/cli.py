@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
         run_dir, holder=holder, spec=spec, system=system, nissa_port=args.nissa_port
     ) as session:
         print(
-            f"tamiyo-bus demo: run {run_id} on {device} (throw-away keys, one per role, in the run directory)"
+            f"tamiyo-bus demo: run {run_id} on {device} "
+            "(throw-away keys, one per role, in the run directory)"
         )
         server = session.server.version() if session.server else session.oona.redis_url
         print(f"  server      {server}")
