@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(PY) bench/learn.py --json
 	$(PY) bench/learner.py --json
 	$(PY) bench/control.py --json
+	$(PY) bench/soak.py --short --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -50,6 +50,7 @@ class EventKind(StrEnum):
     POLICY_ROLLED_BACK = "policy_rolled_back"
     POLICY_CANDIDATE_PUBLISHED = "policy_candidate_published"
     POLICY_CANDIDATE_REJECTED = "policy_candidate_rejected"
+    SERVER_RESTARTED = "server_restarted"
 
 
 _CRITICAL: frozenset[str] = frozenset({EventKind.BLUEPRINT_QUARANTINED, EventKind.EMERGENCY})
@@ -64,6 +65,7 @@ _HIGH: frozenset[str] = frozenset(
         EventKind.POLICY_UPDATE_REJECTED,
         EventKind.POLICY_ROLLED_BACK,
         EventKind.POLICY_CANDIDATE_REJECTED,
+        EventKind.SERVER_RESTARTED,
     }
 )
 
@@ -71,8 +73,9 @@ _HIGH: frozenset[str] = frozenset(
 def priority_for(kind: str, breaker: str = "") -> Priority:
     """CRITICAL: blueprint quarantine, emergency, the inference breaker opening.
     HIGH: timeouts, loss spike, isolation violation, hook budget, a policy rollback,
-    a learner's candidate the validation gate rejected, and every security rejection
-    (a forged or replayed message is worth a look at once).
+    a learner's candidate the validation gate rejected, a restart of the embedded
+    server and every security rejection (a forged or replayed message is worth a look
+    at once).
     NORMAL: the rest, including names from outside this vocabulary.
     """
     if kind in _CRITICAL or (kind == EventKind.BREAKER_OPENED and breaker == BreakerName.INFERENCE):

@@ -3,7 +3,8 @@
 Failures are counted only for what the breaker guards (for the bus: IO errors, never
 a handler's exception). After `failure_threshold` consecutive failures it opens; after
 `cooldown_ms` it lets at most `half_open_max_calls` trial calls through; one success
-closes it, one failure re-opens it.
+closes it, one failure re-opens it, and a trial that ends in neither (an exception the
+breaker does not guard, a cancellation) gives its slot back with `release`.
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ class CircuitBreaker:
             if self._state is BreakerState.HALF_OPEN:
                 self._trials_in_flight = 0
                 self._move(BreakerState.CLOSED)
+
+    def release(self) -> None:
+        """End a trial that proved nothing either way: its slot is free again (else a
+        half-open breaker whose trial raised something else would refuse every call
+        for good)."""
+        with self._lock:
+            if self._state is BreakerState.HALF_OPEN and self._trials_in_flight > 0:
+                self._trials_in_flight -= 1
 
     def record_failure(self) -> None:
         with self._lock:

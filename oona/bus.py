@@ -5,11 +5,18 @@ the stream is under its cap, so a full stream is noticed atomically: the produce
 then trims what every group has acked, waits a bounded time, and finally raises
 StreamFull (or, on a sheddable stream, counts the entries it sheds). Nothing is
 dropped silently.
+
+A publish to one of `durable_streams` (where data is at stake: field reports, policy
+updates) returns only once the server has the entries in its append-only
+file: with `appendfsync everysec` a server answers before it writes, and holds writes
+back while a slow fsync runs, so a `kill -9` of it could lose what it acknowledged.
+Telemetry does not wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from leyline_pb import leyline_pb2 as pb
 from oona.connection import IoGuard, open_redis, resolve_url
@@ -28,7 +36,7 @@ from oona.envelope import (
     seal,
     seal_batch,
 )
-from oona.errors import StreamFull
+from oona.errors import BusUnavailable, StreamFull
 from oona.keys import Signer
 from oona.metrics import BusMetrics
 from oona.replies import group_lag, text, undelivered_after
@@ -38,6 +46,8 @@ from oona.streams import dead_letter_key, lane_for, stream_key
 
 # KEYS[1] stream; ARGV[1] cap; ARGV[2] field name; ARGV[3..] entry values.
 # Appends as many values as fit under the cap; returns {length, id1, id2, ...}.
+log = logging.getLogger(__name__)
+
 _CAPPED_ADD = """
 local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
 local out = {0}
@@ -81,6 +91,7 @@ class Bus:
         self.metrics = metrics or BusMetrics()
         self.io = IoGuard(settings, self.metrics)
         self._capped_add = redis.register_script(_CAPPED_ADD)
+        self._waits_for_disk = True
 
     @classmethod
     def connect(
@@ -184,7 +195,7 @@ class Bus:
         while True:
             args: list[bytes | int] = [cap, field, *pending_values]
             reply: list[Any] = await self.io.run(
-                lambda args=args: self._capped_add(keys=[key], args=args)  # type: ignore[misc]
+                lambda args=args: self._add(stream, key, args)  # type: ignore[misc]
             )
             written = len(reply) - 1
             self.metrics.inc("published", sum(pending_counts[:written]), stream=stream)
@@ -203,6 +214,30 @@ class Bus:
                 raise StreamFull(stream, int(reply[0]), cap, sum(pending_counts))
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.1)
+
+    async def _add(self, stream: str, key: str, args: list[bytes | int]) -> list[Any]:
+        """The capped add; on a durable stream followed, in the same round trip, by
+        WAITAOF, so that the call returns only once the server has the entries in its
+        append-only file (a `kill -9` of the server cannot lose them then)."""
+        if not self._waits_for_disk or stream not in self.settings.durable_streams:
+            reply: list[Any] = await self._capped_add(keys=[key], args=args)
+            return reply
+        timeout_ms = int(self.settings.io_timeout_ms)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._capped_add(keys=[key], args=args, client=pipe)
+            pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
+            added, synced = await pipe.execute(raise_on_error=False)
+        if isinstance(added, BaseException):
+            raise added
+        if isinstance(synced, ResponseError):  # no append-only file, or an older server
+            self._waits_for_disk = False
+            log.warning("the server cannot confirm writes on disk (%s): publishes to %s are "
+                        "acknowledged before they are durable", synced, stream)  # fmt: skip
+        elif isinstance(synced, BaseException):
+            raise synced
+        elif int(synced[0]) < 1:
+            raise BusUnavailable(f"the server did not write {stream} to disk in {timeout_ms} ms")
+        return list(added)
 
     # ------------------------------------------------------------- retention
 
@@ -249,6 +284,23 @@ class Bus:
         )
         self.metrics.inc("trimmed", int(removed), stream=stream)
         return int(removed)
+
+    async def dead_letters_added(self, streams: Sequence[str]) -> dict[str, int]:
+        """Records ever added to each stream's dead-letter stream (the server's count,
+        which trimming never lowers); streams without one are left out."""
+
+        async def read() -> dict[str, int]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    pipe.xinfo_stream(self.dead_letter_key(stream))
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return {
+                stream: int(reply["entries-added"])
+                for stream, reply in zip(streams, replies, strict=True)
+                if isinstance(reply, dict)
+            }
+
+        return await self.io.run(read)
 
     async def group_lag(self, stream: str) -> dict[str, int]:
         """Entries not yet delivered plus entries delivered but unacked, per group."""

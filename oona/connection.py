@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from oona.backoff import Backoff
@@ -51,7 +52,10 @@ class IoGuard:
     """Runs server calls with bounded reconnect backoff behind an IO-only breaker.
 
     Only connection-level failures count: a handler's exception or a server error
-    reply (a bug, not an outage) never opens the breaker.
+    reply (a bug, not an outage) never opens the breaker. A server error reply proves
+    the server answers, so it counts as a success; anything else that ends a call (a
+    cancellation, a bug in the call) releases a half-open trial slot without a verdict.
+    `waiting_for` says, while calls fail, what the caller is waiting for.
     """
 
     def __init__(self, settings: OonaSettings, metrics: BusMetrics, name: str = "bus_io") -> None:
@@ -66,9 +70,23 @@ class IoGuard:
             ),
             on_transition=self._record_transition,
         )
+        self._failing_since: float | None = None
+        self._last_error = ""
+        self.failures = 0  # connection failures so far (a reply may have been lost with each)
 
     def _record_transition(self, name: str, old: object, new: object) -> None:
         self.metrics.inc("breaker_transitions", breaker=name, to=str(new))
+
+    @property
+    def waiting_for(self) -> str:
+        """Empty while the server answers; else what has failed and for how long."""
+        since = self._failing_since
+        if since is None:
+            return ""
+        return (
+            f"the server: unreachable for {time.monotonic() - since:.1f} s "
+            f"(breaker {self.breaker.state}): {self._last_error}"
+        )
 
     async def run(self, op: Callable[[], Awaitable[T]], *, budget_ms: float | None = None) -> T:
         """Run `op`, retrying connection failures with backoff until `budget_ms` runs out."""
@@ -83,10 +101,15 @@ class IoGuard:
                     result = await op()
                 except IO_ERRORS as exc:
                     last_error = exc
-                    self.breaker.record_failure()
-                    self.metrics.inc("io_failures")
+                    self._failed(exc)
+                except RedisError:
+                    self._answered()
+                    raise
+                except BaseException:
+                    self.breaker.release()
+                    raise
                 else:
-                    self.breaker.record_success()
+                    self._answered()
                     return result
             delay_s = backoff.next_s()
             if time.monotonic() + delay_s > deadline:
@@ -95,3 +118,15 @@ class IoGuard:
                     f"server unreachable for {budget:.0f} ms (breaker {state}): {last_error}"
                 ) from last_error
             await asyncio.sleep(delay_s)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.breaker.record_failure()
+        self.metrics.inc("io_failures")
+        self.failures += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        self._last_error = f"{type(exc).__name__}: {exc}"
+
+    def _answered(self) -> None:
+        self.breaker.record_success()
+        self._failing_since = None

@@ -21,11 +21,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from leyline_pb import leyline_pb2 as pb
 from oona.backoff import Backoff, backoff_s
@@ -37,10 +37,12 @@ from oona.errors import BusUnavailable, RejectedMessage
 from oona.events import EventSink, LogEventSink
 from oona.freshness import Clock
 from oona.keys import Keyring, Role
+from oona.lease import UnitLeases, lease_ms_for
 from oona.replies import RawEntry, entries, stream_batches, text
 from oona.retention import parse_id
 
 log = logging.getLogger(__name__)
+_GROUP_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,29 @@ class _Failure:
     reason: str
     detail: str
     final: bool = False  # a rejection: dead-letter at once, never retry
+    priority: int | None = None  # a verified envelope's, when it was refused
+    source: str = ""
+
+
+_LEASE_LOST = _Failure("lease_lost", "another consumer took the unit over")
+
+
+@dataclass
+class _Unrecorded:
+    """Progress and duplicate acks of one read not yet recorded in the ledger."""
+
+    stream: str
+    progress: list[Progress] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    since_s: float = field(default_factory=time.monotonic)
+
+    def age_ms(self) -> float:
+        return (time.monotonic() - self.since_s) * 1000.0
+
+    def take(self) -> tuple[list[Progress], list[str]]:
+        taken = self.progress, self.duplicates
+        self.progress, self.duplicates, self.since_s = [], [], time.monotonic()
+        return taken
 
 
 class Consumer:
@@ -115,7 +140,10 @@ class Consumer:
         self.settings = bus.settings
         self.metrics = bus.metrics
         self._clock_ns = clock_ns
-        self.ledger = EnvelopeLedger(bus.redis, bus.settings, subscription.group)
+        self.ledger = EnvelopeLedger(
+            bus.redis, bus.settings, subscription.group, subscription.consumer
+        )
+        self.lease_ms = lease_ms_for(bus.settings.claim_idle_ms)
         self.dead_letters = DeadLetterWriter(bus, self.ledger, subscription, self.events)
         self.rules = {
             stream: EnvelopeRules(
@@ -134,6 +162,8 @@ class Consumer:
         self._claim_cursor: dict[str, str] = {}
         self._urgent_rounds = 0
         self._started = False
+        self._failures_seen = bus.io.failures
+        self.waiting_for = ""
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -164,8 +194,9 @@ class Consumer:
         await self.bus.io.run(create)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until `stop` is set or the task is cancelled; an outage is waited out
-        with backoff.
+        """Poll until `stop` is set or the task is cancelled; an outage, and a server
+        error reply (a stream key of the wrong type, a server out of memory...), is
+        waited out with backoff, and `waiting_for` says which.
 
         A cancellation that races a completed read can be swallowed inside the client
         library (``asyncio.wait_for`` then returns the result instead of raising), so
@@ -183,14 +214,36 @@ class Consumer:
                     await self.start()
                 await self.poll_once()
                 backoff.reset()
-            except BusUnavailable as exc:
+                self.waiting_for = ""
+            except (BusUnavailable, RedisError) as exc:
+                unavailable = isinstance(exc, BusUnavailable)
+                self.waiting_for = (
+                    f"the server: {exc}" if unavailable
+                    else f"a server error to clear: {type(exc).__name__}: {exc}"
+                )  # fmt: skip
+                if not unavailable:
+                    self.metrics.inc("consumer_errors", group=self.sub.group)
+                # A read cut short leaves its entries pending on this consumer: take them
+                # back (and the groups, which a restarted server may lack) at once,
+                # rather than after claim_idle_ms.
+                self._started = False
                 delay_s = backoff.next_s()
-                log.warning("bus unavailable, retrying in %.2fs: %s", delay_s, exc)
+                log.warning("%s %s; retrying in %.2fs: %s", self.sub.consumer,
+                            "waits for the bus" if unavailable else "got a server error",
+                            delay_s, exc)  # fmt: skip
                 await asyncio.sleep(delay_s)
 
     async def poll_once(self, *, block: bool = True) -> int:
         """One round; returns the number of entries handled (acked, dead-lettered or
-        left for retry)."""
+        left for retry).
+
+        After a connection failure the consumer first takes back its own pending
+        entries: a read whose reply was lost with the connection left entries pending
+        here that no later read returns (they would wait for claim_idle_ms otherwise).
+        """
+        if self.bus.io.failures != self._failures_seen:
+            self._failures_seen = self.bus.io.failures
+            self._started = False
         if not self._started:
             await self.start()
         handled = await self._retry_due()
@@ -216,30 +269,41 @@ class Consumer:
 
     # ----------------------------------------------------------- the sources
 
-    async def _group_call(self, stream: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a group command; when the stream or its group was deleted under the
-        consumer (NOGROUP), recreate the group and return None."""
-        try:
-            return await call()
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-        self.metrics.inc("groups_recreated", stream=stream)
-        await self.ensure_group(stream)
+    async def _group_call(self, streams: Sequence[str], call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a group command through the IO guard; when the stream or its group was
+        deleted under the consumer, or the server restarted without them (NOGROUP),
+        recreate the groups and return None.
+
+        The groups are recreated after the guarded call returned, never inside it: a
+        guarded call nested in a half-open breaker's trial waits for a slot its own
+        caller holds.
+        """
+
+        async def guarded() -> Any:
+            try:
+                return await call()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                return _GROUP_MISSING
+
+        reply = await self.bus.io.run(guarded)
+        if reply is not _GROUP_MISSING:
+            return reply
+        for stream in streams:
+            self.metrics.inc("groups_recreated", stream=stream)
+            await self.ensure_group(stream)
         return None
 
     async def _own_pending(self, stream: str) -> list[tuple[str, int]]:
-        async def read() -> list[tuple[str, int]]:
-            rows: Any = await self._group_call(
-                stream,
-                lambda: self.redis.xpending_range(
-                    self.bus.key(stream), self.sub.group, "-", "+", 10_000,
-                    consumername=self.sub.consumer,
-                ),
-            )  # fmt: skip
-            return [(text(r["message_id"]), int(r["times_delivered"])) for r in rows or []]
-
-        return await self.bus.io.run(read)
+        rows: Any = await self._group_call(
+            (stream,),
+            lambda: self.redis.xpending_range(
+                self.bus.key(stream), self.sub.group, "-", "+", 10_000,
+                consumername=self.sub.consumer,
+            ),
+        )  # fmt: skip
+        return [(text(r["message_id"]), int(r["times_delivered"])) for r in rows or []]
 
     async def _retry_due(self) -> int:
         now = time.monotonic()
@@ -252,18 +316,13 @@ class Consumer:
             key = self.bus.key(stream)
             ids = [r.entry_id for r in batch]
 
-            async def claim(
-                key: str = key, ids: Sequence[str] = ids, stream: str = stream
-            ) -> list[RawEntry]:
-                reply: Any = await self._group_call(
-                    stream,
-                    lambda: self.redis.xclaim(
-                        key, self.sub.group, self.sub.consumer, 0, list[Any](ids)
-                    ),
-                )
-                return entries(reply)
-
-            claimed_entries = await self.bus.io.run(claim)
+            reply = await self._group_call(
+                (stream,),
+                lambda key=key, ids=ids: self.redis.xclaim(  # type: ignore[misc]
+                    key, self.sub.group, self.sub.consumer, 0, list[Any](ids)
+                ),
+            )
+            claimed_entries = entries(reply)
             claimed = {entry_id for entry_id, _ in claimed_entries}
             for r in batch:
                 self._retries.pop((stream, r.entry_id), None)
@@ -280,17 +339,14 @@ class Consumer:
             key = self.bus.key(stream)
             start = self._claim_cursor.get(stream, "0-0")
 
-            async def autoclaim(key: str = key, start: str = start, stream: str = stream) -> Any:
-                return await self._group_call(
-                    stream,
-                    lambda: self.redis.xautoclaim(
-                        key, self.sub.group, self.sub.consumer,
-                        min_idle_time=self.settings.claim_idle_ms,
-                        start_id=start, count=self.settings.read_batch_size,
-                    ),
-                )  # fmt: skip
-
-            reply = await self.bus.io.run(autoclaim)
+            reply = await self._group_call(
+                (stream,),
+                lambda key=key, start=start: self.redis.xautoclaim(  # type: ignore[misc]
+                    key, self.sub.group, self.sub.consumer,
+                    min_idle_time=self.settings.claim_idle_ms,
+                    start_id=start, count=self.settings.read_batch_size,
+                ),
+            )  # fmt: skip
             if reply is None:
                 self._claim_cursor.pop(stream, None)
                 continue
@@ -310,16 +366,13 @@ class Consumer:
         lo = min(ids, key=parse_id)
         hi = max(ids, key=parse_id)
 
-        async def read() -> Any:
-            return await self._group_call(
-                stream,
-                lambda: self.redis.xpending_range(
-                    self.bus.key(stream), self.sub.group, lo, hi, len(ids) * 4 + 16,
-                    consumername=self.sub.consumer,
-                ),
-            )  # fmt: skip
-
-        rows = await self.bus.io.run(read)
+        rows = await self._group_call(
+            (stream,),
+            lambda: self.redis.xpending_range(
+                self.bus.key(stream), self.sub.group, lo, hi, len(ids) * 4 + 16,
+                consumername=self.sub.consumer,
+            ),
+        )  # fmt: skip
         return {text(r["message_id"]): int(r["times_delivered"]) for r in rows or []}
 
     async def _read_new(self, *, block: bool) -> int:
@@ -363,41 +416,33 @@ class Consumer:
     ) -> list[tuple[str, list[RawEntry]]]:
         keys = {self.bus.key(s): pos for s, pos in streams.items()}
         by_key = {self.bus.key(s): s for s in streams}
-
-        async def read() -> list[tuple[str, list[RawEntry]]]:
-            try:
-                reply: Any = await self.redis.xreadgroup(
-                    self.sub.group, self.sub.consumer, keys,  # type: ignore[arg-type]
-                    count=self.settings.read_batch_size, block=block_ms,
-                )  # fmt: skip
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                for stream in streams:
-                    self.metrics.inc("groups_recreated", stream=stream)
-                    await self.ensure_group(stream)
-                return []
-            return [(by_key[key], batch) for key, batch in stream_batches(reply)]
-
-        return await self.bus.io.run(read)
+        reply = await self._group_call(
+            list(streams),
+            lambda: self.redis.xreadgroup(
+                self.sub.group, self.sub.consumer, keys,  # type: ignore[arg-type]
+                count=self.settings.read_batch_size, block=block_ms,
+            ),
+        )  # fmt: skip
+        return [(by_key[key], batch) for key, batch in stream_batches(reply)]
 
     # ------------------------------------------------------------ processing
 
     async def _process(self, stream: str, batch: Sequence[RawEntry], counts: dict[str, int]) -> int:
-        """Verify, de-duplicate and hand entries to the handler; then ack, schedule a
-        retry, or dead-letter each one."""
+        """Verify and de-duplicate entries and hand each to the handler under this
+        consumer's lease on its unit; then schedule a retry or dead-letter what failed.
+
+        Progress is recorded, and finished entries acked, every
+        `progress_flush_interval_ms` and at the end of the read, so that a consumer
+        paused or killed mid-read leaves at most that much applied work unrecorded (the
+        next holder applies it again). An entry whose unit another consumer took over
+        is left to that consumer."""
         if not batch:
             return 0
-        now_ms = int(time.time() * 1000)
         self.metrics.inc("delivered", len(batch), stream=stream)
         opened = await self._open_all(stream, batch, counts)
-        states = await self.bus.io.run(
-            lambda: self.ledger.check(
-                [(entry.unit_id, entry_id) for entry_id, _, entry, _ in opened], now_ms=now_ms
-            )
-        )
-        progress: list[Progress] = []
-        to_ack: list[str] = []
+        leases = UnitLeases(self.ledger, self.lease_ms, self.bus.io)
+        states = await leases.take([(entry.unit_id, entry_id) for entry_id, _, entry, _ in opened])
+        pending = _Unrecorded(stream)
         for (entry_id, fields, entry, deliveries), state in zip(opened, states, strict=True):
             if state.status is DeliveryStatus.REPLAY:
                 replay = _Failure("replay", f"{entry.unit_id} was carried by another entry")
@@ -405,25 +450,52 @@ class Consumer:
                 continue
             if state.status is DeliveryStatus.APPLIED:
                 self.metrics.inc("duplicates", stream=stream)
-                to_ack.append(entry_id)
+                pending.duplicates.append(entry_id)
                 continue
-            done, failure = await self._apply(stream, entry_id, entry, deliveries, state)
-            complete = failure is None
-            if done > state.applied or complete:
-                progress.append(Progress(entry.unit_id, done, complete))
-            if complete:
-                to_ack.append(entry_id)
-            elif failure is not None and (failure.final or self._last_delivery(deliveries)):
+            if state.status is DeliveryStatus.BUSY:
+                self.metrics.inc("leased_elsewhere", stream=stream)
+                continue
+            done, failure = await self._apply(stream, entry_id, entry, deliveries, state, leases)
+            leases.done(entry.unit_id)
+            if failure is _LEASE_LOST:
+                self._lease_lost(stream, entry_id, entry.unit_id)
+                continue
+            if done > state.applied or failure is None:
+                pending.progress.append(Progress(entry.unit_id, done, failure is None, entry_id))
+            if failure is not None and (failure.final or self._last_delivery(deliveries)):
+                await self._flush(pending)  # what was applied of it, before it leaves
                 await self._dead_letter(
                     stream, entry_id, fields, failure, deliveries, entry.unit_id
                 )
-            else:
+            elif failure is not None:
                 self._schedule_retry(stream, entry_id, deliveries)
-        await self.bus.io.run(
-            lambda: self.ledger.record_and_ack(self.bus.key(stream), progress, to_ack)
-        )
-        self.metrics.inc("acked", len(to_ack), stream=stream)
+            if pending.age_ms() >= self.settings.progress_flush_interval_ms:
+                await self._flush(pending)
+        await self._flush(pending)
         return len(batch)
+
+    async def _flush(self, pending: _Unrecorded) -> None:
+        """Record what `pending` holds in one server-side script; a unit another
+        consumer took over meanwhile is theirs (`lease_lost`)."""
+        progress, duplicates = pending.take()
+        if not progress and not duplicates:
+            return
+        stream = pending.stream
+        recorded = await self.bus.io.run(
+            lambda: self.ledger.record_and_ack(self.bus.key(stream), progress, duplicates)
+        )
+        self.metrics.inc("acked", recorded.acked, stream=stream)
+        for unit, fenced in zip(progress, recorded.fenced, strict=True):
+            if fenced:
+                self._lease_lost(stream, unit.entry_id, unit.unit_id)
+
+    def _lease_lost(self, stream: str, entry_id: str, unit_id: str) -> None:
+        """Another consumer took the unit over (this one was paused or slow past its
+        lease): it is theirs to record and ack."""
+        self.metrics.inc("lease_lost", stream=stream)
+        self._retries.pop((stream, entry_id), None)
+        log.warning("%s lost its lease on %s (%s %s): another consumer took it over",
+                    self.sub.consumer, unit_id, stream, entry_id)  # fmt: skip
 
     def _last_delivery(self, deliveries: int) -> bool:
         return deliveries >= self.settings.max_deliveries
@@ -449,7 +521,10 @@ class Consumer:
                     fields, self.rules[stream], self.keyring, now_ns=self._clock_ns()
                 )
             except RejectedMessage as rejection:
-                failure = _Failure(rejection.reason, rejection.detail, final=True)
+                failure = _Failure(
+                    rejection.reason, rejection.detail, final=True,
+                    priority=rejection.priority, source=rejection.source,
+                )  # fmt: skip
                 await self._dead_letter(stream, entry_id, fields, failure, deliveries)
                 continue
             except Exception as exc:
@@ -461,10 +536,18 @@ class Consumer:
         return opened
 
     async def _apply(
-        self, stream: str, entry_id: str, entry: OpenedEntry, deliveries: int, state: UnitState
+        self,
+        stream: str,
+        entry_id: str,
+        entry: OpenedEntry,
+        deliveries: int,
+        state: UnitState,
+        leases: UnitLeases,
     ) -> tuple[int, _Failure | None]:
-        """Run the handler on the envelopes not yet done; returns how many are done (in
-        order: applied, or dead-lettered alone) and the failure that stopped it, if any.
+        """Run the handler on the envelopes not yet done, each only while this consumer
+        holds the unit; returns how many are done (in order: applied, or dead-lettered
+        alone) and the failure that stopped it, if any (`_LEASE_LOST` when another
+        consumer took the unit over).
 
         In a batch, an envelope the handler refuses for good (RejectedMessage), or that
         failed on the entry's last delivery, is dead-lettered alone and the envelopes
@@ -474,6 +557,9 @@ class Consumer:
         now_ns = time.time_ns()
         alone = len(entry.envelopes) > 1
         for index in range(state.applied, len(entry.envelopes)):
+            if not await leases.hold(entry.unit_id):
+                self.metrics.inc("handled", done - state.applied, stream=stream)
+                return done, _LEASE_LOST
             env = entry.envelopes[index]
             failure = await self._handle(Delivery(stream, entry_id, env, deliveries, entry.role))
             if failure is not None:
@@ -523,6 +609,7 @@ class Consumer:
         unit_id: str | None = None,
     ) -> None:
         await self.dead_letters.entry(
-            stream, entry_id, fields, failure.reason, failure.detail, deliveries, unit_id
-        )
+            stream, entry_id, fields, failure.reason, failure.detail, deliveries, unit_id,
+            priority=failure.priority, source=failure.source,
+        )  # fmt: skip
         self._retries.pop((stream, entry_id), None)

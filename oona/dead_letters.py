@@ -2,10 +2,19 @@
 and a bounded copy of what it carried), and the writer that moves refused entries and
 envelopes there, each counted and emitted as a rejection.
 
-Dead-letter streams are never trimmed (an operator decides what to do with each
-record), so a record must not carry whatever size a hostile writer chose: a value
-longer than `copy_max_bytes` is kept as its first bytes with its length and SHA-256,
-and at most `MAX_COPIED_FIELDS` of the entry's fields are copied.
+A record must not carry whatever size a hostile writer chose: a value longer than
+`copy_max_bytes` is kept as its first bytes with its length and SHA-256, and at most
+`MAX_COPIED_FIELDS` of the entry's fields are copied. Nor may the stream grow without
+end (one producer with a skewed clock at 2,000 messages/s would add gigabytes an
+hour): each write trims the dead-letter stream to `dead_letter_max_entries` records
+and drops those older than `dead_letter_max_age_ms`, and every record trimmed is
+counted (``dead_letters_trimmed{stream,bound}``).
+
+A rejection is an event at HIGH priority; a refused envelope whose signature verified
+and which claimed CRITICAL priority (a producer whose clock drifted, say) is a CRITICAL
+event, which Nissa turns into an alert at once. So that a flood cannot flood the
+emergency lane in turn, at most one such event per stream, reason and source goes out
+every `URGENT_EVENT_INTERVAL_S`; the others stay HIGH.
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio.client import Pipeline
 
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
@@ -25,6 +36,7 @@ if TYPE_CHECKING:
     from oona.consumer import Subscription
 
 MAX_COPIED_FIELDS = 8
+URGENT_EVENT_INTERVAL_S = 1.0
 
 Record = dict[str | bytes, str | bytes | int]
 
@@ -67,6 +79,7 @@ class DeadLetterWriter:
         self.consumer = subscription.consumer
         self.events = events
         self.copy_max_bytes = bus.settings.dead_letter_copy_max_bytes
+        self._urgent_sent: dict[tuple[str, str, str], float] = {}
 
     async def _provenance(
         self,
@@ -94,17 +107,53 @@ class DeadLetterWriter:
         }
 
     def _rejected(
-        self, stream: str, entry_id: str, reason: str, detail: str, **where: str | int
+        self,
+        stream: str,
+        entry_id: str,
+        reason: str,
+        detail: str,
+        priority: int | None = None,
+        source: str = "",
+        **where: str | int,
     ) -> None:
         metrics = self.bus.metrics
         metrics.inc("rejected", stream=stream, reason=reason)
         metrics.inc("dead_lettered", stream=stream, reason=reason)
+        if source:
+            where["source"] = source
+        if priority is not None:
+            where["priority"] = pb.MessagePriority.Name(priority)  # type: ignore[arg-type]
+        urgent = self._escalate(stream, reason, priority, source)
+        level = pb.MESSAGE_PRIORITY_CRITICAL if urgent else pb.MESSAGE_PRIORITY_HIGH
         self.events.emit(
             make_event(
-                MESSAGE_REJECTED, pb.MESSAGE_PRIORITY_HIGH, stream=stream, group=self.group,
+                MESSAGE_REJECTED, level, stream=stream, group=self.group,
                 entry_id=entry_id, reason=reason, detail=detail[:500], **where,
             )
         )  # fmt: skip
+
+    def _escalate(self, stream: str, reason: str, priority: int | None, source: str) -> bool:
+        """Whether this refusal of a verified CRITICAL envelope goes out as CRITICAL."""
+        if priority != pb.MESSAGE_PRIORITY_CRITICAL:
+            return False
+        now = time.monotonic()
+        key = (stream, reason, source)
+        if now - self._urgent_sent.get(key, -URGENT_EVENT_INTERVAL_S) < URGENT_EVENT_INTERVAL_S:
+            return False
+        self._urgent_sent[key] = now
+        return True
+
+    def _trim(self, pipe: Pipeline, dead_key: str) -> None:
+        """Queue the trims that keep a dead-letter stream within its bounds."""
+        s = self.bus.settings
+        oldest_ms = int(time.time() * 1000) - s.dead_letter_max_age_ms
+        pipe.xtrim(dead_key, minid=f"{max(oldest_ms, 0)}-0", approximate=False)
+        pipe.xtrim(dead_key, maxlen=s.dead_letter_max_entries, approximate=False)
+
+    def _count_trims(self, stream: str, by_age: int, by_length: int) -> None:
+        for bound, removed in (("age", by_age), ("length", by_length)):
+            if removed:
+                self.bus.metrics.inc("dead_letters_trimmed", removed, stream=stream, bound=bound)
 
     async def entry(
         self,
@@ -115,22 +164,29 @@ class DeadLetterWriter:
         detail: str,
         deliveries: int,
         unit_id: str | None = None,
+        *,
+        priority: int | None = None,
+        source: str = "",
     ) -> None:
         """Move an entry to its dead-letter stream with provenance and a bounded copy of
         its fields and ack it, in one transaction, so it is neither lost nor left
-        pending."""
+        pending; the stream is trimmed to its bounds in the same transaction."""
         record = await self._provenance(stream, entry_id, reason, detail, deliveries, unit_id)
         record.update(copied_fields(fields, self.copy_max_bytes))
         redis = self.bus.redis
+        dead_key = self.bus.dead_letter_key(stream)
 
-        async def move() -> None:
+        async def move() -> list[Any]:
             async with redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(self.bus.dead_letter_key(stream), record)  # type: ignore[arg-type]
+                pipe.xadd(dead_key, record)  # type: ignore[arg-type]
                 pipe.xack(self.bus.key(stream), self.group, entry_id)
-                await pipe.execute()
+                self._trim(pipe, dead_key)
+                replies: list[Any] = await pipe.execute()
+                return replies
 
-        await self.bus.io.run(move)
-        self._rejected(stream, entry_id, reason, detail)
+        replies = await self.bus.io.run(move)
+        self._count_trims(stream, int(replies[-2]), int(replies[-1]))
+        self._rejected(stream, entry_id, reason, detail, priority, source)
 
     async def envelope(
         self,
@@ -151,6 +207,15 @@ class DeadLetterWriter:
             {"unit_id": unit_id, "envelope_index": index, "message_id": envelope.message_id}
         )
         record.update(bounded_copy(b"envelope", envelope.SerializeToString(), self.copy_max_bytes))
-        key = self.bus.dead_letter_key(stream)
-        await self.bus.io.run(lambda: self.bus.redis.xadd(key, record))  # type: ignore[arg-type]
+        dead_key = self.bus.dead_letter_key(stream)
+
+        async def add() -> list[Any]:
+            async with self.bus.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(dead_key, record)  # type: ignore[arg-type]
+                self._trim(pipe, dead_key)
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+        replies = await self.bus.io.run(add)
+        self._count_trims(stream, int(replies[-2]), int(replies[-1]))
         self._rejected(stream, entry_id, reason, detail, envelope_index=index)

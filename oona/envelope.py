@@ -245,7 +245,12 @@ def open_entry(
         )
         authorised: set[tuple[int, str]] = set()
         for env in opened.envelopes:
-            _check_header(env, rules, opened.role, now_ns, authorised)
+            try:
+                _check_header(env, rules, opened.role, now_ns, authorised)
+            except RejectedMessage as signed:  # verified: what it claims is its signer's
+                raise RejectedMessage(
+                    signed.reason, signed.detail, priority=env.priority, source=env.source[:80]
+                ) from None
     except RejectedMessage:
         raise
     except WireError as exc:

@@ -29,9 +29,18 @@ class BusUnavailable(OonaError):
 
 
 class RejectedMessage(OonaError):
-    """An entry that must not be applied; `reason` is a short stable label for metrics."""
+    """An entry that must not be applied; `reason` is a short stable label for metrics.
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    `priority` and `source` are the refused envelope's, set only when its signature
+    verified (so the claim is its signer's, not a forger's): a refused CRITICAL message
+    is worth an alert, not just a count.
+    """
+
+    def __init__(
+        self, reason: str, detail: str = "", *, priority: int | None = None, source: str = ""
+    ) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.priority = priority
+        self.source = source

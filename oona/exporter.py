@@ -2,7 +2,9 @@
 
 Read from the server at scrape time, so every scrape is current and the exporter
 holds no state: per stream its length, per group its lag (undelivered + unacked)
-and pending count, and the length of each dead-letter stream.
+and pending count, and per dead-letter stream its length and how many records it ever
+received (trimming lowers the first, never the second: their difference is what was
+trimmed, and the second's rate is how fast entries are refused).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from oona.replies import entries, group_lag, text
@@ -23,7 +25,7 @@ class BusCollector(Collector):
         self.stream_prefix = f"{key_prefix}:stream:"
         self.dead_prefix = f"{key_prefix}:dead:"
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         length = GaugeMetricFamily(
             "oona_stream_entries", "Entries held in a stream", labels=["stream"]
         )
@@ -39,6 +41,10 @@ class BusCollector(Collector):
         dead = GaugeMetricFamily(
             "oona_dead_letter_entries", "Entries in a dead-letter stream", labels=["stream"]
         )
+        added = CounterMetricFamily(
+            "oona_dead_letters_added", "Records ever added to a dead-letter stream",
+            labels=["stream"],
+        )  # fmt: skip
         for raw_key in self.client.scan_iter(match=self.stream_prefix + "*", _type="stream"):
             key = raw_key.decode()
             stream = key.removeprefix(self.stream_prefix)
@@ -51,8 +57,11 @@ class BusCollector(Collector):
                 pending.add_metric([stream, name], float(group["pending"]))
         for raw_key in self.client.scan_iter(match=self.dead_prefix + "*", _type="stream"):
             key = raw_key.decode()
-            dead.add_metric([key.removeprefix(self.dead_prefix)], float(self.client.xlen(key)))
-        yield from (length, lag, pending, dead)
+            info: Any = self.client.xinfo_stream(key)
+            stream = key.removeprefix(self.dead_prefix)
+            dead.add_metric([stream], float(info["length"]))
+            added.add_metric([stream], float(info["entries-added"]))
+        yield from (length, lag, pending, dead, added)
 
     def _counter(self, key: str) -> Callable[[str], int]:
         """Counts the entries of ``key`` after an exclusive start id."""

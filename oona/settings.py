@@ -30,9 +30,12 @@ class OonaSettings:
     retry_backoff_max_ms: float = 10_000.0
     claim_idle_ms: int = 30_000
     claim_interval_ms: int = 1_000
+    progress_flush_interval_ms: float = 10.0
     emergency_burst_limit: int = 8
     idempotency_ttl_s: int = 24 * 3600
     dead_letter_copy_max_bytes: int = 64 * 1024
+    dead_letter_max_entries: int = 100_000
+    dead_letter_max_age_ms: int = 7 * 24 * 3600 * 1000
 
     # publishing and retention
     stream_max_entries: int = 1_000_000
@@ -40,6 +43,7 @@ class OonaSettings:
     # and make a lagging learner push back on the actors publishing them.
     stream_caps: dict[str, int] = field(default_factory=lambda: {"trajectories": 1_024})
     sheddable_streams: frozenset[str] = frozenset({"telemetry"})
+    durable_streams: frozenset[str] = frozenset({"field_reports", "policy"})
     pushback_wait_ms: float = 2_000.0
     retain_acked_ms: int = 0
 

@@ -17,12 +17,14 @@ from weatherlight import (
     urza_cli,
 )
 from weatherlight.demo import cli as demo_cli
+from weatherlight.demo import drain as demo_drain
 from weatherlight.training import cli as train_cli
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 SUBCOMMANDS: tuple[Register, ...] = (
     demo_cli.register,
+    demo_drain.register,
     selfcheck.register,
     exporter_cli.register,
     keys_cli.register,

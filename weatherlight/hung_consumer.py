@@ -2,7 +2,8 @@
 
 Used by the bus self-check and the tests to show that entries held by a consumer that
 is SIGKILLed mid-batch are claimed and processed by another. It prints how many
-entries the group holds pending once it is holding them."""
+entries the group holds pending once it is holding them. It runs with the group's
+`claim_idle_ms`, which bounds the leases it takes on what it holds."""
 
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ from oona.settings import OonaSettings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def main(url: str, prefix: str, stream: str, public_key_hex: str) -> None:
-    settings = OonaSettings(redis_url=url, key_prefix=prefix, read_batch_size=1_000)
+async def main(url: str, prefix: str, stream: str, public_key_hex: str, claim_idle_ms: str) -> None:
+    settings = OonaSettings(
+        redis_url=url, key_prefix=prefix, read_batch_size=1_000, claim_idle_ms=int(claim_idle_ms)
+    )
     keyring = Keyring.of(
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)), role=UNRESTRICTED
     )
@@ -44,13 +47,14 @@ async def main(url: str, prefix: str, stream: str, public_key_hex: str) -> None:
 
 
 async def hold_then_kill(
-    url: str, prefix: str, stream: str, public_key: Ed25519PublicKey
+    url: str, prefix: str, stream: str, public_key: Ed25519PublicKey, claim_idle_ms: int
 ) -> tuple[int, int]:
     """Run this consumer in a child process until it holds entries mid-batch, SIGKILL
     it, and return its pid and the number of entries it held pending."""
     public_hex = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
     victim = subprocess.Popen(
-        [sys.executable, "-m", "weatherlight.hung_consumer", url, prefix, stream, public_hex],
+        [sys.executable, "-m", "weatherlight.hung_consumer", url, prefix, stream, public_hex,
+         str(claim_idle_ms)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -63,4 +67,4 @@ async def hold_then_kill(
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:5]))
+    asyncio.run(main(*sys.argv[1:6]))

@@ -1,14 +1,24 @@
-"""Throw-away keys, one per signing role, for a run whose keys never leave its process
-(the demo): each component signs with its own role's key and every verifier trusts
-each key only as its role, as a deployment configured from key files does."""
+"""Throw-away keys, one per signing role, for one run (the demo): each component signs
+with its own role's key and every verifier trusts each key only as its role, as a
+deployment configured from key files does.
+
+A run writes its keys into its own directory (`create`: private keys mode 0600 under
+``private/``, public keys under ``trusted/``) so that the run can be drained after a
+crash by the same signers (`load`): Simic keeps reports apart by signer, and a report
+signed again under a new key would be stored a second time."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from leyline_vocab.roles import ROLES
+from oona.keyfiles import KeySettings, generate_key_pair, load_private_key_file
 from oona.keys import Keyring, Role, Signer
+
+PRIVATE = "private"
+TRUSTED = "trusted"
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,22 @@ class RoleKeys:
         signers = {name: Signer.generate() for name in roles}
         trusted = {s.key_id: (s.public_key(), roles[name]) for name, s in signers.items()}
         return cls(signers, Keyring(trusted))
+
+    @classmethod
+    def create(cls, directory: Path, roles: Mapping[str, Role] = ROLES) -> RoleKeys:
+        """New keys for every role, written under `directory` (which must not hold any)."""
+        for name in roles:
+            generate_key_pair(directory / PRIVATE, name, public_directory=directory / TRUSTED)
+        return cls.load(directory, roles)
+
+    @classmethod
+    def load(cls, directory: Path, roles: Mapping[str, Role] = ROLES) -> RoleKeys:
+        """The keys `create` wrote under `directory`."""
+        signers = {
+            name: load_private_key_file(directory / PRIVATE / f"{name}.key") for name in roles
+        }
+        keyring = KeySettings(trusted_keys_dir=directory / TRUSTED).load_keyring(roles)
+        return cls(signers, keyring)
 
     def signer(self, role: str) -> Signer:
         return self.signers[role]

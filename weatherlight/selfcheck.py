@@ -100,7 +100,11 @@ async def _killed_consumer(bus: Bus, keyring: Keyring, signer: Signer, report: R
             for i in range(50)]  # fmt: skip
     await bus.publish_many(jobs, batch_signed=False)
     pid, held = await hold_then_kill(
-        bus.settings.redis_url, bus.settings.key_prefix, stream, signer.public_key()
+        bus.settings.redis_url,
+        bus.settings.key_prefix,
+        stream,
+        signer.public_key(),
+        bus.settings.claim_idle_ms,
     )
     report.check(held == 50, f"consumer pid {pid} held {held} entries, then was killed")
 

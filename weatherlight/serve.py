@@ -5,7 +5,9 @@ keys; Simic's learner signs with Simic's key, TAMIYO_SIMIC_SIGNING_KEY_FILE, unl
 TAMIYO_LEARNER=off); a missing key is a start-up error naming the setting.
 `--ephemeral-keys` makes throw-away key pairs instead, for local trials only: nothing
 outside this process can sign messages it accepts. There is no unsigned mode. Without
-TAMIYO_REDIS_URL the embedded server is started (data under TAMIYO_DATA_DIR).
+TAMIYO_REDIS_URL the embedded server is started (data under TAMIYO_DATA_DIR, append-only
+persistence unless TAMIYO_REDIS_APPENDONLY turns it off) and the ``server`` service
+restarts it whenever it dies.
 
 `python -m weatherlight.serve [options]` runs the same command without
 loading the rest of the CLI (the trainer's and the policy's modules, torch), which
@@ -28,13 +30,17 @@ from consumers.nissa.rules import load_rules
 from leyline_vocab.roles import ROLES, WEATHERLIGHT
 from oona.keyfiles import KeyConfigError, KeySettings, load_private_key_file
 from oona.keys import Keyring, Signer
+from oona.server import EmbeddedServer
+from oona.settings import OonaSettings
 from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE
+from weatherlight.server_keeper import SERVER, server_keeper_service
 from weatherlight.services import (
     Weatherlight,
     WeatherlightSettings,
     default_services,
 )
 from weatherlight.settings import ENV_LEARNER, SystemSettings
+from weatherlight.supervisor import ServiceSpec
 
 log = logging.getLogger(__name__)
 EXIT_CONFIG_ERROR = 2
@@ -80,6 +86,15 @@ def build_settings(args: argparse.Namespace, system: SystemSettings) -> Weatherl
     return replace(base, nissa=nissa)
 
 
+def embedded_server(oona: OonaSettings) -> EmbeddedServer:
+    """The deployment's embedded server, started from this (the main) thread."""
+    return EmbeddedServer(
+        data_dir=oona.data_dir / "redis",
+        appendonly=oona.appendonly,
+        appendfsync=oona.appendfsync,
+    ).start()
+
+
 async def serve(
     args: argparse.Namespace,
     system: SystemSettings,
@@ -96,9 +111,30 @@ async def serve(
             print(f"serve: unknown services {sorted(unknown)}", file=sys.stderr)
             return EXIT_CONFIG_ERROR
         specs = [spec for spec in specs if spec.name in wanted]
+    oona = system.oona
+    server = None if oona.redis_url else embedded_server(oona)
+    if server is not None:
+        oona = replace(oona, redis_url=server.url)
+        keeper = server_keeper_service(server, settings.server_keeper)
+        specs = [*specs, ServiceSpec(SERVER, keeper)]
+    try:
+        return await _supervise(args, specs, oona, settings, signer, keyring)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+async def _supervise(
+    args: argparse.Namespace,
+    specs: Sequence[ServiceSpec],
+    oona: OonaSettings,
+    settings: WeatherlightSettings,
+    signer: Signer,
+    keyring: Keyring,
+) -> int:
     weatherlight = Weatherlight(
         specs,
-        oona=system.oona,
+        oona=oona,
         signer=signer,
         keyring=keyring,
         instance=args.instance,

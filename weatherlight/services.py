@@ -32,6 +32,7 @@ from tamiyo_bus.simic.settings import LearnerSettings
 from weatherlight.drain import DrainCollector, DrainStats, drain_service
 from weatherlight.events import EVENTS
 from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE, LEARNER, learner_service
+from weatherlight.server_keeper import ServerKeeperSettings
 from weatherlight.supervisor import (
     BusComponent,
     ServiceContext,
@@ -56,6 +57,7 @@ class WeatherlightSettings:
     nissa: NissaSettings = field(default_factory=NissaSettings)
     simic: SimicSettings | None = None  # None: no field-report intake in this process
     learner: LearnerSettings | None = None  # None: no learner in this process
+    server_keeper: ServerKeeperSettings = field(default_factory=ServerKeeperSettings)
 
 
 def hub_service(settings: HubSettings) -> ServiceRun:
@@ -99,9 +101,9 @@ def simic_service(settings: SimicSettings) -> ServiceRun:
 
     @asynccontextmanager
     async def build(bus: Bus, context: ServiceContext) -> AsyncIterator[SimicIntake]:
-        store = ReportStore(settings.db_path)
+        named = replace(settings, consumer=context.consumer_name)
+        store = ReportStore.for_intake(named)
         try:
-            named = replace(settings, consumer=context.consumer_name)
             yield SimicIntake(bus, context.keyring, store, named, events=context.events)
         finally:
             store.close()

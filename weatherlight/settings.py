@@ -32,6 +32,7 @@ ENV_REDIS_APPENDONLY = "TAMIYO_REDIS_APPENDONLY"
 ENV_REDIS_APPENDFSYNC = "TAMIYO_REDIS_APPENDFSYNC"
 ENV_LEARNER = "TAMIYO_LEARNER"
 ENV_LEARNER_START_CHECKPOINT = "TAMIYO_LEARNER_START_CHECKPOINT"
+ENV_CLAIM_IDLE_MS = "TAMIYO_CLAIM_IDLE_MS"
 POLICY_VERSION_RECORD = Path("tamiyo") / "policy_version.json"
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -78,9 +79,9 @@ class SystemSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SystemSettings:
         """``under(TAMIYO_DATA_DIR)``, with TAMIYO_REDIS_URL, TAMIYO_REDIS_APPENDONLY
         (``0``/``false``/``no``/``off`` turn the embedded server's persistence off),
-        TAMIYO_REDIS_APPENDFSYNC, TAMIYO_URZA_DB, the key variables
-        (oona.keyfiles.KeySettings.from_env), TAMIYO_LEARNER (the same words turn
-        Simic's learner off), TAMIYO_SIMIC_SIGNING_KEY_FILE and
+        TAMIYO_REDIS_APPENDFSYNC, TAMIYO_CLAIM_IDLE_MS, TAMIYO_URZA_DB, the key
+        variables (oona.keyfiles.KeySettings.from_env), TAMIYO_LEARNER (the same words
+        turn Simic's learner off), TAMIYO_SIMIC_SIGNING_KEY_FILE and
         TAMIYO_LEARNER_START_CHECKPOINT applied; empty values count as unset."""
         env = os.environ if environ is None else environ
 
@@ -94,6 +95,8 @@ class SystemSettings:
             oona = replace(oona, appendonly=value(ENV_REDIS_APPENDONLY).lower() not in _FALSE)
         if value(ENV_REDIS_APPENDFSYNC):
             oona = replace(oona, appendfsync=value(ENV_REDIS_APPENDFSYNC))
+        if value(ENV_CLAIM_IDLE_MS):
+            oona = replace(oona, claim_idle_ms=int(value(ENV_CLAIM_IDLE_MS)))
         return replace(
             base,
             oona=oona,

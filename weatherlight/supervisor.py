@@ -8,7 +8,9 @@ a restarted service uses the same consumer name, so its pending entries are take
 and processed first (Oona's consumer does that on start).
 
 `system_mode` is OPERATIONAL while every service runs and none crashed in the last
-`degraded_hold_s`; DEGRADED otherwise. Shutdown sets `stop`, lets services finish
+`degraded_hold_s`; DEGRADED otherwise. Each service's view says what it waits for
+(`waiting_for`: the server, for a service on the bus that cannot reach it), and any
+other state the service reports. Shutdown sets `stop`, lets services finish
 their in-flight work and ack it for up to `shutdown_grace_s`, then cancels what is left.
 """
 
@@ -87,11 +89,24 @@ class ServiceContext:
         return f"{self.instance}-{self.name}"
 
     def connect(self) -> Bus:
-        """A bus client of its own for this run of the service (close it on exit)."""
-        return Bus.connect(self.oona, self.signer, source=f"weatherlight.{self.name}")
+        """A bus client of its own for this run of the service (close it on exit); the
+        service's health says what it waits for while the server does not answer."""
+        bus = Bus.connect(self.oona, self.signer, source=f"weatherlight.{self.name}")
+        self.report_status(lambda: {"waiting_for": bus.io.waiting_for})
+        return bus
+
+    def report_status(self, source: StatusSource) -> None:
+        """Show what `source()` returns in this service's health (`waiting_for` and any
+        other state); asked on every health request, so it must be quick."""
+        self.supervisor.status[self.name].reported = source
 
 
 ServiceRun = Callable[[ServiceContext], Awaitable[None]]
+StatusSource = Callable[[], Mapping[str, object]]
+
+
+def _nothing_reported() -> Mapping[str, object]:
+    return {}
 
 
 class BusComponent(Protocol):
@@ -136,6 +151,7 @@ class ServiceStatus:
     last_error: str = ""
     started_s: float = 0.0
     crashed_s: float | None = None
+    reported: StatusSource = _nothing_reported
 
     def view(self) -> dict[str, object]:
         return {
@@ -143,6 +159,8 @@ class ServiceStatus:
             "starts": self.starts,
             "restarts": self.restarts,
             "last_error": self.last_error,
+            "waiting_for": "",
+            **self.reported(),
         }
 
 

@@ -8,7 +8,9 @@ Unhealthy (HTTP 503) when any of these holds:
 - no aggregate came from the telemetry hub for `hub_silence_s` (the hub sends one per
   window even when idle, so silence means it is down or cut off);
 - a source listed in `expected_sources` was not seen for `source_silence_s`;
-- a component registered with Nissa (Weatherlight) reports itself unhealthy.
+- a component registered with Nissa (Weatherlight) reports itself unhealthy;
+- a CRITICAL message was refused (after its signature verified: a producer whose clock
+  is skewed, say) in the last `urgent_rejection_window_s`.
 
 Other sources' last-seen ages are reported but do not fail the check: a training run
 that ended is not an outage.
@@ -31,6 +33,7 @@ class HealthSettings:
     hub_silence_s: float = 10.0
     expected_sources: tuple[str, ...] = ()
     source_silence_s: float = 60.0
+    urgent_rejection_window_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,10 @@ def evaluate(
     sources_last_seen_s: Mapping[str, float],
     components: Sequence[ComponentStatus],
     settings: HealthSettings,
+    urgent_rejections: Sequence[str] = (),
 ) -> Verdict:
+    """`urgent_rejections`: the refused CRITICAL messages of the last
+    `urgent_rejection_window_s`, newest first."""
     problems: list[str] = []
     up_s = now_s - started_s
     if lag is None:
@@ -105,4 +111,9 @@ def evaluate(
     for component in components:
         if not component.healthy:
             problems.append(f"{component.name} unhealthy")
+    if urgent_rejections:
+        problems.append(
+            f"urgent message rejected {len(urgent_rejections)} times in the last "
+            f"{settings.urgent_rejection_window_s:.0f} s (latest: {urgent_rejections[0]})"
+        )
     return Verdict(not problems, tuple(problems))

@@ -7,6 +7,10 @@ Counts are keyed by source, kind (``message_rejected``, ``command_rejected``,
 but the number of distinct keys is bounded all the same (`max_series`; past it a
 rejection is counted under ``reason="other"``), so a flood cannot grow /metrics
 without end.
+
+A refused message that was verified and claimed CRITICAL priority arrives as a
+CRITICAL event (oona.dead_letters); the latest of those are kept apart with the time
+Nissa saw them, for /healthz to report while they are recent.
 """
 
 from __future__ import annotations
@@ -38,8 +42,13 @@ class RejectionBook:
         self.max_series = max_series
         self.counts: Counter[RejectionKey] = Counter()
         self.latest: deque[dict[str, object]] = deque(maxlen=latest_kept)
+        self.urgent: deque[tuple[float, str]] = deque(maxlen=latest_kept)
 
-    def observe(self, forwarded: pb.ForwardedEvent) -> bool:
+    def urgent_since(self, since_s: float) -> list[str]:
+        """What each refused CRITICAL message seen at or after `since_s` was, newest first."""
+        return [what for seen_s, what in reversed(self.urgent) if seen_s >= since_s]
+
+    def observe(self, forwarded: pb.ForwardedEvent, now_s: float = 0.0) -> bool:
         """Count `forwarded` when it is a rejection; the hub names events
         ``<source>.<kind>``."""
         kind = forwarded.event.name.rsplit(".", 1)[-1]
@@ -50,6 +59,10 @@ class RejectionBook:
         if key not in self.counts and len(self.counts) >= self.max_series:
             key = RejectionKey(forwarded.source, kind, OTHER, OTHER)
         self.counts[key] += 1
+        if forwarded.event.priority == pb.MESSAGE_PRIORITY_CRITICAL:
+            self.urgent.append(
+                (now_s, f"{key.reason} from {attrs.get('source', '?')} on {key.stream}")
+            )
         self.latest.appendleft(
             {
                 "time_s": forwarded.timestamp_ns / 1e9,

@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from consumers.nissa.dead_letters import DEAD_LETTERS_ADDED
 from leyline_vocab.roles import SOURCE_SIMIC
 from leyline_vocab.schema import Labels, metric_spec
 from leyline_vocab.telemetry import (
@@ -165,6 +166,7 @@ class AlertSettings:
     stale_after_s: float = 300.0
     event_hold_s: float = 300.0
     resolved_history: int = 100
+    dead_letter_window_s: float = 60.0
 
 
 class AlertEngine:
@@ -329,6 +331,13 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         metric=_metric(SOURCE_TAMIYO, METRIC_BREAKER_STATE),
         op=Op.GE, threshold=BREAKER_OPEN_LEVEL, for_s=60.0,
         summary="a circuit breaker has been open for 60 s",
+    ),
+    AlertRule(
+        name="dead_letters_growing",
+        metric=DEAD_LETTERS_ADDED,
+        op=Op.GT, threshold=0.0,
+        summary="a dead-letter stream grew in the last minute: read its records "
+        "(docs/operations.md)",
     ),
     AlertRule(
         name="conservative_mode_long",

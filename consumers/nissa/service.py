@@ -100,14 +100,17 @@ class Nissa:
     # ------------------------------------------------------------ sampling
 
     async def sample_lag(self) -> LagSample:
-        """Group lag of every stream, as /healthz and the status page show it."""
+        """Group lag of every stream, as /healthz and the status page show it, and how
+        many records each dead-letter stream ever received (for `dead_letters_growing`)."""
         now = self.state.clock()
         try:
             lag = {stream.value: await self.bus.group_lag(stream) for stream in Stream}
+            added = await self.bus.dead_letters_added([stream.value for stream in Stream])
         except BusUnavailable as exc:
             sample = LagSample(now, error=str(exc))
         else:
             sample = LagSample(now, {s: g for s, g in lag.items() if g})
+            self.state.set_dead_letters({s.value: added.get(s.value, 0) for s in Stream})
         self.state.set_lag(sample)
         return sample
 

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from consumers.nissa.board import BoardSettings, StatusBoard
+from consumers.nissa.dead_letters import DEAD_LETTERS_ADDED, DeadLetterGrowth, Growth
 from consumers.nissa.health import (
     ComponentStatus,
     HealthSettings,
@@ -82,6 +83,7 @@ class NissaState:
         self.alerts = AlertEngine(settings.rules, clock, settings.alerts)
         self.board = StatusBoard(settings.board)
         self.rejections = RejectionBook()
+        self.dead_letters = DeadLetterGrowth(settings.alerts.dead_letter_window_s)
         self.sources: dict[str, _Source] = {}
         # exported from zero, so rate() works before the first shed or duplicate
         self.hub_counters: Counter[str] = Counter(dict.fromkeys(HUB_COUNTERS, 0))
@@ -106,7 +108,7 @@ class NissaState:
             for forwarded in aggregate.events:
                 self.events += 1
                 self.board.event(forwarded, now)
-                self.rejections.observe(forwarded)
+                self.rejections.observe(forwarded, now)
                 if _is_critical(forwarded):
                     self.alerts.raise_event(
                         forwarded.event.name,
@@ -135,6 +137,13 @@ class NissaState:
         with self.lock:
             self.lag = sample
 
+    def set_dead_letters(self, added: Mapping[str, int]) -> None:
+        """One sample of every dead-letter stream's all-time count: its growth over the
+        window goes to the alert rules."""
+        with self.lock:
+            for stream, grew in self.dead_letters.observe(self.clock(), added).items():
+                self.alerts.observe(DEAD_LETTERS_ADDED, (("stream", stream),), Growth(grew))
+
     # ------------------------------------------------------------- reading
 
     def health(self, components: Sequence[ComponentStatus]) -> tuple[Verdict, dict[str, object]]:
@@ -148,6 +157,9 @@ class NissaState:
                 sources_last_seen_s={k: s.last_seen_s for k, s in self.sources.items()},
                 components=components,
                 settings=self.settings.health,
+                urgent_rejections=self.rejections.urgent_since(
+                    now - self.settings.health.urgent_rejection_window_s
+                ),
             )
             detail: dict[str, object] = {
                 "status": "ok" if verdict.healthy else "unhealthy",

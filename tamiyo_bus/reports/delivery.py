@@ -2,16 +2,19 @@
 
 The publisher takes the reports that are due from the book and publishes them to the
 field-reports stream. Only a publish the bus accepted counts as an attempt; a publish
-that fails (server unreachable, stream full) is counted as a failure, and the reports
-are due again after a backoff, with no attempt used up. After each accepted publish
-Tamiyo waits for the ack with exponential backoff and jitter (`RetryPolicy`), then
-publishes again; after `max_attempts` publishes without an ack the report is parked.
+that fails (server unreachable, stream full, a server error reply) is counted as a
+failure, and the reports are due again after a backoff, with no attempt used up. After
+each accepted publish Tamiyo waits for the ack with exponential backoff and jitter
+(`RetryPolicy`), then publishes again; after `max_attempts` publishes without an ack
+the report is parked.
 
 Acks travel on their own stream, read through this instance's consumer group
 (`ack_group`; give each Tamiyo instance its own, since every instance must see every
 ack). An ack is appended to the log before its stream entry is acknowledged, so a
-crash in between only repeats it. Acks of reports this instance does not hold (another
-instance's, or already retired) are counted and skipped.
+crash in between only repeats it; an ack the log cannot take (its disk is full) is
+counted and dropped, and its report, still pending, is published and acked again once
+the log has room. Acks of reports this instance does not hold (another instance's, or
+already retired) are counted and skipped.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import cast
+
+from redis.exceptions import RedisError
 
 from leyline_pb import leyline_pb2 as pb
 from oona.backoff import backoff_s
@@ -148,7 +153,7 @@ class ReportDelivery:
             await self.bus.publish_many(
                 messages, batch_size=self.settings.publish_batch_max_reports
             )
-        except OonaError as exc:
+        except (OonaError, RedisError) as exc:  # unreachable, full, or an error reply
             self._failures += 1
             delay_s = self._failure_backoff_s()
             self.book.requeue(ids, delay_s)
@@ -169,6 +174,12 @@ class ReportDelivery:
     async def _on_ack(self, delivery: Delivery) -> None:
         ack = decode_ack(delivery.envelope.payload)
         record = Ack(ack.report_id, ack.acked_at_ns or time.time_ns(), ack.consumer)
-        retired = await asyncio.to_thread(self.reporter.record_acks, [record])
+        try:
+            retired = await asyncio.to_thread(self.reporter.record_acks, [record])
+        except OSError:  # the log cannot take it (disk full): the report is published again
+            self.metrics.inc("reports_acks_unrecorded")
+            log.warning("ack of field report %s not recorded: the log refused it; the "
+                        "report stays pending and is published again", ack.report_id)  # fmt: skip
+            return
         if not retired:
             self.metrics.inc("reports_acks_unmatched")

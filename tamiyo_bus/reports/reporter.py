@@ -42,7 +42,7 @@ from tamiyo_bus.reports.book import ReportEntry, ReportState, RetryPolicy
 from tamiyo_bus.reports.records import Ack, Kind, Park, RunEnd, Unpark
 from tamiyo_bus.reports.requests import ALL, pending_requests
 from tamiyo_bus.reports.state import LogState
-from tamiyo_bus.reports.wal import WalSettings, WriteAheadLog
+from tamiyo_bus.reports.wal import Opener, WalSettings, WriteAheadLog
 from tamiyo_bus.reports.windows import (
     Decision,
     EpochEnd,
@@ -109,6 +109,7 @@ class FieldReporter:
         metrics: BusMetrics | None = None,
         fsync: Callable[[int], None] | None = None,
         wall_ns: Callable[[], int] = time.time_ns,
+        opener: Opener = os.open,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or BusMetrics()
@@ -121,7 +122,7 @@ class FieldReporter:
         self._closed = threading.Event()
         self._last_full_log = 0.0
         self.wal = WriteAheadLog(
-            settings.wal_dir, settings.wal, self.metrics, fsync=fsync or os.fsync
+            settings.wal_dir, settings.wal, self.metrics, fsync=fsync or os.fsync, opener=opener
         )
         self._next_compaction = time.monotonic() + settings.compaction_interval_s
         self._next_control = 0.0

@@ -179,6 +179,7 @@ def scan(directory: Path, settings: WalSettings) -> ScanResult:
 
 
 LivenessTest = Callable[[int, Callable[[int], bool]], bool]
+Opener = Callable[[Path, int, int], int]
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ class WriteAheadLog:
     """The owning process's handle on a log directory; thread-safe.
 
     Opening takes the directory lock, scans every segment (`recovered`) and starts a
-    new active segment. `fsync` is injectable so tests can hold it.
+    new active segment. `fsync` and `opener` (how segment files are opened) are
+    injectable, so tests can hold a sync or refuse a segment as a full disk would.
     """
 
     def __init__(
@@ -212,12 +214,14 @@ class WriteAheadLog:
         *,
         fsync: Callable[[int], None] = os.fsync,
         clock: Callable[[], float] = time.monotonic,
+        opener: Opener = os.open,
     ) -> None:
         self.directory = directory
         self.settings = settings
         self.metrics = metrics or BusMetrics()
         self._fsync = fsync
         self._clock = clock
+        self._opener = opener
         self._lock = threading.Lock()
         directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
@@ -247,19 +251,30 @@ class WriteAheadLog:
     # ------------------------------------------------------------ segments
 
     def _open_segment(self) -> None:
+        """Make the next segment the active one. When it cannot be created (no space,
+        no inode, no descriptor left) this raises and changes nothing: the current
+        segment stays active and open, and the append that needed room is refused
+        (its caller retries)."""
         path = self.directory / f"{self._next_segment:012d}{SEGMENT_SUFFIX}"
+        fd = self._opener(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            _fsync_directory(self.directory)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        previous, self._fd = self._fd, fd
         self._next_segment += 1
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        _fsync_directory(self.directory)
         self._active = path
         self._active_bytes = 0
         self._segments[path] = []
+        if previous >= 0:
+            os.close(previous)
 
     def _roll_if_full(self) -> None:
         if self._active_bytes < self.settings.segment_max_bytes:
             return
         self._sync_locked()
-        os.close(self._fd)
         self._open_segment()
 
     def segments(self) -> dict[Path, list[int]]:
@@ -313,10 +328,18 @@ class WriteAheadLog:
             return seqs
 
     def _write_locked(self, data: bytes, seqs: Sequence[int]) -> None:
+        """Write whole frames or nothing: a write cut short (the disk filled up) is
+        truncated away, so the retry writes the frames once, not a torn copy first."""
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            if len(view) < len(data):
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._active_bytes)
+            raise
         self._active_bytes += len(data)
         self._segments[self._active].extend(seqs)
         self._copies.update(seqs)

@@ -75,7 +75,11 @@ async def test_killed_consumers_entries_are_claimed_and_processed_exactly_once(
         [Outgoing(TELEMETRY, p, stream=Stream.NORMAL) for p in payloads], batch_signed=False
     )
     _, held = await hold_then_kill(
-        bus.settings.redis_url, bus.settings.key_prefix, Stream.NORMAL, signer.public_key()
+        bus.settings.redis_url,
+        bus.settings.key_prefix,
+        Stream.NORMAL,
+        signer.public_key(),
+        bus.settings.claim_idle_ms,
     )
     assert held == 40  # the victim holds every entry, pending, mid-batch
 

@@ -8,7 +8,10 @@ runs; at the end a printed summary and, in the run directory, ``report.html``,
 ``summary.json``, the field-report log and Simic's store.
 
 Keys are throw-away Ed25519 pairs made for this run, one per signing role (Tamiyo,
-Tolaria, Kasmina, Simic, Weatherlight), and never written anywhere.
+Tolaria, Kasmina, Simic, Weatherlight), kept in the run directory (``keys/``, private
+keys mode 0600) and trusted by nothing else: a run killed without warning is drained
+with them (`tamiyo-bus demo-drain RUN_DIR`), so that Simic recognises the reports it
+already stored.
 """
 
 from __future__ import annotations
@@ -161,9 +164,12 @@ def run(args: argparse.Namespace) -> int:
     )
     system = SystemSettings.from_env()
     with Session.open(
-        run_dir, name=run_id, holder=holder, spec=spec, system=system, nissa_port=args.nissa_port
+        run_dir, holder=holder, spec=spec, system=system, nissa_port=args.nissa_port
     ) as session:
-        print(f"tamiyo-bus demo: run {run_id} on {device} (throw-away keys, one per role)")
+        print(
+            f"tamiyo-bus demo: run {run_id} on {device} "
+            "(throw-away keys, one per role, in the run directory)"
+        )
         server = session.server.version() if session.server else session.oona.redis_url
         print(f"  server      {server}")
         print(f"  urza        {session.store.settings.db_path}")

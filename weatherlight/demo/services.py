@@ -45,6 +45,7 @@ from tamiyo_bus.security.policy_update import (
     PolicyUpdateTransaction,
 )
 from tamiyo_bus.simic.settings import LearnerSettings
+from weatherlight.demo.layout import DEMO_INSTANCE
 from weatherlight.learner import LEARNER
 from weatherlight.role_keys import RoleKeys
 from weatherlight.services import (
@@ -90,7 +91,7 @@ def policy_listener_service(
 class ServiceSettings:
     nissa_host: str = "127.0.0.1"
     nissa_port: int = 0  # 0: any free port (printed at start)
-    instance: str = "demo"
+    instance: str = DEMO_INSTANCE
     # Simic's learner beside the intake (``train --env real``); None: the demo runs none
     learner: LearnerSettings | None = None
 

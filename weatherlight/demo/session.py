@@ -35,6 +35,8 @@ from tamiyo_bus.simic.settings import LearnerSettings
 from tamiyo_bus.tolaria.trainer import TrainingObserver
 from tamiyo_bus.urza.store import UrzaStore
 from weatherlight.demo.assembly import Run, RunSpec, assemble
+from weatherlight.demo.drain import run_server
+from weatherlight.demo.layout import RunLayout
 from weatherlight.demo.observers import FieldReportObserver, TolariaTelemetry
 from weatherlight.demo.recorder import RunRecorder
 from weatherlight.demo.services import AsyncSide, ServiceSettings
@@ -85,7 +87,6 @@ class Session:
         cls,
         directory: Path,
         *,
-        name: str,
         holder: PolicyHolder,
         spec: RunSpec,
         system: SystemSettings,
@@ -93,22 +94,20 @@ class Session:
         learner: LearnerSettings | None = None,
     ) -> Session:
         """Start the server (unless TAMIYO_REDIS_URL names one), the services and the
-        field reporter, all under ``directory``; ``name`` prefixes the session's keys on
-        the server. With ``learner``, Simic's learner runs beside the intake."""
+        field reporter, all under ``directory`` as :class:`RunLayout` names them (so that
+        ``demo-drain`` can reopen a session that was killed); the directory's name
+        prefixes the session's keys on the server. With ``learner``, Simic's learner
+        runs beside the intake."""
         directory.mkdir(parents=True, exist_ok=True)
-        keys = RoleKeys.generate()
-        oona = system.oona
-        server: EmbeddedServer | None = None
-        if not oona.redis_url:
-            server = EmbeddedServer(data_dir=directory / "redis").start()
-            oona = oona.with_overrides(redis_url=server.url)
-        oona = oona.with_overrides(key_prefix=f"demo-{name}")
+        layout = RunLayout(directory)
+        keys = RoleKeys.create(layout.keys)
+        oona, server = run_server(layout, system.oona)
         side = AsyncSide(
-            oona=oona, keys=keys, run_id=name, run_dir=directory, holder=holder,
+            oona=oona, keys=keys, run_id=layout.run_id, run_dir=directory, holder=holder,
             policy_update_breaker=spec.risk.breakers.policy_update,
             settings=ServiceSettings(nissa_port=nissa_port, learner=learner),
         )  # fmt: skip
-        reporter = FieldReporter(ReportSettings(wal_dir=directory / "field_reports")).start()
+        reporter = FieldReporter(ReportSettings(wal_dir=layout.field_reports)).start()
         try:
             side.start()
             side.deliver_reports(reporter)

@@ -37,6 +37,7 @@ from weatherlight.settings import SystemSettings
 from weatherlight.training.outcomes import report_reward, run_return
 
 LEARNED = "learned"
+BASELINES = "baselines"
 POLL_S = 0.1
 S = pb.SeedLifecycleStage
 
@@ -147,13 +148,13 @@ def train_real(
     holder = initial_policy(device, settings.run.seed, profile)
     learner = replace(
         settings.learner,
-        data_dir=directory / LEARNED / "learner",
+        data_dir=_session_dir(directory, LEARNED) / "learner",
         profile=profile,
         seed=settings.run.seed,
     )
     with Session.open(
-        directory / LEARNED, name=f"{directory.name}-{LEARNED}", holder=holder,
-        spec=settings.run, system=system, learner=learner,
+        _session_dir(directory, LEARNED), holder=holder, spec=settings.run, system=system,
+        learner=learner,
     ) as session:  # fmt: skip
         for index in range(settings.runs):
             progress.announce(LEARNED, index, settings.runs, holder)
@@ -164,12 +165,10 @@ def train_real(
         health = session.side.learner_health()
     if not settings.baselines:
         return RealTraining(outcomes, health)
-    baselines = directory / "baselines"
     first = baseline_policy(settings.baselines[0])
     with Session.open(
-        baselines, name=f"{directory.name}-baselines", holder=first, spec=settings.run,
-        system=system,
-    ) as session:  # fmt: skip
+        _session_dir(directory, BASELINES), holder=first, spec=settings.run, system=system
+    ) as session:
         for arm in settings.baselines:
             arm_holder = baseline_policy(arm)
             for index in range(settings.runs):
@@ -180,6 +179,12 @@ def train_real(
                     _outcome(session, settings, result, arm.value, index, version, arm_holder, 0.0)
                 )
     return RealTraining(outcomes, health)
+
+
+def _session_dir(directory: Path, arm: str) -> Path:
+    """A session's directory; its name prefixes the session's keys on the server, so
+    it carries the training's name too (trainings may share a server)."""
+    return directory / f"{arm}-{directory.name}"
 
 
 def _run(

@@ -1,7 +1,7 @@
 """`tamiyo-bus train --env real`'s outputs: a line per run as it ends, and at the end the
 summary (printed, ``summary.json``) and ``report.html``, in the run directory beside the
-sessions' own directories (``learned/``, ``baselines/``: their servers' data, field-report
-logs, Simic's stores and the learner's state)."""
+sessions' own directories (``learned-<name>/``, ``baselines-<name>/``: their servers'
+data, field-report logs, Simic's stores and the learner's state)."""
 
 from __future__ import annotations
 
