@@ -43,7 +43,7 @@ S = pb.SeedLifecycleStage
 
 
 def real_learner() -> LearnerSettings:
-    """The learner sized for short runs (two dozen decisions each): an update from every
+    """The learner sized for short runs (about 80 decisions each): an update from every
     64 fresh decisions and a candidate from each, a fifth of the runs' decisions held
     out for the gate, which judges from 16 of them and lets a candidate move up to 0.3
     nats from the running policy (one update from a fresh policy measured 0.18-0.24;
@@ -66,7 +66,8 @@ class RealTrainingSettings:
     """One ``train --env real``: how many runs, of what, against which baselines."""
 
     runs: int = 12
-    epochs: int = 20  # per run (the demo's host: 11 steps an epoch)
+    # per run, as in the demo (11 steps an epoch): shorter runs end before anyone grows
+    epochs: int = 60
     seed: int = 0  # run i trains with seed + i, in every arm
     baselines: tuple[Baseline, ...] = (Baseline.NONE, Baseline.HEURISTIC)
     learn_wait_s: float = 60.0  # after a learned run, the most it waits for the learner

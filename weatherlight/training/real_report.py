@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tamiyo_bus import Baseline
 from weatherlight.demo import svg
 from weatherlight.demo.report import PAGE_STYLE
 from weatherlight.training.outcomes import QuarterChange, quarter_change
@@ -29,6 +30,9 @@ class RealSummary:
 
     runs_per_arm: int
     quarter: QuarterChange  # the learned arm's run return, last quarter - first
+    # the same for its return less the no-growth arm's on the same seed (None: no such
+    # arm), which takes out what the seed alone makes of a run
+    advantage_quarter: QuarterChange | None
     mean_return: dict[str, float]  # per arm
     mean_accuracy: dict[str, float]
     mean_seed_parameters: dict[str, float]
@@ -42,6 +46,15 @@ class RealSummary:
             f"learned arm, run return: first quarter {q.first_mean:+.4f}, last quarter "
             f"{q.last_mean:+.4f}, change {q.change:+.4f} (95% interval {q.low:+.4f} .. "
             f"{q.high:+.4f}, {q.runs_per_quarter} runs a quarter)",
+        ]
+        a = self.advantage_quarter
+        if a is not None:
+            out.append(
+                f"learned arm, return over no growth on the same seed: first quarter "
+                f"{a.first_mean:+.4f}, last quarter {a.last_mean:+.4f}, change {a.change:+.4f} "
+                f"(95% interval {a.low:+.4f} .. {a.high:+.4f})"
+            )
+        out += [
             f"policy versions applied: {self.policy_versions_applied}; candidates "
             f"published {self.candidates_published}, rejected {self.candidates_rejected}",
         ]
@@ -71,6 +84,7 @@ def summarise_real(
     return RealSummary(
         runs_per_arm=len(learned),
         quarter=quarter_change([o.run_return for o in learned]),
+        advantage_quarter=_advantage_quarter(learned, by_arm.get(Baseline.NONE.value)),
         mean_return=mean(lambda o: o.run_return),
         mean_accuracy=mean(lambda o: o.final_val_accuracy),
         mean_seed_parameters=mean(lambda o: float(o.seed_parameters)),
@@ -78,6 +92,15 @@ def summarise_real(
         candidates_published=int(str(health.get("candidates_published", 0))),
         candidates_rejected=int(str(health.get("candidates_rejected", 0))),
     )
+
+
+def _advantage_quarter(
+    learned: Sequence[RunOutcome], none: Sequence[RunOutcome] | None
+) -> QuarterChange | None:
+    if not none:
+        return None
+    baseline = {o.seed: o.run_return for o in none}
+    return quarter_change([o.run_return - baseline[o.seed] for o in learned if o.seed in baseline])
 
 
 def _by_arm(outcomes: Sequence[RunOutcome]) -> dict[str, list[RunOutcome]]:
