@@ -80,6 +80,7 @@ class LearnerService:
             bus, signer, policy_id=POLICY_ID, architecture_id=architecture_id(learner.policy)
         )
         self._wake = asyncio.Event()
+        self.cycles = 0  # learning cycles completed: one begun later has joined what is stored
 
     @classmethod
     def open(
@@ -118,6 +119,7 @@ class LearnerService:
             "policy_version": h.policy_version,
             "candidates_published": self.learner.progress.candidates_published,
             "candidates_rejected": self.learner.progress.candidates_rejected,
+            "cycles": self.cycles,
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -139,6 +141,7 @@ class LearnerService:
         """One learning cycle and the publication of its candidate; True when it
         updated (another may be due at once)."""
         result = await asyncio.to_thread(self.learner.cycle)
+        self.cycles += 1
         if result.candidate is not None:
             await self._publish(result.candidate, stop)
         return result.update is not None and result.update.refused is None

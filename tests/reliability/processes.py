@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from leyline_vocab.roles import ROLES
+from leyline_vocab.roles import ROLES, SOURCE_SIMIC, SOURCE_WEATHERLIGHT
 from oona.keyfiles import (
     ENV_SIGNING_KEY,
     ENV_SIGNING_KEY_FILE,
@@ -22,6 +22,7 @@ from oona.keyfiles import (
     ENV_TRUSTED_KEYS_DIR,
     generate_key_pair,
 )
+from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE
 from weatherlight.settings import ENV_DATA_DIR, ENV_REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +71,19 @@ def wait_until(condition: object, timeout_s: float = 30.0, what: str = "conditio
         delay = min(delay * 2, 0.2)
 
 
+async def eventually(condition: object, timeout_s: float = 30.0, what: str = "condition") -> None:
+    """``wait_until`` for async tests: the loop keeps running meanwhile (a `serve`
+    process's output is read by it; a loop asleep in ``time.sleep`` lets the pipe fill
+    and blocks the process on its next log line)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout_s:.0f} s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 @dataclass(frozen=True)
 class Deployment:
     """Key files for every role: each private key in `private`, every public key in
@@ -89,7 +103,8 @@ class Deployment:
         return self.private / f"{role}.key"
 
     def environment(self, role: str, data_dir: Path, **extra: str) -> dict[str, str]:
-        """The environment of a component that signs as `role` (no inherited keys)."""
+        """The environment of a component that signs as `role` (no inherited keys);
+        Weatherlight's also names Simic's key, which its learner signs with."""
         drop = (ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, ENV_TRUSTED_KEYS_DIR,
                 ENV_TRUSTED_KEY_FILES, ENV_TRUSTED_KEYS, ENV_REDIS_URL)  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in drop}
@@ -101,6 +116,8 @@ class Deployment:
                 "PYTHONPATH": str(ROOT),
             }
         )
+        if role == SOURCE_WEATHERLIGHT:
+            env[ENV_SIMIC_SIGNING_KEY_FILE] = str(self.key_file(SOURCE_SIMIC))
         env.update(extra)
         return env
 

@@ -30,6 +30,7 @@ from oona.streams import Stream
 from tests.reliability.processes import (
     ROOT,
     Deployment,
+    eventually,
     http_get,
     running,
     server_child,
@@ -89,10 +90,12 @@ async def test_serve_restarts_a_killed_server_and_loses_nothing_it_acknowledged(
 
         os.kill(old, signal.SIGKILL)
 
-        wait_until(lambda: not running(old), what="the dead server reaped")
-        wait_until(lambda: server_child(served.process.pid) not in (None, old), what="a new server")
+        await eventually(lambda: not running(old), what="the dead server reaped")
+        await eventually(
+            lambda: server_child(served.process.pid) not in (None, old), what="a new server"
+        )
         await tamiyo.publish_many(_reports(10, first=ACKED_REPORTS))
-        wait_until(
+        await eventually(
             lambda: store.count() == ACKED_REPORTS + 10,
             what="Simic storing every report, from before the kill and after it",
         )

@@ -161,7 +161,7 @@ def train_real(
             progress.announce(LEARNED, index, settings.runs, holder)
             version = holder.current().version
             result = _run(session, settings, index, LEARNED, holder)
-            waited = _wait_for_learner(session, holder, learner, settings.learn_wait_s)
+            waited = _wait_for_learner(session, holder, settings.learn_wait_s)
             keep(_outcome(session, settings, result, LEARNED, index, version, holder, waited))
         health = session.side.learner_health()
     if not settings.baselines:
@@ -205,42 +205,43 @@ def _run(
     return result
 
 
-def _wait_for_learner(
-    session: Session, holder: PolicyHolder, learner: LearnerSettings, timeout_s: float
-) -> float:
-    """Until the learner took in everything published, learnt what it could from it
-    and its newest candidate runs in ``holder``, or ``timeout_s``; the seconds waited."""
+def _wait_for_learner(session: Session, holder: PolicyHolder, timeout_s: float) -> float:
+    """Until the learner has read everything published, joined it in a cycle begun after
+    that, learnt what it could from it and its newest candidate runs in ``holder``, or
+    ``timeout_s``; the seconds waited."""
     started = time.monotonic()
     deadline = started + timeout_s
-    settled_since: float | None = None
+    streams = (Stream.TRAJECTORIES, Stream.FIELD_REPORTS)
+    read_at_cycle: int | None = None
     while time.monotonic() < deadline:
-        if _learner_settled(session, holder):
-            settled_since = settled_since or time.monotonic()
-            if time.monotonic() - settled_since >= 2 * learner.learn_interval_s:
-                break  # settled across a learning cycle: nothing more is coming
-        else:
-            settled_since = None
+        health = session.side.learner_health()
+        if health is not None:
+            cycles = _count(health, "cycles")
+            if read_at_cycle is None:
+                side = session.side
+                if not session.experience.pending and all(
+                    side.caught_up(stream, LEARNER_GROUP) for stream in streams
+                ):
+                    read_at_cycle = cycles
+            elif cycles >= read_at_cycle + 2 and _settled(health, holder):
+                break
         time.sleep(POLL_S)
     return time.monotonic() - started
 
 
-def _learner_settled(session: Session, holder: PolicyHolder) -> bool:
-    if session.experience.pending:
-        return False
-    side = session.side
-    streams = (Stream.TRAJECTORIES, Stream.FIELD_REPORTS)
-    if not all(side.caught_up(stream, LEARNER_GROUP) for stream in streams):
-        return False
-    health = side.learner_health()
-    if health is None:
-        return False
+def _count(health: Mapping[str, object], name: str) -> int:
+    return int(str(health.get(name, 0)))
+
+
+def _settled(health: Mapping[str, object], holder: PolicyHolder) -> bool:
+    """Nothing awaited, too little left to learn from, the newest candidate applied."""
     waiting = health.get("waiting_for", [])
     return (
-        health.get("awaiting_reports") == 0
-        and health.get("awaiting_successors") == 0
+        _count(health, "awaiting_reports") == 0
+        and _count(health, "awaiting_successors") == 0
         and isinstance(waiting, list)
         and Waiting.EXPERIENCE.value in waiting
-        and holder.current().version >= int(str(health.get("policy_version", 0)))
+        and holder.current().version >= _count(health, "policy_version")
     )
 
 
