@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint proto bench clean
+.PHONY: venv demo test lint proto bench keys clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -54,6 +54,16 @@ bench: $(STAMP)
 	$(PY) bench/learner.py --json
 	$(PY) bench/control.py --json
 	$(PY) bench/soak.py --short --json
+
+# One key pair per role for docker-compose (ops/keys/README.md): private keys under
+# $(KEYS_DIR)/private, public keys under $(KEYS_DIR)/trusted.
+KEYS_DIR ?= ops/keys
+KEY_ROLES := tamiyo tolaria kasmina simic weatherlight
+keys: $(STAMP)
+	@for role in $(KEY_ROLES); do \
+	  $(VENV)/bin/tamiyo-bus keys generate --role $$role --out $(KEYS_DIR)/private \
+	    --public-out $(KEYS_DIR)/trusted || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from weatherlight import (
     reports_cli,
     selfcheck,
     serve,
+    trainer_cli,
     urza_cli,
 )
 from weatherlight.demo import cli as demo_cli
@@ -33,6 +34,7 @@ SUBCOMMANDS: tuple[Register, ...] = (
     urza_cli.register,
     reports_cli.register,
     train_cli.register,
+    trainer_cli.register,
 )
 
 

@@ -5,11 +5,13 @@ deployment configured from key files does.
 A run writes its keys into its own directory (`create`: private keys mode 0600 under
 ``private/``, public keys under ``trusted/``) so that the run can be drained after a
 crash by the same signers (`load`): Simic keeps reports apart by signer, and a report
-signed again under a new key would be stored a second time."""
+signed again under a new key would be stored a second time. A trainer of a deployment
+loads only its own roles' private keys from the deployment's key directory
+(`load_signing`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,18 @@ class RoleKeys:
         """The keys `create` wrote under `directory`."""
         signers = {
             name: load_private_key_file(directory / PRIVATE / f"{name}.key") for name in roles
+        }
+        keyring = KeySettings(trusted_keys_dir=directory / TRUSTED).load_keyring(roles)
+        return cls(signers, keyring)
+
+    @classmethod
+    def load_signing(
+        cls, directory: Path, signing: Sequence[str], roles: Mapping[str, Role] = ROLES
+    ) -> RoleKeys:
+        """The private keys of the ``signing`` roles only (a component holds its own
+        keys and no others), trusting every public key under ``directory`` as its role."""
+        signers = {
+            name: load_private_key_file(directory / PRIVATE / f"{name}.key") for name in signing
         }
         keyring = KeySettings(trusted_keys_dir=directory / TRUSTED).load_keyring(roles)
         return cls(signers, keyring)

@@ -20,7 +20,7 @@ from tamiyo_bus import TamiyoSettings
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.reports.reporter import ReportSettings
 from tamiyo_bus.security.policy_update import PolicyUpdateSettings
-from tamiyo_bus.simic.settings import LearnerSettings
+from tamiyo_bus.simic.settings import LearnerSettings, short_run_learner
 from tamiyo_bus.urza.store import UrzaSettings
 from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE
 from weatherlight.services import WeatherlightSettings
@@ -32,9 +32,11 @@ ENV_REDIS_APPENDONLY = "TAMIYO_REDIS_APPENDONLY"
 ENV_REDIS_APPENDFSYNC = "TAMIYO_REDIS_APPENDFSYNC"
 ENV_LEARNER = "TAMIYO_LEARNER"
 ENV_LEARNER_START_CHECKPOINT = "TAMIYO_LEARNER_START_CHECKPOINT"
+ENV_LEARNER_SHORT_RUNS = "TAMIYO_LEARNER_SHORT_RUNS"
 ENV_CLAIM_IDLE_MS = "TAMIYO_CLAIM_IDLE_MS"
 POLICY_VERSION_RECORD = Path("tamiyo") / "policy_version.json"
 _FALSE = frozenset({"0", "false", "no", "off"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,10 @@ class SystemSettings:
         (``0``/``false``/``no``/``off`` turn the embedded server's persistence off),
         TAMIYO_REDIS_APPENDFSYNC, TAMIYO_CLAIM_IDLE_MS, TAMIYO_URZA_DB, the key
         variables (oona.keyfiles.KeySettings.from_env), TAMIYO_LEARNER (the same words
-        turn Simic's learner off), TAMIYO_SIMIC_SIGNING_KEY_FILE and
-        TAMIYO_LEARNER_START_CHECKPOINT applied; empty values count as unset."""
+        turn Simic's learner off), TAMIYO_SIMIC_SIGNING_KEY_FILE,
+        TAMIYO_LEARNER_START_CHECKPOINT and TAMIYO_LEARNER_SHORT_RUNS (``1``/``true``/
+        ``yes``/``on``: the learner sized for short runs) applied; empty values count as
+        unset."""
         env = os.environ if environ is None else environ
 
         def value(name: str) -> str:
@@ -113,6 +117,8 @@ def _learner(base: SystemSettings, value: Callable[[str], str]) -> LearnerSettin
         return None
     key_file = value(ENV_SIMIC_SIGNING_KEY_FILE)
     start = value(ENV_LEARNER_START_CHECKPOINT)
+    if value(ENV_LEARNER_SHORT_RUNS).lower() in _TRUE:
+        learner = short_run_learner(learner)
     return replace(
         learner,
         signing_key_file=Path(key_file) if key_file else None,

@@ -386,7 +386,8 @@ class PolicyUpdateTransaction:
 
 
 class PolicyUpdateListener:
-    """Consumes the `policy` stream (group ``tamiyo``) into a PolicyUpdateTransaction.
+    """Consumes the `policy` stream (group ``tamiyo``, or one per trainer where several
+    Tamiyos share a bus: each must apply every update) into a PolicyUpdateTransaction.
 
     The bus has already verified the envelope; the transaction verifies the update's
     own signature, so a policy is accepted only from a key Tamiyo trusts as ``simic``.
@@ -402,6 +403,7 @@ class PolicyUpdateListener:
         keyring: Keyring,
         *,
         consumer_name: str = "tamiyo",
+        group: str = POLICY_GROUP,
     ) -> None:
         self.bus = bus
         self.transaction = transaction
@@ -414,7 +416,7 @@ class PolicyUpdateListener:
             metrics=bus.metrics,
         )
         subscription = Subscription(
-            group=POLICY_GROUP,
+            group=group,
             consumer=consumer_name,
             streams=(Stream.POLICY,),
             accepted_types=frozenset({pb.MESSAGE_TYPE_POLICY_UPDATE}),

@@ -39,6 +39,7 @@ from tamiyo_bus.kasmina.telemetry import TelemetryOutbox, to_packet
 from tamiyo_bus.reports.delivery import ReportDelivery
 from tamiyo_bus.reports.reporter import FieldReporter
 from tamiyo_bus.security.policy_update import (
+    POLICY_GROUP,
     PolicyHolder,
     PolicyUpdateListener,
     PolicyUpdateSettings,
@@ -68,7 +69,10 @@ FORWARD_INTERVAL_S = 0.05
 
 
 def policy_listener_service(
-    holder: PolicyHolder, breaker: CircuitBreaker, settings: PolicyUpdateSettings
+    holder: PolicyHolder,
+    breaker: CircuitBreaker,
+    settings: PolicyUpdateSettings,
+    group: str = POLICY_GROUP,
 ) -> ServiceRun:
     """Tamiyo's policy-update listener: signed PolicyUpdates swap the running policy;
     repeated rejections open ``breaker`` (the risk gate's policy-update breaker)."""
@@ -80,7 +84,11 @@ def policy_listener_service(
         )  # fmt: skip
         return nullcontext(
             PolicyUpdateListener(
-                bus, transaction, context.keyring, consumer_name=context.consumer_name
+                bus,
+                transaction,
+                context.keyring,
+                consumer_name=context.consumer_name,
+                group=group,
             )
         )
 
@@ -94,6 +102,11 @@ class ServiceSettings:
     instance: str = DEMO_INSTANCE
     # Simic's learner beside the intake (``train --env real``); None: the demo runs none
     learner: LearnerSettings | None = None
+    # False: a trainer beside a deployment whose Weatherlight runs the hub, Nissa and
+    # Simic (`tamiyo-bus trainer`): only Tamiyo's policy listener runs here, in a group
+    # of its own, under Tamiyo's key
+    bus_services: bool = True
+    policy_group: str = POLICY_GROUP
 
 
 class AsyncSide:
@@ -170,21 +183,22 @@ class AsyncSide:
             simic=SimicSettings(db_path=self.simic_db),
             learner=self.settings.learner,
         )
-        specs = [
-            *default_services(settings, simic_signer=self.keys.signer(SOURCE_SIMIC)),
-            ServiceSpec(
-                "tamiyo-policy",
-                policy_listener_service(
-                    self.holder,
-                    self.policy_update_breaker,
-                    PolicyUpdateSettings(version_record_path=self.run_dir / POLICY_VERSION_RECORD),
-                ),
-            ),
-        ]
+        listener = policy_listener_service(
+            self.holder,
+            self.policy_update_breaker,
+            PolicyUpdateSettings(version_record_path=self.run_dir / POLICY_VERSION_RECORD),
+            group=self.settings.policy_group,
+        )
+        specs = [ServiceSpec("tamiyo-policy", listener)]
+        supervisor_role = SOURCE_TAMIYO
+        if self.settings.bus_services:
+            simic_signer = self.keys.signer(SOURCE_SIMIC)
+            specs = [*default_services(settings, simic_signer=simic_signer), *specs]
+            supervisor_role = SOURCE_WEATHERLIGHT
         self.weatherlight = Weatherlight(
             specs,
             oona=self.oona,
-            signer=self.keys.signer(SOURCE_WEATHERLIGHT),
+            signer=self.keys.signer(supervisor_role),
             keyring=self.keyring,
             instance=self.settings.instance,
             settings=settings.supervisor,

@@ -30,7 +30,7 @@ from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, Telemetry
 from tamiyo_bus.experience.publisher import TrajectoryPublisher
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
-from tamiyo_bus.security.policy_update import PolicyHolder
+from tamiyo_bus.security.policy_update import POLICY_GROUP, PolicyHolder
 from tamiyo_bus.simic.settings import LearnerSettings
 from tamiyo_bus.tolaria.trainer import TrainingObserver
 from tamiyo_bus.urza.store import UrzaStore
@@ -102,10 +102,50 @@ class Session:
         layout = RunLayout(directory)
         keys = RoleKeys.create(layout.keys)
         oona, server = run_server(layout, system.oona)
+        services = ServiceSettings(nissa_port=nissa_port, learner=learner)
+        return cls._start(layout, oona, server, keys, holder, spec, system, services)
+
+    @classmethod
+    def attach(
+        cls,
+        directory: Path,
+        *,
+        keys: RoleKeys,
+        instance: str,
+        holder: PolicyHolder,
+        spec: RunSpec,
+        system: SystemSettings,
+    ) -> Session:
+        """A trainer on a deployment's bus (TAMIYO_REDIS_URL, its key prefix): the
+        deployment's Weatherlight runs the hub, Nissa and Simic; this session runs
+        Tamiyo's policy listener (in a group of its own, ``tamiyo-<instance>``), the field
+        reporter and its delivery and the experience publisher, signing with ``keys``
+        (Tamiyo's, Tolaria's and Kasmina's). Its log and records live under
+        ``directory``."""
+        if not system.oona.redis_url:
+            raise ValueError("a trainer joins a deployment's server: set TAMIYO_REDIS_URL")
+        directory.mkdir(parents=True, exist_ok=True)
+        services = ServiceSettings(
+            instance=instance, bus_services=False, policy_group=f"{POLICY_GROUP}-{instance}"
+        )
+        layout = RunLayout(directory)
+        return cls._start(layout, system.oona, None, keys, holder, spec, system, services)
+
+    @classmethod
+    def _start(
+        cls,
+        layout: RunLayout,
+        oona: OonaSettings,
+        server: EmbeddedServer | None,
+        keys: RoleKeys,
+        holder: PolicyHolder,
+        spec: RunSpec,
+        system: SystemSettings,
+        services: ServiceSettings,
+    ) -> Session:
         side = AsyncSide(
-            oona=oona, keys=keys, run_id=layout.run_id, run_dir=directory, holder=holder,
-            policy_update_breaker=spec.risk.breakers.policy_update,
-            settings=ServiceSettings(nissa_port=nissa_port, learner=learner),
+            oona=oona, keys=keys, run_id=layout.run_id, run_dir=layout.root, holder=holder,
+            policy_update_breaker=spec.risk.breakers.policy_update, settings=services,
         )  # fmt: skip
         reporter = FieldReporter(ReportSettings(wal_dir=layout.field_reports)).start()
         try:
@@ -120,8 +160,8 @@ class Session:
             raise
         store = UrzaStore.open_seeded(system.urza)
         return cls(
-            directory=directory, oona=oona, server=server, keys=keys, store=store, side=side,
-            reporter=reporter, experience=experience,
+            directory=layout.root, oona=oona, server=server, keys=keys, store=store,
+            side=side, reporter=reporter, experience=experience,
         )  # fmt: skip
 
     def run(

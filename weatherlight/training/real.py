@@ -29,7 +29,7 @@ from tamiyo_bus.learning.reward import RewardSettings
 from tamiyo_bus.policy.profiles import default_profile
 from tamiyo_bus.security.policy_update import PolicyHolder
 from tamiyo_bus.simic.learner import Waiting
-from tamiyo_bus.simic.settings import LEARNER_GROUP, LearnerSettings
+from tamiyo_bus.simic.settings import LEARNER_GROUP, LearnerSettings, short_run_learner
 from weatherlight.demo.assembly import Run, RunSpec, resolve_device
 from weatherlight.demo.progress import ProgressBar
 from weatherlight.demo.session import RunResult, Session
@@ -43,22 +43,8 @@ S = pb.SeedLifecycleStage
 
 
 def real_learner() -> LearnerSettings:
-    """The learner sized for short runs (about 80 decisions each): an update from every
-    64 fresh decisions and a candidate from each, a fifth of the runs' decisions held
-    out for the gate, which judges from 16 of them and lets a candidate move up to 0.3
-    nats from the running policy (one update from a fresh policy measured 0.18-0.24;
-    0.1 refused every candidate of a whole training while the simulator rated them
-    better)."""
-    base = LearnerSettings()
-    return replace(
-        base,
-        batch_min_decisions=64,
-        replay_sample_decisions=64,
-        updates_per_candidate=1,
-        held_out_fraction=0.2,
-        learn_interval_s=0.5,
-        gate=replace(base.gate, min_held_out_decisions=16, max_kl=0.3),
-    )
+    """Simic's learner sized for the demo's short runs."""
+    return short_run_learner(LearnerSettings())
 
 
 @dataclass(frozen=True)
