@@ -4,6 +4,7 @@ Prometheus (oona.exporter.BusCollector reads it at scrape time)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 
 import redis
@@ -19,9 +20,15 @@ def run(args: argparse.Namespace) -> int:
     settings = SystemSettings.from_env().oona
     client = redis.Redis.from_url(resolve_url(settings))
     REGISTRY.register(BusCollector(client, settings.key_prefix))
-    start_http_server(args.port, addr=args.host)
-    print(f"bus exporter on http://{args.host}:{args.port}/metrics", flush=True)
-    threading.Event().wait()  # serve until the process is stopped
+    server, thread = start_http_server(args.port, addr=args.host)
+    print(f"bus exporter on http://{args.host}:{server.server_port}/metrics", flush=True)
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # a stop is an orderly exit, status 0
+        signal.signal(signum, lambda *_: stopped.set())
+    stopped.wait()
+    server.shutdown()
+    thread.join()
+    client.close()
     return 0
 
 
