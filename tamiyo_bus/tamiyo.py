@@ -32,7 +32,7 @@ from tamiyo_bus.experience.recorder import ExperienceRecorder, TrajectorySink
 from tamiyo_bus.experience.segments import ExperienceSettings
 from tamiyo_bus.learning.reward import Progress
 from tamiyo_bus.policy.baselines import NoOpPolicy, RandomPolicy
-from tamiyo_bus.policy.features import NormalizerSettings, RunningNormalizer
+from tamiyo_bus.policy.features import NormalizerSettings, NormalizerSnapshot, RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder
 from tamiyo_bus.policy.heuristic import HeuristicPolicy
 from tamiyo_bus.policy.profiles import PROFILES, Profile, default_profile
@@ -229,6 +229,7 @@ def build_tamiyo(
     signer: Signer,
     holder: PolicyHolder,
     seed: int = 0,
+    normalizer: NormalizerSnapshot | None = None,
     telemetry: TelemetrySink | None = None,
     experience: TrajectorySink | None = None,
     events: EventSink | None = None,
@@ -257,13 +258,12 @@ def build_tamiyo(
         max_stale_s=settings.catalog.max_stale_s,
         clock=clock,
     )
-    builder = GraphBuilder(
-        topology,
-        candidates,
-        RunningNormalizer(
-            update=settings.normalizer.update, queue_size=settings.normalizer.queue_size
-        ),
+    features = RunningNormalizer(
+        update=settings.normalizer.update, queue_size=settings.normalizer.queue_size
     )
+    if normalizer is not None:
+        features.load(normalizer)
+    builder = GraphBuilder(topology, candidates, features)
 
     def cached(ids: Sequence[str]) -> dict[str, BlueprintMetadata]:
         return dict(catalog.resolve(ids, 0.0).metadata)

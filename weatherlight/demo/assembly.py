@@ -25,6 +25,7 @@ from tamiyo_bus.decision_telemetry import TelemetrySink
 from tamiyo_bus.experience.recorder import TrajectorySink
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.kasmina.settings import KasminaSettings
+from tamiyo_bus.policy.features import NormalizerSnapshot
 from tamiyo_bus.policy.profiles import Profile
 from tamiyo_bus.policy.topology import HostTopology
 from tamiyo_bus.risk import RiskSettings
@@ -132,6 +133,7 @@ def assemble(
     store: UrzaStore,
     observers: Sequence[TrainingObserver] = (),
     holder: PolicyHolder | None = None,
+    normalizer: NormalizerSnapshot | None = None,
     telemetry: TelemetrySink | None = None,
     experience: TrajectorySink | None = None,
     events: EventSink | None = None,
@@ -140,7 +142,8 @@ def assemble(
 ) -> Run:
     """The whole in-process step path for ``spec``, Tamiyo's workers started and warm;
     no training step has run yet (``Run.close`` stops the workers). Without ``holder``
-    Tamiyo starts from ``initial_policy``."""
+    Tamiyo starts from ``initial_policy``; ``normalizer``: the feature statistics the
+    holder's policy was trained with."""
     device = resolve_device(spec.device)
     data = load(spec.dataset, spec.seed).to(device)
     model = build_model(spec, data, device)
@@ -164,8 +167,8 @@ def assemble(
         spec.tamiyo, topology=topology, blueprints=store,
         candidates=candidate_blueprints(store, topology), signer=signer,
         holder=holder or initial_policy(device, spec.seed, spec.profile), seed=spec.seed,
-        telemetry=telemetry, experience=experience, events=events, metrics=metrics,
-        adopted_breakers=adopted_breakers,
+        normalizer=normalizer, telemetry=telemetry, experience=experience, events=events,
+        metrics=metrics, adopted_breakers=adopted_breakers,
     ).start()  # fmt: skip
     trainer = Tolaria(
         model,

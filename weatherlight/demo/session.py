@@ -28,6 +28,7 @@ from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from producers.sinks import DecisionTelemetrySink, TelemetryEventSink, TelemetryMetricsSink
 from tamiyo_bus.experience.publisher import TrajectoryPublisher
+from tamiyo_bus.policy.features import NormalizerSnapshot
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
 from tamiyo_bus.security.policy_update import POLICY_GROUP, PolicyHolder
@@ -170,11 +171,13 @@ class Session:
         run_id: str,
         *,
         holder: PolicyHolder,
+        normalizer: NormalizerSnapshot | None = None,
         observers: tuple[TrainingObserver, ...] = (),
         on_assembled: Callable[[Run], None] = lambda _: None,
     ) -> RunResult:
-        """Train one run of ``spec`` with ``holder``'s policy; its experience and field
-        reports go to the session's services, and its end is reported to both."""
+        """Train one run of ``spec`` with ``holder``'s policy (and the feature statistics
+        it was trained with); its experience and field reports go to the session's
+        services, and its end is reported to both."""
         tamiyo_producer = self.side.producer(SOURCE_TAMIYO)
         recorder = RunRecorder()
         reports = FieldReportObserver(self.reporter)
@@ -185,7 +188,8 @@ class Session:
                 recorder, reports,
                 TolariaTelemetry(self.side.producer(SOURCE_TOLARIA), run_id), *observers,
             ],
-            holder=holder, telemetry=DecisionTelemetrySink(tamiyo_producer),
+            holder=holder, normalizer=normalizer,
+            telemetry=DecisionTelemetrySink(tamiyo_producer),
             experience=self.experience.submit,
             events=TelemetryEventSink(tamiyo_producer, run=run_id),
             metrics=TelemetryMetricsSink(tamiyo_producer, run=run_id),
