@@ -9,42 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from leyline_vocab import telemetry as vocab
 from leyline_vocab.roles import SOURCE_SIMIC
 from leyline_vocab.schema import Labels, metric_spec
-from leyline_vocab.telemetry import (
-    LABEL_OUTCOME,
-    LABEL_STATE,
-    METRIC_LEARNER_APPROX_KL,
-    METRIC_LEARNER_CANDIDATES,
-    METRIC_LEARNER_CLIP_FRACTION,
-    METRIC_LEARNER_ENTROPY,
-    METRIC_LEARNER_EXPERIENCE,
-    METRIC_LEARNER_EXPLAINED_VARIANCE,
-    METRIC_LEARNER_GRAD_NORM,
-    METRIC_LEARNER_LEARNING_RATE,
-    METRIC_LEARNER_POLICY_LOSS,
-    METRIC_LEARNER_POLICY_VERSION,
-    METRIC_LEARNER_REJECTED_IN_ROW,
-    METRIC_LEARNER_REPLAY_FILL,
-    METRIC_LEARNER_UPDATES,
-    METRIC_LEARNER_VALUE_LOSS,
-)
 
 LEARNER_PREFIX = "learner_"
 # The learner's unlabelled gauges; the view keys them by name without the prefix.
 FIGURES = (
-    METRIC_LEARNER_POLICY_LOSS,
-    METRIC_LEARNER_VALUE_LOSS,
-    METRIC_LEARNER_ENTROPY,
-    METRIC_LEARNER_APPROX_KL,
-    METRIC_LEARNER_CLIP_FRACTION,
-    METRIC_LEARNER_EXPLAINED_VARIANCE,
-    METRIC_LEARNER_LEARNING_RATE,
-    METRIC_LEARNER_GRAD_NORM,
-    METRIC_LEARNER_UPDATES,
-    METRIC_LEARNER_POLICY_VERSION,
-    METRIC_LEARNER_REPLAY_FILL,
-    METRIC_LEARNER_REJECTED_IN_ROW,
+    vocab.METRIC_LEARNER_POLICY_LOSS,
+    vocab.METRIC_LEARNER_VALUE_LOSS,
+    vocab.METRIC_LEARNER_ENTROPY,
+    vocab.METRIC_LEARNER_APPROX_KL,
+    vocab.METRIC_LEARNER_CLIP_FRACTION,
+    vocab.METRIC_LEARNER_EXPLAINED_VARIANCE,
+    vocab.METRIC_LEARNER_LEARNING_RATE,
+    vocab.METRIC_LEARNER_GRAD_NORM,
+    vocab.METRIC_LEARNER_UPDATES,
+    vocab.METRIC_LEARNER_POLICY_VERSION,
+    vocab.METRIC_LEARNER_REPLAY_FILL,
+    vocab.METRIC_LEARNER_REJECTED_IN_ROW,
 )
 
 GaugeReader = Callable[[str], Mapping[Labels, float]]
@@ -73,8 +56,10 @@ def learning_view(read: GaugeReader) -> dict[str, object] | None:
         value = read(learner_metric(name)).get(())
         if value is not None:
             figures[name.removeprefix(LEARNER_PREFIX)] = value
-    candidates = _by_label(read(learner_metric(METRIC_LEARNER_CANDIDATES)), LABEL_OUTCOME)
-    experience = _by_label(read(learner_metric(METRIC_LEARNER_EXPERIENCE)), LABEL_STATE)
+    candidates = _by_label(
+        read(learner_metric(vocab.METRIC_LEARNER_CANDIDATES)), vocab.LABEL_OUTCOME
+    )
+    experience = _by_label(read(learner_metric(vocab.METRIC_LEARNER_EXPERIENCE)), vocab.LABEL_STATE)
     if not (figures or candidates or experience):
         return None
     return {"figures": figures, "candidates": candidates, "experience": experience}
