@@ -2,7 +2,8 @@
 
 It polls `/api/status` every second and redraws: health and system mode, active
 alerts, bus lag per stream and group, sources, the latest rejections (refused
-entries, commands and policy updates), and per run the breaker and
+entries, commands and policy updates), Simic's learner (its latest PPO figures,
+candidates by outcome, replay fill and experience counts), and per run the breaker and
 conservative state, the risk score, recent decisions with their reasons and each
 seed's lifecycle stage grouped by layer. Telemetry text is inserted as text nodes,
 never as HTML. Kept in a Python module so it ships inside the package.
@@ -56,6 +57,7 @@ STATUS_PAGE = """<!doctype html>
   <section><h2>Bus lag</h2><div id="lag"></div></section>
   <section><h2>Sources</h2><div id="sources"></div></section>
   <section class="wide"><h2>Rejections</h2><div id="rejections"></div></section>
+  <section class="wide"><h2>Learning (Simic)</h2><div id="learning"></div></section>
   <section class="wide"><h2>Runs</h2><div id="runs"></div></section>
 </main>
 <script>
@@ -93,6 +95,37 @@ function labels(map) {
 function replace(id, node) {
   const target = document.getElementById(id);
   target.replaceChildren(node);
+}
+const LEARNING_FIGURES = [
+  ["policy_version", "policy version"], ["updates", "updates"],
+  ["policy_loss", "policy loss"], ["value_loss", "value loss"],
+  ["entropy", "entropy"], ["approx_kl", "approx KL"],
+  ["clip_fraction", "clip fraction"], ["explained_variance", "explained variance"],
+  ["learning_rate", "learning rate"], ["grad_norm", "grad norm"],
+  ["replay_fill", "replay fill", percent]];
+function figure(value) {
+  if (value === null || value === undefined) return "n/a";
+  if (Number.isInteger(value)) return String(value);
+  return Math.abs(value) < 0.01 ? value.toExponential(2) : value.toPrecision(4);
+}
+function percent(value) {
+  return value === null || value === undefined ? "n/a" : (100 * value).toFixed(1) + " %";
+}
+function renderLearning(learning) {
+  if (!learning) return el("div", "muted", "no learner seen");
+  const box = el("div");
+  const figures = learning.figures || {};
+  box.appendChild(table(LEARNING_FIGURES.map(([, label]) => label),
+    [LEARNING_FIGURES.map(([key, , format]) => (format || figure)(figures[key]))]));
+  const candidates = learning.candidates || {};
+  box.appendChild(el("h3", "", "candidates"));
+  box.appendChild(table(["published", "rejected", "deferred", "rejected in a row"],
+    [[figure(candidates.published), figure(candidates.rejected),
+      figure(candidates.deferred), figure(figures.candidates_rejected_in_row)]]));
+  box.appendChild(el("h3", "", "experience"));
+  box.appendChild(table(["state", "count"],
+    Object.entries(learning.experience || {}).map(([state, n]) => [state, figure(n)])));
+  return box;
 }
 function renderRun(run) {
   const box = el("div");
@@ -150,6 +183,7 @@ function render(status) {
   replace("rejections", table(["time", "source", "kind", "reason", "stream", "detail"],
     (rejected.latest || []).slice(0, 10).map(r =>
       [clock(r.time_s), r.source, r.kind, r.reason, r.stream, r.detail])));
+  replace("learning", renderLearning(status.learning));
   const runs = el("div");
   (status.runs || []).forEach(r => runs.appendChild(renderRun(r)));
   if (!(status.runs || []).length) runs.appendChild(el("div", "muted", "no run yet"));

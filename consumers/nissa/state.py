@@ -20,6 +20,7 @@ from consumers.nissa.health import (
     Verdict,
     evaluate,
 )
+from consumers.nissa.learning import learning_view
 from consumers.nissa.rejections import RejectionBook
 from consumers.nissa.rules import (
     DEFAULT_RULES,
@@ -213,6 +214,7 @@ class NissaState:
                 "health": health,
                 "alerts": [a.view() for a in self.alerts.active()],
                 "runs": self.board.snapshot(),
+                "learning": learning_view(self.store.gauge_values),
                 "rejections": self.rejections.view(),
                 "counters": {
                     "aggregates": self.aggregates,

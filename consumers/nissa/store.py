@@ -124,6 +124,14 @@ class MetricStore:
                 entry.buckets[index] += count
         return True
 
+    def gauge_values(self, name: str, unit: str = "") -> dict[Labels, float]:
+        """The last value of each series of a gauge (its normalised name and unit); empty
+        when none is stored."""
+        family = self._families.get(prometheus_name(name, unit))
+        if family is None or family.kind != pb.METRIC_KIND_GAUGE:
+            return {}
+        return {labels: entry.value for labels, entry in family.series.items()}
+
     def expire(self, now_s: float) -> int:
         """Forget series idle for longer than the expiry; returns how many."""
         horizon = now_s - self.settings.series_idle_expiry_s

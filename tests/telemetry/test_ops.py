@@ -21,6 +21,7 @@ from tamiyo_bus.risk import RiskGate, RiskSettings
 from weatherlight.services import Weatherlight, WeatherlightSettings, default_services
 
 from .helpers import seed_packet, wait_until
+from .test_learning import learner_stats, publish_learner_figures
 from .test_nissa import get
 from .test_producer import _Record
 
@@ -71,6 +72,7 @@ async def test_every_metric_the_dashboard_queries_is_exported(
             RiskSettings(), BufferedEventSink(), metrics=TelemetryMetricsSink(tamiyo, run="run-1")
         )
         await tamiyo.flush()
+        await publish_learner_figures(bus, learner_stats(updates=1, policy_loss=0.5))
         url = running.status_url
         assert url is not None
         wanted = dashboard_metrics()
@@ -84,3 +86,4 @@ async def test_every_metric_the_dashboard_queries_is_exported(
     finally:
         await running.stop()
     assert "tamiyo_decisions_total" in wanted and "oona_group_lag_entries" in wanted
+    assert {"simic_learner_candidates", "simic_learner_replay_fill"} <= wanted

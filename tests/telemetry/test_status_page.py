@@ -1,5 +1,6 @@
 """The live status page in headless Chromium: it loads, shows a CRITICAL alert raised
-during the test and the run's state, and a screenshot is written to test-artifacts/."""
+during the test, the run's state and Simic's learner (none seen, then its figures), and
+a screenshot is written to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from weatherlight.services import Weatherlight, WeatherlightSettings, default_se
 from weatherlight.supervisor import SupervisorSettings
 
 from .helpers import critical_packet, seed_packet, wait_until
+from .test_learning import learner_stats, publish_learner_figures
 from .test_nissa import get
 from .test_producer import _Record
 
@@ -114,6 +116,20 @@ async def test_the_status_page_shows_a_critical_alert_raised_during_the_test(
     assert 'class="badge critical"' in dom
     assert "run run-42" in dom and "seed-c" in dom and "plateau" in dom
     assert "urza" in dom and "telemetry.aggregated" in dom
+    no_learner = '<div id="learning"><div class="muted">no learner seen</div></div>'
+    assert no_learner in dom
+    await publish_learner_figures(bus, learner_stats(updates=12, policy_loss=0.5))
+
+    async def learning_shown() -> bool:
+        _, body = await get(url + "/api/status")
+        return json.loads(body)["learning"] is not None
+
+    await wait_until(learning_shown)
+    dom = await browse(browser, tmp_path / "profile", "--dump-dom", url + "/")
+    assert no_learner not in dom
+    assert "<th>approx KL</th>" in dom and "<td>3.00e-4</td>" in dom and "<td>12</td>" in dom
+    assert "<td>25.0 %</td>" in dom and "<td>expired_no_report</td>" in dom
+    assert "<th>rejected in a row</th>" in dom
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "status-page.png"
     shot.unlink(missing_ok=True)
