@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) bench/overhead.py --json
 	$(PY) bench/sim.py --json
 	$(PY) bench/learn.py --json
+	$(PY) bench/learner.py --json
 	$(PY) bench/control.py --json
 	$(PY) bench/soak.py --short --json
 

@@ -48,6 +48,8 @@ class EventKind(StrEnum):
     POLICY_UPDATE_REJECTED = "policy_update_rejected"
     POLICY_UPDATE_APPLIED = "policy_update_applied"
     POLICY_ROLLED_BACK = "policy_rolled_back"
+    POLICY_CANDIDATE_PUBLISHED = "policy_candidate_published"
+    POLICY_CANDIDATE_REJECTED = "policy_candidate_rejected"
     SERVER_RESTARTED = "server_restarted"
 
 
@@ -62,6 +64,7 @@ _HIGH: frozenset[str] = frozenset(
         EventKind.COMMAND_REJECTED,
         EventKind.POLICY_UPDATE_REJECTED,
         EventKind.POLICY_ROLLED_BACK,
+        EventKind.POLICY_CANDIDATE_REJECTED,
         EventKind.SERVER_RESTARTED,
     }
 )
@@ -69,9 +72,10 @@ _HIGH: frozenset[str] = frozenset(
 
 def priority_for(kind: str, breaker: str = "") -> Priority:
     """CRITICAL: blueprint quarantine, emergency, the inference breaker opening.
-    HIGH: timeouts, loss spike, isolation violation, hook budget, a policy rollback, a
-    restart of the embedded server and every security rejection (a forged or replayed
-    message is worth a look at once).
+    HIGH: timeouts, loss spike, isolation violation, hook budget, a policy rollback,
+    a learner's candidate the validation gate rejected, a restart of the embedded
+    server and every security rejection (a forged or replayed message is worth a look
+    at once).
     NORMAL: the rest, including names from outside this vocabulary.
     """
     if kind in _CRITICAL or (kind == EventKind.BREAKER_OPENED and breaker == BreakerName.INFERENCE):

@@ -8,8 +8,8 @@ the signature, and refuses anything else as ``unauthorised_signer``:
   TRAJECTORY on trajectories (the policy's decisions, for the learner); signs
   AdaptationCommands;
 - tolaria, kasmina: TELEMETRY on telemetry and emergency;
-- simic: POLICY_UPDATE on policy, FIELD_REPORT_ACK on field_reports.acks; signs
-  PolicyUpdates;
+- simic: POLICY_UPDATE on policy, FIELD_REPORT_ACK on field_reports.acks, TELEMETRY
+  on telemetry and emergency (the learner's figures and events); signs PolicyUpdates;
 - weatherlight: TELEMETRY_AGGREGATE on telemetry.aggregated, FIELD_REPORT_ACK on
   field_reports.acks, TELEMETRY on telemetry and emergency.
 
@@ -62,6 +62,7 @@ KASMINA = _role(SOURCE_KASMINA, _telemetry())
 SIMIC = _role(
     SOURCE_SIMIC,
     {
+        *_telemetry(),
         (Stream.POLICY, pb.MESSAGE_TYPE_POLICY_UPDATE),
         (Stream.FIELD_REPORT_ACKS, pb.MESSAGE_TYPE_FIELD_REPORT_ACK),
     },

@@ -5,7 +5,8 @@ read, breaker gauge values, and small packet builders.
 Names are the ones the producers emit: Tamiyo's risk engine (event kinds of
 leyline_vocab.events, ``risk_*`` metrics through a metrics sink), Kasmina's per-step
 telemetry (``seed_*`` series labelled run/seed/layer, ``seed_transition`` events), the
-decision records turned into packets by producers.sinks and the hub's own counters.
+decision records turned into packets by producers.sinks, Simic's learner (``learner_*``
+gauges) and the hub's own counters.
 After the hub's normalisation each is prefixed with its source:
 ``tamiyo.breaker_opened``.
 """
@@ -43,6 +44,24 @@ METRIC_BREAKER_TRANSITIONS = "risk_breaker_transitions"
 METRIC_RISK_DECISIONS = "risk_decisions"
 METRIC_SEED_ALPHA = "seed_alpha"
 METRIC_SEED_STAGE = "seed_stage"
+
+# Simic's learner (source "simic"): gauges set after every update and candidate.
+METRIC_LEARNER_POLICY_LOSS = "learner_policy_loss"
+METRIC_LEARNER_VALUE_LOSS = "learner_value_loss"
+METRIC_LEARNER_ENTROPY = "learner_entropy"
+METRIC_LEARNER_APPROX_KL = "learner_approx_kl"
+METRIC_LEARNER_CLIP_FRACTION = "learner_clip_fraction"
+METRIC_LEARNER_EXPLAINED_VARIANCE = "learner_explained_variance"
+METRIC_LEARNER_LEARNING_RATE = "learner_learning_rate"
+METRIC_LEARNER_GRAD_NORM = "learner_grad_norm"
+METRIC_LEARNER_UPDATES = "learner_updates"
+METRIC_LEARNER_POLICY_VERSION = "learner_policy_version"
+METRIC_LEARNER_CANDIDATES = "learner_candidates"  # labelled outcome: published/rejected/deferred
+METRIC_LEARNER_REJECTED_IN_ROW = "learner_candidates_rejected_in_row"
+METRIC_LEARNER_REPLAY_FILL = "learner_replay_fill"  # live items / capacity
+METRIC_LEARNER_EXPERIENCE = "learner_experience"  # labelled state: joined/expired/unmatched...
+LABEL_OUTCOME = "outcome"
+LABEL_STATE = "state"
 
 # The hub's own counters (source "hub").
 HUB_RECEIVED = "packets_received"

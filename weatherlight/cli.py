@@ -7,7 +7,15 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from weatherlight import exporter_cli, keys_cli, reports_cli, selfcheck, serve, urza_cli
+from weatherlight import (
+    exporter_cli,
+    keys_cli,
+    learner_cli,
+    reports_cli,
+    selfcheck,
+    serve,
+    urza_cli,
+)
 from weatherlight.demo import cli as demo_cli
 from weatherlight.demo import drain as demo_drain
 from weatherlight.training import cli as train_cli
@@ -21,6 +29,7 @@ SUBCOMMANDS: tuple[Register, ...] = (
     exporter_cli.register,
     keys_cli.register,
     serve.register,
+    learner_cli.register,
     urza_cli.register,
     reports_cli.register,
     train_cli.register,

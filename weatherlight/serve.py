@@ -1,12 +1,13 @@
 """`tamiyo-bus serve`: Weatherlight running the async services until SIGTERM or SIGINT.
 
 Keys come from the environment (oona.keyfiles: TAMIYO_SIGNING_KEY_FILE and the trusted
-keys); a missing key is a start-up error naming the setting. `--ephemeral-keys` makes a
-throw-away key pair instead, for local trials only: nothing outside this process can
-sign messages it accepts. There is no unsigned mode. Without TAMIYO_REDIS_URL the
-embedded server is started (data under TAMIYO_DATA_DIR, append-only persistence unless
-TAMIYO_REDIS_APPENDONLY turns it off) and the ``server`` service restarts it whenever it
-dies.
+keys; Simic's learner signs with Simic's key, TAMIYO_SIMIC_SIGNING_KEY_FILE, unless
+TAMIYO_LEARNER=off); a missing key is a start-up error naming the setting.
+`--ephemeral-keys` makes throw-away key pairs instead, for local trials only: nothing
+outside this process can sign messages it accepts. There is no unsigned mode. Without
+TAMIYO_REDIS_URL the embedded server is started (data under TAMIYO_DATA_DIR, append-only
+persistence unless TAMIYO_REDIS_APPENDONLY turns it off) and the ``server`` service
+restarts it whenever it dies.
 
 `python -m weatherlight.serve [options]` runs the same command without
 loading the rest of the CLI (the trainer's and the policy's modules, torch), which
@@ -27,17 +28,18 @@ from pathlib import Path
 
 from consumers.nissa.rules import load_rules
 from leyline_vocab.roles import ROLES, WEATHERLIGHT
-from oona.keyfiles import KeyConfigError, KeySettings
+from oona.keyfiles import KeyConfigError, KeySettings, load_private_key_file
 from oona.keys import Keyring, Signer
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
+from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE
 from weatherlight.server_keeper import SERVER, server_keeper_service
 from weatherlight.services import (
     Weatherlight,
     WeatherlightSettings,
     default_services,
 )
-from weatherlight.settings import SystemSettings
+from weatherlight.settings import ENV_LEARNER, SystemSettings
 from weatherlight.supervisor import ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,23 @@ def load_keys(keys: KeySettings, ephemeral: bool) -> tuple[Signer, Keyring]:
         return signer, Keyring.of(signer.public_key(), role=WEATHERLIGHT)
     signer = keys.load_signer()
     return signer, keys.load_keyring(ROLES).with_key(signer.public_key(), WEATHERLIGHT)
+
+
+def load_simic_signer(settings: WeatherlightSettings, ephemeral: bool) -> Signer | None:
+    """Simic's key for the learner (None when the learner is off): a throw-away one
+    with ``--ephemeral-keys``, else the file TAMIYO_SIMIC_SIGNING_KEY_FILE names."""
+    if settings.learner is None:
+        return None
+    if ephemeral:
+        return Signer.generate()
+    path = settings.learner.signing_key_file
+    if path is None:
+        raise KeyConfigError(
+            ENV_SIMIC_SIGNING_KEY_FILE,
+            "Simic's learner signs policies with Simic's key: name its file "
+            f"(`tamiyo-bus keys generate --role simic`), or set {ENV_LEARNER}=off",
+        )
+    return load_private_key_file(path, setting=ENV_SIMIC_SIGNING_KEY_FILE)
 
 
 def build_settings(args: argparse.Namespace, system: SystemSettings) -> WeatherlightSettings:
@@ -77,10 +96,14 @@ def embedded_server(oona: OonaSettings) -> EmbeddedServer:
 
 
 async def serve(
-    args: argparse.Namespace, system: SystemSettings, signer: Signer, keyring: Keyring
+    args: argparse.Namespace,
+    system: SystemSettings,
+    signer: Signer,
+    keyring: Keyring,
+    simic_signer: Signer | None = None,
 ) -> int:
     settings = build_settings(args, system)
-    specs = default_services(settings)
+    specs = default_services(settings, simic_signer=simic_signer)
     if args.services:
         wanted = {name.strip() for name in args.services.split(",") if name.strip()}
         unknown = wanted - {spec.name for spec in specs}
@@ -138,17 +161,18 @@ def run(args: argparse.Namespace) -> int:
     system = SystemSettings.from_env()
     try:
         signer, keyring = load_keys(system.keys, args.ephemeral_keys)
+        simic_signer = load_simic_signer(system.weatherlight, args.ephemeral_keys)
     except KeyConfigError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    return asyncio.run(serve(args, system, signer, keyring))
+    return asyncio.run(serve(args, system, signer, keyring, simic_signer))
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "serve",
-        help="Weatherlight: run the stream drain, the telemetry hub, Nissa and Simic's "
-        "field-report intake, supervised",
+        help="Weatherlight: run the stream drain, the telemetry hub, Nissa, Simic's "
+        "field-report intake and Simic's learner, supervised",
     )
     parser.add_argument("--host", default="127.0.0.1", help="Nissa's HTTP address")
     parser.add_argument("--port", type=int, default=9108, help="Nissa's HTTP port (0: any)")

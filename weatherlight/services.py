@@ -6,7 +6,8 @@ a bus client from the context, run the component until `context.stop` is set, cl
 the client. Every component emits its events (its consumers' rejections) into
 `context.events`, and the ``events`` service forwards them to Nissa as telemetry.
 Simic's field-report intake runs when its settings say where its store is (`serve`
-puts it under TAMIYO_DATA_DIR, the demo in the run directory). Tamiyo's policy-update
+puts it under TAMIYO_DATA_DIR, the demo in the run directory); Simic's learner when its
+settings are given, with Simic's signing key (weatherlight.learner). Tamiyo's policy-update
 listener is not here: it swaps the policy of the process that runs the step path, so
 it runs there (the demo adds it to its own Weatherlight).
 """
@@ -24,10 +25,13 @@ from consumers.hub.service import HubSettings, TelemetryHub
 from consumers.nissa.service import Nissa, NissaSettings
 from consumers.simic import ReportStore, SimicIntake, SimicSettings
 from oona.bus import Bus
+from oona.keyfiles import KeyConfigError
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
+from tamiyo_bus.simic.settings import LearnerSettings
 from weatherlight.drain import DrainCollector, DrainStats, drain_service
 from weatherlight.events import EVENTS
+from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE, LEARNER, learner_service
 from weatherlight.server_keeper import ServerKeeperSettings
 from weatherlight.supervisor import (
     BusComponent,
@@ -52,6 +56,7 @@ class WeatherlightSettings:
     hub: HubSettings = field(default_factory=HubSettings)
     nissa: NissaSettings = field(default_factory=NissaSettings)
     simic: SimicSettings | None = None  # None: no field-report intake in this process
+    learner: LearnerSettings | None = None  # None: no learner in this process
     server_keeper: ServerKeeperSettings = field(default_factory=ServerKeeperSettings)
 
 
@@ -106,7 +111,11 @@ def simic_service(settings: SimicSettings) -> ServiceRun:
     return bus_service(build)
 
 
-def default_services(settings: WeatherlightSettings) -> list[ServiceSpec]:
+def default_services(
+    settings: WeatherlightSettings, *, simic_signer: Signer | None = None
+) -> list[ServiceSpec]:
+    """The services ``settings`` asks for; the learner needs ``simic_signer`` (Simic's
+    key: Weatherlight's own may not sign policies)."""
     drain = DrainStats()
     specs = [
         ServiceSpec(EVENTS, event_forwarder_service()),
@@ -116,6 +125,12 @@ def default_services(settings: WeatherlightSettings) -> list[ServiceSpec]:
     ]
     if settings.simic is not None:
         specs.append(ServiceSpec(SIMIC, simic_service(settings.simic)))
+    if settings.learner is not None:
+        if simic_signer is None:
+            raise KeyConfigError(
+                ENV_SIMIC_SIGNING_KEY_FILE, "the learner signs with Simic's key: set it"
+            )
+        specs.append(ServiceSpec(LEARNER, learner_service(settings.learner, simic_signer)))
     return specs
 
 

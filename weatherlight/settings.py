@@ -9,7 +9,7 @@ commands build it first and hand each component its branch.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,7 +20,9 @@ from tamiyo_bus import TamiyoSettings
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.reports.reporter import ReportSettings
 from tamiyo_bus.security.policy_update import PolicyUpdateSettings
+from tamiyo_bus.simic.settings import LearnerSettings
 from tamiyo_bus.urza.store import UrzaSettings
+from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE
 from weatherlight.services import WeatherlightSettings
 
 ENV_REDIS_URL = "TAMIYO_REDIS_URL"
@@ -28,6 +30,8 @@ ENV_DATA_DIR = "TAMIYO_DATA_DIR"
 ENV_URZA_DB = "TAMIYO_URZA_DB"
 ENV_REDIS_APPENDONLY = "TAMIYO_REDIS_APPENDONLY"
 ENV_REDIS_APPENDFSYNC = "TAMIYO_REDIS_APPENDFSYNC"
+ENV_LEARNER = "TAMIYO_LEARNER"
+ENV_LEARNER_START_CHECKPOINT = "TAMIYO_LEARNER_START_CHECKPOINT"
 ENV_CLAIM_IDLE_MS = "TAMIYO_CLAIM_IDLE_MS"
 POLICY_VERSION_RECORD = Path("tamiyo") / "policy_version.json"
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -51,7 +55,8 @@ class SystemSettings:
     @classmethod
     def under(cls, data_dir: Path) -> SystemSettings:
         """Defaults, with the server's data, Urza's library, the field-report log,
-        Simic's store and the record of the highest policy version under ``data_dir``."""
+        Simic's store, the learner's state and the record of the highest policy
+        version under ``data_dir``."""
 
         def moved(default: Path) -> Path:
             return data_dir / default.relative_to(DEFAULT_DATA_DIR)
@@ -65,7 +70,8 @@ class SystemSettings:
                 version_record_path=data_dir / POLICY_VERSION_RECORD
             ),
             weatherlight=WeatherlightSettings(
-                simic=SimicSettings(db_path=moved(SimicSettings().db_path))
+                simic=SimicSettings(db_path=moved(SimicSettings().db_path)),
+                learner=LearnerSettings(data_dir=moved(LearnerSettings().data_dir)),
             ),
         )
 
@@ -73,9 +79,10 @@ class SystemSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SystemSettings:
         """``under(TAMIYO_DATA_DIR)``, with TAMIYO_REDIS_URL, TAMIYO_REDIS_APPENDONLY
         (``0``/``false``/``no``/``off`` turn the embedded server's persistence off),
-        TAMIYO_REDIS_APPENDFSYNC, TAMIYO_CLAIM_IDLE_MS, TAMIYO_URZA_DB and the key
-        variables (oona.keyfiles.KeySettings.from_env) applied; empty values count as
-        unset."""
+        TAMIYO_REDIS_APPENDFSYNC, TAMIYO_CLAIM_IDLE_MS, TAMIYO_URZA_DB, the key
+        variables (oona.keyfiles.KeySettings.from_env), TAMIYO_LEARNER (the same words
+        turn Simic's learner off), TAMIYO_SIMIC_SIGNING_KEY_FILE and
+        TAMIYO_LEARNER_START_CHECKPOINT applied; empty values count as unset."""
         env = os.environ if environ is None else environ
 
         def value(name: str) -> str:
@@ -95,4 +102,19 @@ class SystemSettings:
             oona=oona,
             keys=KeySettings.from_env(env),
             urza=replace(base.urza, db_path=Path(urza_db)) if urza_db else base.urza,
+            weatherlight=replace(base.weatherlight, learner=_learner(base, value)),
         )
+
+
+def _learner(base: SystemSettings, value: Callable[[str], str]) -> LearnerSettings | None:
+    """The learner's branch with its environment applied; None when turned off."""
+    learner = base.weatherlight.learner
+    if learner is None or value(ENV_LEARNER).lower() in _FALSE:
+        return None
+    key_file = value(ENV_SIMIC_SIGNING_KEY_FILE)
+    start = value(ENV_LEARNER_START_CHECKPOINT)
+    return replace(
+        learner,
+        signing_key_file=Path(key_file) if key_file else None,
+        start_checkpoint=Path(start) if start else None,
+    )

@@ -175,6 +175,8 @@ class Supervisor:
     clock: Callable[[], float] = time.monotonic
     endpoints: dict[str, str] = field(default_factory=dict)
     events: ServiceEvents = field(default_factory=ServiceEvents)
+    # A running service's own account of itself (what it waits for), shown in /healthz.
+    details: dict[str, Callable[[], Mapping[str, object]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [spec.name for spec in self.specs]
@@ -202,13 +204,13 @@ class Supervisor:
     def health(self) -> ComponentStatus:
         """Weatherlight as a component of Nissa's /healthz."""
         mode = self.system_mode
+        services = {name: s.view() for name, s in self.status.items()}
+        for name, describe in list(self.details.items()):
+            services[name]["detail"] = describe()
         return ComponentStatus(
             "weatherlight",
             mode is SystemMode.OPERATIONAL,
-            {
-                "system_mode": mode.value,
-                "services": {name: s.view() for name, s in self.status.items()},
-            },
+            {"system_mode": mode.value, "services": services},
         )
 
     async def wait_until(

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Protocol
 
 from consumers.nissa.dead_letters import DEAD_LETTERS_ADDED
+from leyline_vocab.roles import SOURCE_SIMIC
 from leyline_vocab.schema import Labels, metric_spec
 from leyline_vocab.telemetry import (
     BREAKER_OPEN_LEVEL,
     METRIC_BREAKER_STATE,
     METRIC_CONSERVATIVE,
     METRIC_DECISION_LATENCY,
+    METRIC_LEARNER_REJECTED_IN_ROW,
     METRIC_RISK,
     SOURCE_TAMIYO,
 )
@@ -342,5 +344,11 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         metric=_metric(SOURCE_TAMIYO, METRIC_CONSERVATIVE),
         op=Op.GE, threshold=1.0, for_s=300.0,
         summary="Tamiyo has been in conservative mode for 5 minutes",
+    ),
+    AlertRule(
+        name="candidates_rejected_repeatedly",
+        metric=_metric(SOURCE_SIMIC, METRIC_LEARNER_REJECTED_IN_ROW),
+        op=Op.GE, threshold=3.0,
+        summary="Simic's validation gate rejected 3 candidate policies in a row",
     ),
 )  # fmt: skip

@@ -18,6 +18,7 @@ import torch
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.decision import propose_command
 from tamiyo_bus.kasmina.executor import ApplyResult
+from tamiyo_bus.learning.reward import Progress
 from tamiyo_bus.policy.actions import PolicyAction
 from tamiyo_bus.policy.features import RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
@@ -39,6 +40,7 @@ class DecisionRecord:
     done: bool
     command: pb.AdaptationCommand
     result: ApplyResult
+    progress: Progress  # where the run stood at the decision's packet
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,7 @@ def run_episode(
     records: list[list[DecisionRecord]] = [[] for _ in range(sim.runs)]
     reports: list[list[pb.FieldReport]] = [[] for _ in range(sim.runs)]
     while True:
-        decided: list[tuple[PolicyGraph, Inference, pb.AdaptationCommand]] = []
+        decided: list[tuple[PolicyGraph, Inference, pb.AdaptationCommand, Progress]] = []
         for packet, policy in zip(packets, policies, strict=True):
             graph = builder.build(packet, metadata)
             builder.normalizer.observe(graph.raw)
@@ -89,9 +91,9 @@ def run_episode(
             command = propose_command(inference, graph, BREAKER_NAME)
             command.training_run_id = packet.training_run_id
             command.global_step = packet.global_step
-            decided.append((graph, inference, command))
-        step = sim.step([command for _, _, command in decided])
-        for run, (graph, inference, command) in enumerate(decided):
+            decided.append((graph, inference, command, Progress.of_packet(packet)))
+        step = sim.step([command for _, _, command, _ in decided])
+        for run, (graph, inference, command, progress) in enumerate(decided):
             records[run].append(
                 DecisionRecord(
                     graph,
@@ -102,6 +104,7 @@ def run_episode(
                     step.done,
                     command,
                     step.results[run],
+                    progress,
                 )
             )
             reports[run].extend(step.reports[run])

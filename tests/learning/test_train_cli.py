@@ -1,4 +1,4 @@
-"""`tamiyo-bus train`: --env real is refused; --env sim trains, writes the checkpoint,
+"""`tamiyo-bus train --env sim` trains, writes the checkpoint,
 the per-update log and the learning curve, says where they are, and resumes."""
 
 from __future__ import annotations
@@ -15,14 +15,6 @@ from weatherlight.cli import main
 from weatherlight.training.cli import CHECKPOINT, CURVE, EXIT_UNAVAILABLE, UPDATES
 
 TINY = ["--runs", "2", "--epochs", "1", "--threads", "1"]
-
-
-def test_real_environment_is_refused_with_a_clear_message(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    assert main(["train", "--env", "real", "--out", str(tmp_path)]) == EXIT_UNAVAILABLE
-    assert "--env real" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
 
 
 def test_training_writes_checkpoint_log_and_curve_and_resumes(

@@ -226,11 +226,14 @@ def test_roles_grant_only_what_each_component_signs() -> None:
     assert not Role("nobody").may_claim("")
 
 
-def test_the_compose_stack_mounts_only_weatherlights_own_private_key() -> None:
+def test_the_compose_stack_mounts_only_the_keys_of_weatherlight_and_simics_learner() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     service = compose["services"]["weatherlight"]
     private = [v for v in service["volumes"] if ".key:" in v]
-    assert private == ["./ops/keys/private/weatherlight.key:/keys/weatherlight.key:ro"]
+    assert private == [
+        "./ops/keys/private/weatherlight.key:/keys/weatherlight.key:ro",
+        "./ops/keys/private/simic.key:/keys/simic.key:ro",  # the learner signs policies
+    ]
     assert "./ops/keys/trusted:/keys/trusted:ro" in service["volumes"]
     assert service["environment"]["TAMIYO_TRUSTED_KEYS_DIR"] == "/keys/trusted"
 

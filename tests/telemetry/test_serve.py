@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from oona.keyfiles import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, ENV_TRUSTED_KEYS_DIR
+from oona.keyfiles import (
+    ENV_SIGNING_KEY,
+    ENV_SIGNING_KEY_FILE,
+    ENV_TRUSTED_KEYS_DIR,
+    generate_key_pair,
+)
 from weatherlight import serve
+from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE
 from weatherlight.settings import ENV_REDIS_URL
 
+from .helpers import wait_until
 from .test_nissa import get
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +47,20 @@ def test_serve_refuses_to_start_without_keys(
     assert ENV_SIGNING_KEY_FILE in err and "no unsigned mode" in err
 
 
+def test_serve_refuses_to_start_the_learner_without_simics_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Weatherlight's own key may not sign policies: the learner needs Simic's."""
+    generate_key_pair(tmp_path / "private", "weatherlight", public_directory=tmp_path / "trusted")
+    monkeypatch.setenv(ENV_SIGNING_KEY_FILE, str(tmp_path / "private" / "weatherlight.key"))
+    monkeypatch.setenv(ENV_TRUSTED_KEYS_DIR, str(tmp_path / "trusted"))
+    monkeypatch.delenv(ENV_SIGNING_KEY, raising=False)
+    monkeypatch.delenv(ENV_SIMIC_SIGNING_KEY_FILE, raising=False)
+    monkeypatch.setenv("TAMIYO_DATA_DIR", str(tmp_path))
+    assert serve.main([]) == 2
+    assert ENV_SIMIC_SIGNING_KEY_FILE in capsys.readouterr().err
+
+
 @pytest.mark.slow
 async def test_serve_runs_the_services_and_stops_gracefully_on_sigterm(
     server_url: str, tmp_path: Path
@@ -60,12 +81,21 @@ async def test_serve_runs_the_services_and_stops_gracefully_on_sigterm(
         lines.append(line)
         if line.startswith("nissa: status page "):
             url = line.split()[3].rstrip("/")
-    status, body = await get(url + "/healthz")
-    assert status in (200, 503)
-    services = json.loads(body)["components"]["weatherlight"]["services"]
-    assert set(services) == {"events", "drain", "telemetry-hub", "nissa", "simic"}
+    services: dict[str, dict[str, object]] = {}
+
+    async def learner_reports() -> bool:  # its detail once it has opened its store
+        nonlocal services
+        status, body = await get(url + "/healthz")
+        assert status in (200, 503)
+        services = json.loads(body)["components"]["weatherlight"]["services"]
+        return "detail" in services["learner"]
+
+    await wait_until(learner_reports, timeout_s=60.0)
+    assert set(services) == {"events", "drain", "telemetry-hub", "nissa", "simic", "learner"}
     assert {s["state"] for s in services.values()} == {"running"}
+    assert services["learner"]["detail"]["waiting_for"] == ["experience"]  # type: ignore[index]
     assert (tmp_path / "simic" / "field_reports.sqlite3").exists()  # under TAMIYO_DATA_DIR
+    assert (tmp_path / "simic" / "learner" / "experience.sqlite3").exists()
     process.send_signal(signal.SIGTERM)
     rest, _ = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 0

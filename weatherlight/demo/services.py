@@ -1,7 +1,8 @@
 """The demo's async side: the bus services, on one event loop in a background thread.
 
 - Weatherlight supervises the stream drain, the telemetry hub, Nissa (status page and
-  /metrics), Simic's field-report intake and Tamiyo's policy-update listener;
+  /metrics), Simic's field-report intake, Tamiyo's policy-update listener and, when
+  asked (``train --env real``), Simic's learner signing with Simic's key;
 - three telemetry producers (tamiyo, tolaria, kasmina) publish what the run hands them,
   each on a bus client of its own signing with its role's key;
 - a forwarder turns Kasmina's per-step telemetry records into packets;
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 from consumers.simic import SimicSettings
 from leyline_vocab.events import BreakerName
-from leyline_vocab.roles import SOURCE_WEATHERLIGHT
+from leyline_vocab.roles import SOURCE_SIMIC, SOURCE_WEATHERLIGHT
 from leyline_vocab.telemetry import SOURCE_KASMINA, SOURCE_TAMIYO, SOURCE_TOLARIA
 from oona.breaker import BreakerSettings, CircuitBreaker
 from oona.bus import Bus
@@ -43,7 +44,9 @@ from tamiyo_bus.security.policy_update import (
     PolicyUpdateSettings,
     PolicyUpdateTransaction,
 )
+from tamiyo_bus.simic.settings import LearnerSettings
 from weatherlight.demo.layout import DEMO_INSTANCE
+from weatherlight.learner import LEARNER
 from weatherlight.role_keys import RoleKeys
 from weatherlight.services import (
     Weatherlight,
@@ -89,6 +92,8 @@ class ServiceSettings:
     nissa_host: str = "127.0.0.1"
     nissa_port: int = 0  # 0: any free port (printed at start)
     instance: str = DEMO_INSTANCE
+    # Simic's learner beside the intake (``train --env real``); None: the demo runs none
+    learner: LearnerSettings | None = None
 
 
 class AsyncSide:
@@ -159,9 +164,14 @@ class AsyncSide:
         self.bus = self.buses[SOURCE_TAMIYO]
         base = WeatherlightSettings()
         nissa = replace(base.nissa, host=self.settings.nissa_host, port=self.settings.nissa_port)
-        settings = replace(base, nissa=nissa, simic=SimicSettings(db_path=self.simic_db))
+        settings = replace(
+            base,
+            nissa=nissa,
+            simic=SimicSettings(db_path=self.simic_db),
+            learner=self.settings.learner,
+        )
         specs = [
-            *default_services(settings),
+            *default_services(settings, simic_signer=self.keys.signer(SOURCE_SIMIC)),
             ServiceSpec(
                 "tamiyo-policy",
                 policy_listener_service(
@@ -191,6 +201,24 @@ class AsyncSide:
             BreakerName.BUS_IO: self.bus.io.breaker,
             BreakerName.POLICY_UPDATE: self.policy_update_breaker,
         }
+
+    def learner_health(self) -> Mapping[str, object] | None:
+        """What Simic's learner reports of itself (None: no learner, or not started)."""
+        if self.weatherlight is None:
+            return None
+        describe = self.weatherlight.supervisor.details.get(LEARNER)
+        return describe() if describe is not None else None
+
+    def caught_up(self, stream: str, group: str) -> bool:
+        """Whether ``group`` has read and acked every entry of ``stream``."""
+        assert self.bus is not None
+
+        async def check(bus: Bus) -> bool:
+            lag = await bus.group_lag(stream)
+            pending = [p for p in await bus.group_positions(stream) if p.name == group]
+            return lag.get(group) == 0 and all(p.lowest_pending is None for p in pending)
+
+        return self.call(check(self.bus))
 
     @property
     def status_url(self) -> str | None:

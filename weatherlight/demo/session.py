@@ -31,6 +31,7 @@ from tamiyo_bus.experience.publisher import TrajectoryPublisher
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.reports.reporter import FieldReporter, ReportSettings
 from tamiyo_bus.security.policy_update import PolicyHolder
+from tamiyo_bus.simic.settings import LearnerSettings
 from tamiyo_bus.tolaria.trainer import TrainingObserver
 from tamiyo_bus.urza.store import UrzaStore
 from weatherlight.demo.assembly import Run, RunSpec, assemble
@@ -90,11 +91,13 @@ class Session:
         spec: RunSpec,
         system: SystemSettings,
         nissa_port: int = 0,
+        learner: LearnerSettings | None = None,
     ) -> Session:
         """Start the server (unless TAMIYO_REDIS_URL names one), the services and the
         field reporter, all under ``directory`` as :class:`RunLayout` names them (so that
         ``demo-drain`` can reopen a session that was killed); the directory's name
-        prefixes the session's keys on the server."""
+        prefixes the session's keys on the server. With ``learner``, Simic's learner
+        runs beside the intake."""
         directory.mkdir(parents=True, exist_ok=True)
         layout = RunLayout(directory)
         keys = RoleKeys.create(layout.keys)
@@ -102,7 +105,7 @@ class Session:
         side = AsyncSide(
             oona=oona, keys=keys, run_id=layout.run_id, run_dir=directory, holder=holder,
             policy_update_breaker=spec.risk.breakers.policy_update,
-            settings=ServiceSettings(nissa_port=nissa_port),
+            settings=ServiceSettings(nissa_port=nissa_port, learner=learner),
         )  # fmt: skip
         reporter = FieldReporter(ReportSettings(wal_dir=layout.field_reports)).start()
         try:

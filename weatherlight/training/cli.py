@@ -8,8 +8,10 @@ and the progress a ``--resume`` continues from; replaced atomically every
 ``--checkpoint-every`` updates and at the end), ``updates.jsonl`` (one line of figures
 per update) and ``curve.svg`` (the learning curve). With ``--telemetry`` each update's
 figures also go to the telemetry hub as gauges (the bus at TAMIYO_REDIS_URL, signed
-with the configured key, or a throw-away one with ``--ephemeral-keys``). ``--env
-real`` (learning from a live run's experience) is not available yet.
+with the configured key, or a throw-away one with ``--ephemeral-keys``).
+
+``--env real``: Tamiyo learns from real training runs through Simic's learner on the
+bus, against baselines on the same seeds (weatherlight.training.real).
 """
 
 from __future__ import annotations
@@ -39,33 +41,36 @@ from tamiyo_bus.policy.checkpoint import CheckpointMismatchError
 from tamiyo_bus.policy.profiles import Profile
 from weatherlight.serve import load_keys
 from weatherlight.settings import SystemSettings
+from weatherlight.training import real_cli
 from weatherlight.training.curve import write_curve
 from weatherlight.training.progress import TrainingProgress
+from weatherlight.training.real import RealTrainingSettings
 from weatherlight.training.telemetry import TrainingTelemetry
 
 EXIT_UNAVAILABLE = 2
 CHECKPOINT = "checkpoint.safetensors"
 UPDATES = "updates.jsonl"
 CURVE = "curve.svg"
-REAL_REFUSAL = (
-    "train: --env real (learning from a live run's field reports and decisions) is not "
-    "available yet; use --env sim"
-)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `train` to the CLI."""
-    parser = commands.add_parser("train", help="train Tamiyo's policy with PPO on the simulator")
-    defaults = TrainerSettings()
+    parser = commands.add_parser(
+        "train", help="train Tamiyo's policy with PPO on the simulator or on real runs"
+    )
+    defaults, real = TrainerSettings(), RealTrainingSettings()
     parser.add_argument("--env", choices=("sim", "real"), required=True, help="where to learn")
-    parser.add_argument("--updates", type=int, default=40, help="rollouts and PPO updates")
+    parser.add_argument("--updates", type=int, default=40, help="sim: rollouts and PPO updates")
     parser.add_argument(
-        "--runs", type=int, default=defaults.runs_per_rollout,
-        help="simulated runs per rollout (one episode each)",
+        "--runs", type=int, default=0,
+        help=f"sim: simulated runs per rollout (default {defaults.runs_per_rollout}); "
+        f"real: training runs per arm (default {real.runs})",
     )  # fmt: skip
     parser.add_argument(
-        "--epochs", type=int, default=defaults.sim.epochs, help="epochs per simulated episode"
-    )
+        "--epochs", type=int, default=0,
+        help=f"epochs per simulated episode (default {defaults.sim.epochs}) or per real run "
+        f"(default {real.epochs})",
+    )  # fmt: skip
     parser.add_argument("--profile", choices=list(Profile), default=defaults.profile)
     parser.add_argument("--lr", type=float, default=defaults.lr.base_lr, help="learning rate")
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -82,6 +87,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--ephemeral-keys", action="store_true",
         help="with --telemetry: a throw-away signing key (local trials only)",
     )  # fmt: skip
+    parser.add_argument(
+        "--baselines", default=",".join(b.value for b in real.baselines),
+        help="real: baseline arms on the same seeds, comma-separated (empty: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--learn-wait-s", type=float, default=real.learn_wait_s,
+        help="real: after each learned run, the most to wait for Simic's learner",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -89,10 +102,10 @@ def settings_of(args: argparse.Namespace) -> TrainerSettings:
     defaults = TrainerSettings()
     return replace(
         defaults,
-        runs_per_rollout=args.runs,
+        runs_per_rollout=args.runs or defaults.runs_per_rollout,
         profile=Profile(args.profile),
         seed=args.seed,
-        sim=replace(defaults.sim, epochs=args.epochs),
+        sim=replace(defaults.sim, epochs=args.epochs or defaults.sim.epochs),
         lr=constant_lr(args.lr),
     )
 
@@ -129,8 +142,7 @@ class _Outputs:
 
 def run(args: argparse.Namespace) -> int:
     if args.env == "real":
-        print(REAL_REFUSAL, file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return real_cli.run(args)
     if args.updates < 1 or args.checkpoint_every < 1:
         print("train: --updates and --checkpoint-every must be >= 1", file=sys.stderr)
         return EXIT_UNAVAILABLE

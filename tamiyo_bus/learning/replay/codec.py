@@ -169,6 +169,19 @@ class EncodedGraph:
     mask_bits: npt.NDArray[np.uint8]  # packed
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedStep:
+    """A graph that arrived already encoded against ``topology`` (experience from the
+    bus): the replay stores its cells as they are."""
+
+    topology: Topology
+    cells: EncodedGraph
+
+    @property
+    def structure(self) -> GraphStructure:
+        return self.topology.structure
+
+
 def encode(topology: Topology, graph: PolicyGraph) -> EncodedGraph:
     """The per-step part of ``graph`` (whose structure is ``topology``'s)."""
     s = topology.structure

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tamiyo_bus.learning.replay.codec import encode
+from tamiyo_bus.learning.replay.codec import EncodedStep, encode
 from tamiyo_bus.learning.replay.sampler import PrioritizedSampler
 from tamiyo_bus.learning.replay.storage import ReplayStorage
 from tamiyo_bus.policy.actions import PolicyAction
@@ -31,7 +31,7 @@ IntArray = npt.NDArray[np.int64]
 class GraphTransition:
     """One decision and what followed it, as the learner needs it."""
 
-    graph: PolicyGraph
+    graph: PolicyGraph | EncodedStep
     action: PolicyAction
     log_prob: float  # behaviour policy's
     value: float
@@ -99,7 +99,11 @@ class ReplayWriter:
             storage.write(
                 int(slot),
                 tid,
-                encode(storage.topologies[tid], t.graph),
+                (
+                    t.graph.cells
+                    if isinstance(t.graph, EncodedStep)
+                    else encode(storage.topologies[tid], t.graph)
+                ),
                 {
                     "log_prob": t.log_prob,
                     "value": t.value,
