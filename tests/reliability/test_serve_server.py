@@ -21,7 +21,7 @@ import pytest
 
 from consumers.simic import ReportStore
 from leyline_pb import leyline_pb2 as pb
-from leyline_vocab.roles import SOURCE_TAMIYO, SOURCE_WEATHERLIGHT
+from leyline_vocab.roles import SOURCE_SIMIC, SOURCE_TAMIYO, SOURCE_WEATHERLIGHT
 from oona.bus import Bus, Outgoing
 from oona.connection import open_redis
 from oona.keyfiles import load_private_key_file
@@ -36,6 +36,7 @@ from tests.reliability.processes import (
     start_serve,
     wait_until,
 )
+from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE
 
 ACKED_REPORTS = 2_000
 pytestmark = pytest.mark.slow
@@ -72,8 +73,9 @@ async def test_serve_restarts_a_killed_server_and_loses_nothing_it_acknowledged(
 ) -> None:
     deployment = Deployment.create(tmp_path / "keys")
     data = tmp_path / "data"
+    simic_key = {ENV_SIMIC_SIGNING_KEY_FILE: str(deployment.key_file(SOURCE_SIMIC))}
     served = await start_serve(
-        deployment.environment(SOURCE_WEATHERLIGHT, data), "--instance", "reliability"
+        deployment.environment(SOURCE_WEATHERLIGHT, data, **simic_key), "--instance", "reliability"
     )
     settings = OonaSettings(redis_url=f"unix://{data / 'redis' / 'redis.sock'}")
     tamiyo = Bus(
@@ -89,13 +91,19 @@ async def test_serve_restarts_a_killed_server_and_loses_nothing_it_acknowledged(
 
         os.kill(old, signal.SIGKILL)
 
-        wait_until(lambda: not running(old), what="the dead server reaped")
-        wait_until(lambda: server_child(served.process.pid) not in (None, old), what="a new server")
-        await tamiyo.publish_many(_reports(10, first=ACKED_REPORTS))
-        wait_until(
-            lambda: store.count() == ACKED_REPORTS + 10,
-            what="Simic storing every report, from before the kill and after it",
+        # Waited for off the loop, so that serve's output is read on meanwhile: a full
+        # pipe would stop serve in its next log line.
+        await asyncio.to_thread(wait_until, lambda: not running(old), what="the dead server reaped")
+        await asyncio.to_thread(
+            wait_until,
+            lambda: server_child(served.process.pid) not in (None, old),
+            what="a new server",
         )
+        await tamiyo.publish_many(_reports(10, first=ACKED_REPORTS))
+        await asyncio.to_thread(
+            wait_until, lambda: store.count() == ACKED_REPORTS + 10,
+            what="Simic storing every report, from before the kill and after it",
+        )  # fmt: skip
         await _until_healthy(served.url, 30)
         services = (await _healthz(served.url))[1]["components"]["weatherlight"]["services"]  # type: ignore[index]
         assert services["server"]["server_restarts"] == 1  # type: ignore[index]
