@@ -60,9 +60,9 @@ QUIET_SHORT_S = 5.0
 QUIET_LONG_S = 30.0
 SERVER_KILL_EXCEPTION_S = 3.0
 """How long before a server's `kill -9` a unit may have been applied and still be applied
-again (the delivery promise's exception): `everysec` writes the ledger's records to disk
-once a second, and the server holds writes back for up to two seconds while a slow fsync
-runs."""
+again (the delivery promise's exception): with `everysec` the server holds writes back
+for up to two seconds while a slow fsync runs, and a killed server loses them; one more
+second for the record's flush and the fault's own timing."""
 SERVER_KILL = "kill -9 server"
 
 
