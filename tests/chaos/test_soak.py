@@ -7,8 +7,8 @@ is two minutes ahead.
 It fails on any lost field report, any report stored twice or ack applied twice, a
 probe applied twice that the delivery promise's exception does not cover (a unit
 applied in the seconds before the server's kill -9), a rejected command that was not
-forged, a trainer stall beyond its budget, a fault the
-system did not recover from, or a skewed clock that raised no alert."""
+forged, a trainer stall beyond its budget, a fault the system did not recover from, or
+a skewed clock that raised no alert."""
 
 from __future__ import annotations
 
