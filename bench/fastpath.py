@@ -5,6 +5,8 @@
     of NORMAL telemetry (default 5,000 and 20,000 packets/s). The hub and Nissa share
     one asyncio loop in this process, as Weatherlight runs them; the Kasmina publisher
     is its own process. Each CRITICAL names a fresh seed, so each raises a new alert.
+    Where the time goes, stage by stage, and how late the shared loop wakes: see
+    bench/fastpath_stages.py.
 (b) Hub throughput on one core: packets/s the hub consumes (verify, de-duplicate,
     normalise, aggregate, ack) from a pre-filled telemetry stream, this process pinned
     to one core; the reference is Oona consume + ack with a no-op handler on the same
@@ -28,6 +30,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from bench.common import bus_server, machine, percentile
+from bench.fastpath_stages import FastPathStages, LoopLag
 from consumers.hub.service import HubSettings, TelemetryHub
 from consumers.nissa.rules import Alert
 from consumers.nissa.service import Nissa, NissaSettings
@@ -57,6 +61,16 @@ from oona.streams import Stream
 from producers.telemetry import ProducerSettings, TelemetryProducer
 
 SEEDS = 16
+LOOPS = ("asyncio", "uvloop")
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop is no dependency of the project: `pip install uvloop` to compare with it."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return asyncio.new_event_loop
 
 
 def step_packet(i: int) -> pb.TelemetryPacket:
@@ -119,27 +133,39 @@ def _kasmina(url: str, prefix: str, key: bytes, count: int, delay_s: float, gap_
 
 
 async def fast_path(
-    url: str, signer: Signer, key: bytes, rate: float, seconds: float, criticals: int
+    url: str,
+    signer: Signer,
+    key: bytes,
+    rate: float,
+    seconds: float,
+    criticals: int,
+    hub_settings: HubSettings,
 ) -> dict[str, object]:
     prefix = f"bench-fp-{uuid.uuid4().hex[:8]}"
     settings = OonaSettings(redis_url=url, key_prefix=prefix)
     keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
     bus = Bus(open_redis(url, settings), settings, signer, source="weatherlight")
-    hub = TelemetryHub(bus, keyring, HubSettings(), consumer_name="bench-hub")
+    hub = TelemetryHub(bus, keyring, hub_settings, consumer_name="bench-hub")
     nissa = Nissa(bus, keyring, NissaSettings(port=None), consumer_name="bench-nissa")
     latencies_ms: list[float] = []
     all_in = asyncio.Event()
+    stages = FastPathStages()
+    stages.attach(hub.urgent, nissa.consumer)
+    loop_lag = LoopLag()
 
     def on_alert(alert: Alert) -> None:
         sent_ns = int(alert.attributes.get("sent_ns", "0"))
         if sent_ns:
-            latencies_ms.append((time.time_ns() - sent_ns) / 1e6)
+            alert_ns = time.time_ns()
+            stages.on_alert(sent_ns, alert_ns)
+            latencies_ms.append((alert_ns - sent_ns) / 1e6)
             if len(latencies_ms) >= criticals:
                 all_in.set()
 
     nissa.on_alert(on_alert)
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(hub.run(stop)), asyncio.create_task(nissa.run(stop))]
+    tasks = [asyncio.create_task(hub.run(stop)), asyncio.create_task(nissa.run(stop)),
+             asyncio.create_task(loop_lag.run(stop))]  # fmt: skip
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     load = ctx.Process(target=_load, args=(url, prefix, key, rate, seconds, results))
@@ -170,6 +196,8 @@ async def fast_path(
         "hub_packets_shed": shed,
         "producer_dropped": offered["dropped"],
         "bus_shed": offered["shed"],
+        "stages_ms": stages.summary(),
+        "loop_lag_ms": loop_lag.summary(),
     }
 
 
@@ -182,7 +210,9 @@ async def fill(bus: Bus, packets: int) -> None:
         await producer.flush()
 
 
-async def hub_throughput(url: str, signer: Signer, packets: int) -> dict[str, object]:
+async def hub_throughput(
+    url: str, signer: Signer, packets: int, hub_settings: HubSettings
+) -> dict[str, object]:
     prefix = f"bench-hub-{uuid.uuid4().hex[:8]}"
     settings = OonaSettings(redis_url=url, key_prefix=prefix)
     keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
@@ -202,7 +232,7 @@ async def hub_throughput(url: str, signer: Signer, packets: int) -> dict[str, ob
     while handled < packets:
         await reference.poll_once(block=False)
     reference_s = time.perf_counter() - started
-    hub = TelemetryHub(bus, keyring, HubSettings(window_ms=1_000), consumer_name="bench-hub")
+    hub = TelemetryHub(bus, keyring, hub_settings, consumer_name="bench-hub")
     await hub.urgent.start()
     await hub.routine.start()
     started = time.perf_counter()
@@ -228,13 +258,14 @@ async def main_async(args: argparse.Namespace, url: str) -> dict[str, object]:
     load_before = os.getloadavg()[0]
     signer = Signer.generate()
     key = signer.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    hub = HubSettings(yield_every_packets=args.yield_every or HubSettings.yield_every_packets)
     rows = []
     for rate in args.rates:
-        rows.append(await fast_path(url, signer, key, rate, args.seconds, args.criticals))
+        rows.append(await fast_path(url, signer, key, rate, args.seconds, args.criticals, hub))
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cores[0]})  # the hub's one core
     try:
-        throughput = await hub_throughput(url, signer, args.hub_packets)
+        throughput = await hub_throughput(url, signer, args.hub_packets, hub)
     finally:
         os.sched_setaffinity(0, set(cores))
     # Other processes on the machine inflate latency: the load average says how busy it was.
@@ -254,12 +285,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each load")
     parser.add_argument("--criticals", type=int, default=200, help="CRITICAL events per load")
     parser.add_argument("--hub-packets", type=int, default=100_000)
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="the event loop of the hub and Nissa",
+    )
+    parser.add_argument("--yield-every", type=int, default=0,
+                        help="the hub's yield_every_packets (0: its default)")  # fmt: skip
     args = parser.parse_args()
     with bus_server() as (url, server_name, server):
         if server is not None and len(os.sched_getaffinity(0)) > 1:
             # keep the server off the hub's core
             os.sched_setaffinity(server.pid or 0, set(sorted(os.sched_getaffinity(0))[1:]))
-        result = asyncio.run(main_async(args, url))
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+            result = runner.run(main_async(args, url))
     print(f"server: {server_name}; machine: {os.cpu_count()} cores; load average (1 min) "
           f"{result['load_average_1m_before']:.2f} before, "
           f"{result['load_average_1m_after']:.2f} after")  # fmt: skip
@@ -270,6 +310,14 @@ def main() -> None:
               f"{row['critical_p50_ms']:>8} ms{row['critical_p99_ms']:>7} ms"
               f"{row['critical_max_ms']:>7} ms  {row['alerts_raised']:>3}/{row['criticals_sent']}"
               f"  {row['hub_packets_shed']}")  # fmt: skip
+    for row in result["fast_path"]:  # type: ignore[attr-defined]
+        print(f"  stages at {row['offered_rate_packets_per_s']:,.0f} packets/s, ms "
+              "(p50 / p99 / mean in the slowest 5 %):")  # fmt: skip
+        for stage, ms in row["stages_ms"].items():
+            print(f"    {stage:<16}{ms['p50']:>8}{ms['p99']:>9}{ms['mean_in_slowest_5pct']:>9}")
+        lag = row["loop_lag_ms"]
+        print(f"    loop wakes late by p50 {lag.get('p50')} ms, p99 {lag.get('p99')} ms, "
+              f"max {lag.get('max')} ms")  # fmt: skip
     print(f"  hub throughput on one core: {result['hub_packets_per_s']:,} packets/s "
           f"(Oona no-op consume: {result['reference_noop_consume_packets_per_s']:,} packets/s; "
           f"hub work {result['hub_cost_us_per_packet']} us/packet)")  # fmt: skip
@@ -280,6 +328,8 @@ def main() -> None:
             "sizes": {"seconds_per_load": args.seconds, "criticals_per_load": args.criticals,
                       "metrics_per_packet": 3, "seeds": SEEDS, "envelopes_per_entry": 64},
             "server": server_name,
+            "loop": args.loop,
+            "hub_yield_every_packets": args.yield_every or HubSettings.yield_every_packets,
             "machine": machine(),
         })  # fmt: skip
         print(orjson.dumps(result).decode())

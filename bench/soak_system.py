@@ -5,7 +5,8 @@
 - a TCP proxy (bench/tcp_proxy.py) in front of it for the trainer and the probes, which
   can drop every connection or add latency; Weatherlight's services connect directly;
 - Weatherlight's services, each a `serve` process of its own (so each can be killed):
-  the telemetry hub, Nissa, the drain, and two Simic intakes sharing one store;
+  the telemetry hub, Nissa, the drain, and two Simic intakes sharing one store (not
+  Simic's learner);
 - the trainer (bench/soak_trainer.py), the probes (bench/soak_probe.py) and a producer
   whose clock is two minutes ahead.
 
@@ -41,7 +42,7 @@ from oona.keyfiles import ENV_SIGNING_KEY_FILE, ENV_TRUSTED_KEYS_DIR
 from oona.server import EmbeddedServer
 from oona.streams import Stream, stream_key
 from weatherlight.role_keys import PRIVATE, TRUSTED, RoleKeys
-from weatherlight.settings import ENV_CLAIM_IDLE_MS, ENV_DATA_DIR, ENV_REDIS_URL
+from weatherlight.settings import ENV_CLAIM_IDLE_MS, ENV_DATA_DIR, ENV_LEARNER, ENV_REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 RESTART_DELAY_S = 0.5
@@ -200,6 +201,7 @@ class System:
             ENV_SIGNING_KEY_FILE: str(self.keys_dir / PRIVATE / f"{SOURCE_WEATHERLIGHT}.key"),
             ENV_TRUSTED_KEYS_DIR: str(self.keys_dir / TRUSTED),
             ENV_CLAIM_IDLE_MS: str(CLAIM_IDLE_MS),
+            ENV_LEARNER: "off",  # the soak runs no learner: the services it names
         })  # fmt: skip
         return env
 

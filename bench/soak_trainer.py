@@ -240,14 +240,14 @@ def main() -> int:
             "telemetry_published": sum(p.stats.batched + p.stats.urgent for p in producers),
             "telemetry_dropped": sum(p.stats.dropped for p in producers),
             "reports_written": written.count("reports_written"),
-            "wal_write_errors": written.count("reports_wal_write_errors"),
+            "wal_write_errors": int(written.count("reports_wal_write_errors")),
             "disk_full": disk.full, "final": final,
         }  # fmt: skip
 
     done = threading.Event()
 
     def write_stats() -> None:
-        errors = 0.0
+        errors = 0
         while not done.wait(STATS_INTERVAL_S):
             now = figures()
             now["wal_failing"] = now["wal_write_errors"] > errors

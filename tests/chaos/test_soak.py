@@ -5,8 +5,10 @@ latency through the TCP proxy, ENOSPC under the field-report log, a producer who
 is two minutes ahead.
 
 It fails on any lost field report, any report stored twice or ack applied twice, a
-rejected command that was not forged, a trainer stall beyond its budget, a fault the
-system did not recover from, or a skewed clock that raised no alert."""
+probe applied twice that the delivery promise's exception does not cover (a unit
+applied in the seconds before the server's kill -9), a rejected command that was not
+forged, a trainer stall beyond its budget, a fault the system did not recover from, or
+a skewed clock that raised no alert."""
 
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ def test_no_field_report_is_lost_or_stored_twice(soak: dict[str, Any]) -> None:
     assert reports["written"] > 0
     assert reports["lost"] == 0
     assert (reports["stored_twice"], reports["acks_applied_twice"]) == (0, 0)
+
+
+def test_no_unit_is_applied_twice_beyond_the_promise(soak: dict[str, Any]) -> None:
+    for lane, probes in soak["probes"].items():
+        assert probes["applied_again_unexcused"] == 0, lane
 
 
 def test_only_the_forged_commands_are_rejected(soak: dict[str, Any]) -> None:
