@@ -32,7 +32,7 @@ from oona.keyfiles import KeyConfigError, KeySettings, load_private_key_file
 from oona.keys import Keyring, Signer
 from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
-from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE
+from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE, LEARNER
 from weatherlight.server_keeper import SERVER, server_keeper_service
 from weatherlight.services import (
     Weatherlight,
@@ -156,9 +156,17 @@ async def _supervise(
     return 0
 
 
+def without_unwanted_learner(system: SystemSettings, services: str | None) -> SystemSettings:
+    """``system`` with the learner off when ``--services`` names a subset without it (so
+    that such a subset needs no key of Simic's)."""
+    if not services or LEARNER in {name.strip() for name in services.split(",")}:
+        return system
+    return replace(system, weatherlight=replace(system.weatherlight, learner=None))
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    system = SystemSettings.from_env()
+    system = without_unwanted_learner(SystemSettings.from_env(), args.services)
     try:
         signer, keyring = load_keys(system.keys, args.ephemeral_keys)
         simic_signer = load_simic_signer(system.weatherlight, args.ephemeral_keys)

@@ -20,7 +20,7 @@ from oona.keyfiles import (
 )
 from weatherlight import serve
 from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE
-from weatherlight.settings import ENV_REDIS_URL
+from weatherlight.settings import ENV_REDIS_URL, SystemSettings
 
 from .helpers import wait_until
 from .test_nissa import get
@@ -59,6 +59,14 @@ def test_serve_refuses_to_start_the_learner_without_simics_key(
     monkeypatch.setenv("TAMIYO_DATA_DIR", str(tmp_path))
     assert serve.main([]) == 2
     assert ENV_SIMIC_SIGNING_KEY_FILE in capsys.readouterr().err
+
+
+def test_a_subset_of_services_without_the_learner_needs_no_key_of_simics() -> None:
+    system = SystemSettings.under(Path("data"))
+    assert system.weatherlight.learner is not None
+    assert serve.without_unwanted_learner(system, "hub,nissa").weatherlight.learner is None
+    assert serve.without_unwanted_learner(system, "simic, learner") == system
+    assert serve.without_unwanted_learner(system, None) == system
 
 
 @pytest.mark.slow
