@@ -220,7 +220,8 @@ class Bus:
                 lowest = None
                 if int(group["pending"]) > 0:
                     summary = await self.redis.xpending(key, name)
-                    lowest = parse_id(summary["min"])
+                    if summary["min"] is not None:  # acked since XINFO GROUPS answered
+                        lowest = parse_id(summary["min"])
                 positions.append(
                     GroupPosition(
                         name=text(name),
