@@ -56,6 +56,10 @@ from tamiyo_bus.tolaria.lr import LRController, LRSettings
 # each a less noisy gradient, and 1.6x the transitions/s of the update. At 0.01 a rollout
 # of 2,400 decisions stopped after two or three of them; 0.02 lets an update use its data.
 TRAINER_PPO = PPOSettings(minibatch_transitions=256, target_kl=0.02)
+# 4 decisions an epoch, 48 an episode (the simulator's default asks every 4 steps: 300):
+# the lifecycle's delays then span a few decisions, as in the real loop, rollouts are
+# steadier and an episode costs a sixth (docs/learning.md, "What was tried").
+TRAINER_SIM = SimSettings(decision_every_steps=25)
 
 
 def constant_lr(base_lr: float) -> LRSettings:
@@ -67,12 +71,12 @@ def constant_lr(base_lr: float) -> LRSettings:
 class TrainerSettings:
     """One PPO training on the simulator: its size, its seed and each part's settings."""
 
-    runs_per_rollout: int = 8  # simulated runs, one episode each, per update
+    runs_per_rollout: int = 16  # simulated runs, one episode each, per update
     profile: Profile = Profile.SMALL
     reward_scale: float = 1.0  # rewards are multiplied by this before GAE
     normalizer_warmup_episodes: int = 1  # random-policy episodes (of every run) first
     seed: int = 0  # weights, simulated runs and sampling
-    sim: SimSettings = field(default_factory=SimSettings)
+    sim: SimSettings = field(default_factory=lambda: TRAINER_SIM)
     gae: GAESettings = field(default_factory=GAESettings)
     ppo: PPOSettings = field(default_factory=lambda: TRAINER_PPO)
     lr: LRSettings = field(default_factory=lambda: constant_lr(3e-4))

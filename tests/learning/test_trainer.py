@@ -57,20 +57,28 @@ def test_settings_are_checked() -> None:
 
 
 def test_ppo_on_the_simulator_beats_the_random_policy_by_a_clear_margin() -> None:
-    """About 40 s on a quiet 2-core machine: three updates of eight 300-decision
+    """About 35 s on a quiet 2-core machine: three updates of sixteen 48-decision
     episodes, then twelve evaluation runs that training never met, the same hidden runs
-    for both policies (the random policy's return is heavy-tailed: it pays for its
-    learning-rate changes and ill-timed seeds in spikes, rollbacks and emergencies)."""
+    for both policies. What PPO learns first is to stop paying for the random policy's
+    learning-rate changes and ill-timed seeds (spikes, rollbacks, emergencies): served
+    greedily, as Tamiyo serves it, it earns clearly more on most runs."""
     trainer = PPOTrainer(TrainerSettings(seed=0))
     history = [trainer.iterate() for _ in range(UPDATES)]
     sim = trainer.settings.sim
     learned = episode_returns(
-        [trainer.actor] * EVAL_RUNS, sim, seed=EVAL_SEED, normalizer=trainer.normalizer.snapshot
+        [trainer.actor] * EVAL_RUNS,
+        sim,
+        seed=EVAL_SEED,
+        normalizer=trainer.normalizer.snapshot,
+        greedy=True,
     )
     random = episode_returns([RandomPolicy()] * EVAL_RUNS, sim, seed=EVAL_SEED)
     print(
         f"rollout returns {[round(s.mean_episode_return, 3) for s in history]}; evaluation: "
-        f"learned {learned.mean():.3f}, random {random.mean():.3f}"
+        f"learned {learned.mean():.3f} (median {np.median(learned):.3f}), "
+        f"random {random.mean():.3f} (median {np.median(random):.3f}); "
+        f"better on {(learned > random).sum()} of {EVAL_RUNS} runs"
     )
-    assert learned.mean() > random.mean() + 1.0
-    assert np.median(learned) > np.median(random) + 0.5
+    assert learned.mean() > random.mean() + 0.1
+    assert np.median(learned) > np.median(random) + 0.05
+    assert (learned > random).sum() >= EVAL_RUNS * 3 // 4

@@ -20,9 +20,9 @@ from oona.keys import Signer
 from tamiyo_bus import Tamiyo, TamiyoSettings, build_tamiyo
 from tamiyo_bus.decision import InferenceOutcome
 from tamiyo_bus.decision_telemetry import DecisionTelemetry
+from tamiyo_bus.policy.actions import RISK_CLASSES
 from tamiyo_bus.policy.features import NormalizerSettings, RunningNormalizer
 from tamiyo_bus.policy.graph import GraphBuilder, PolicyGraph
-from tamiyo_bus.policy.actions import RISK_CLASSES
 from tamiyo_bus.policy.reference import architecture_id
 from tamiyo_bus.policy.registry import registry_digest
 from tamiyo_bus.policy.serving import Inference, ServingPolicy
