@@ -140,17 +140,17 @@ def main() -> None:
 
     played["ppo_greedy"] = np.concatenate([t.greedy for t in trained])
     played["ppo_sampled"] = np.concatenate([t.sampled for t in trained])
-    returns = {name: interval(values) for name, values in played.items()}
-    heuristic = returns["heuristic"]["mean"]
+    summary = {name: interval(values) for name, values in played.items()}
+    heuristic = summary["heuristic"]["mean"]
     ratio = {
-        mode: round(returns[f"ppo_{mode}"]["mean"] / heuristic, 3) for mode in ("greedy", "sampled")
+        mode: round(summary[f"ppo_{mode}"]["mean"] / heuristic, 3) for mode in ("greedy", "sampled")
     }
     args.out.mkdir(parents=True, exist_ok=True)
     curve = args.out / "control-curve.svg"
     write_curve(
         curve,
         {f"PPO seed {t.seed}": t.history for t in trained},
-        {name: returns[name]["mean"] for name in ("no_op", "random", "heuristic")},
+        {name: summary[name]["mean"] for name in ("no_op", "random", "heuristic")},
     )
 
     decisions = settings[0].sim.total_steps // settings[0].sim.decision_every_steps
@@ -160,7 +160,7 @@ def main() -> None:
         f"(1-min load average {load_before:.2f}, {wall_s:.0f} s in all)"
     )
     print(f"{'policy':<14}{'return':>9}   95 % interval")
-    for name, figures in returns.items():
+    for name, figures in summary.items():
         low, high = figures["ci95_low"], figures["ci95_high"]
         print(f"{name:<14}{figures['mean']:>9.3f}   [{low:.3f}, {high:.3f}]")
     print(
@@ -170,7 +170,7 @@ def main() -> None:
     print(f"curve {curve}")
     line = {
         "bench": "control",
-        "returns": returns,
+        "returns": summary,
         "ratio_learned_over_heuristic": ratio["greedy"],
         "ratio_sampled_over_heuristic": ratio["sampled"],
         "goal_ratio": GOAL_RATIO,
