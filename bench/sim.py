@@ -75,10 +75,10 @@ def interval(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def returns(name: str, episodes: int, seed: int) -> np.ndarray:
+def returns(name: str, episodes: int, seed: int, settings: SimSettings | None = None) -> np.ndarray:
     makers = {"no_op": NoOpPolicy, "random": RandomPolicy, "heuristic": HeuristicPolicy}
     policies: list[DecisionPolicy] = [makers[name]() for _ in range(episodes)]
-    sim = VectorSim(runs=episodes, seed=seed)
+    sim = VectorSim(settings, runs=episodes, seed=seed)
     played = run_episode(
         sim, policies, graph_builder(sim), generator=torch.Generator().manual_seed(seed)
     )

@@ -1,17 +1,20 @@
 """From played episodes to what learning consumes (pure: no IO, no module).
 
-A rollout becomes a PPO batch (GAE over each episode, its last decision terminal) and
-every decision's raw features the feature statistics' next observations, both in
-decision order, episode after episode.
+A rollout becomes a PPO batch (GAE over each episode, its last decision terminal), a
+teacher's episodes become demonstrations (its choices and discounted returns), and
+every decision's raw features become the feature statistics' next observations. All
+keep the decisions in order, episode after episode.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import Tensor
 
 from tamiyo_bus.learning.gae import GAESettings, compute_gae, next_state_values
 from tamiyo_bus.learning.graph_batch import GraphTransitions
@@ -60,6 +63,32 @@ def rollout_batch(
         torch.from_numpy(np.concatenate(advantages)),
         torch.from_numpy(np.concatenate(returns)),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Demonstrations:
+    """The teacher's decisions and its discounted return from each one."""
+
+    inputs: GraphTransitions
+    returns: Tensor  # [T]
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def demonstrations(
+    episodes: Sequence[Episode], gamma: float, reward_scale: float = 1.0
+) -> Demonstrations:
+    """A teacher's episodes; each return is discounted to its episode's end."""
+    monte_carlo = GAESettings(gamma=gamma, gae_lambda=1.0)
+    returns = []
+    for episode in episodes:
+        rewards = episode_rewards(episode, reward_scale)
+        zeros = np.zeros_like(rewards)
+        ended = terminal(episode)
+        estimate = compute_gae(rewards, zeros, zeros, ended, np.zeros_like(ended), monte_carlo)
+        returns.append(estimate.returns)
+    return Demonstrations(decision_inputs(episodes), torch.from_numpy(np.concatenate(returns)))
 
 
 def observed_features(episodes: Sequence[Episode]) -> dict[str, list[RawFeatures]]:

@@ -36,14 +36,16 @@ import torch
 
 from leyline_vocab.events import BreakerName
 from oona.breaker import BreakerSettings, CircuitBreaker
-from tamiyo_bus.learning.episodes import observed_features, rollout_batch
+from tamiyo_bus.learning.episodes import demonstrations, observed_features, rollout_batch
 from tamiyo_bus.learning.gae import GAESettings
 from tamiyo_bus.learning.graph_evaluation import GraphPolicyEvaluator
 from tamiyo_bus.learning.guard import LearningGuard, LearningGuardSettings
+from tamiyo_bus.learning.imitation import ImitationSettings, imitate
 from tamiyo_bus.learning.learner import PPOLearner, PPOUpdateStats
 from tamiyo_bus.learning.ppo import PPOSettings
 from tamiyo_bus.policy.baselines import RandomPolicy
 from tamiyo_bus.policy.features import RunningNormalizer
+from tamiyo_bus.policy.heuristic import HeuristicPolicy
 from tamiyo_bus.policy.profiles import PROFILES, Profile
 from tamiyo_bus.policy.reference import ReferencePolicy
 from tamiyo_bus.policy.serving import ServingPolicy
@@ -56,6 +58,14 @@ from tamiyo_bus.tolaria.lr import LRController, LRSettings
 # each a less noisy gradient, and 1.6x the transitions/s of the update. At 0.01 a rollout
 # of 2,400 decisions stopped after two or three of them; 0.02 lets an update use its data.
 TRAINER_PPO = PPOSettings(minibatch_transitions=256, target_kl=0.02)
+# 4 decisions an epoch, 48 an episode (the simulator's default asks every 4 steps: 300):
+# the lifecycle's delays then span a few decisions, as in the real loop, rollouts are
+# steadier and an episode costs a sixth (docs/learning.md, "What was tried").
+TRAINER_SIM = SimSettings(decision_every_steps=25)
+# Cloning the heuristic first (3,072 of its decisions at 16 runs, 8 passes): the policy
+# starts from the seed chain the heuristic walks, which PPO from scratch never found;
+# twice the episodes cloned no better (docs/learning.md, "What was tried").
+TRAINER_IMITATION = ImitationSettings(episodes=4, epochs=8)
 
 
 def constant_lr(base_lr: float) -> LRSettings:
@@ -67,15 +77,16 @@ def constant_lr(base_lr: float) -> LRSettings:
 class TrainerSettings:
     """One PPO training on the simulator: its size, its seed and each part's settings."""
 
-    runs_per_rollout: int = 8  # simulated runs, one episode each, per update
+    runs_per_rollout: int = 16  # simulated runs, one episode each, per update
     profile: Profile = Profile.SMALL
     reward_scale: float = 1.0  # rewards are multiplied by this before GAE
     normalizer_warmup_episodes: int = 1  # random-policy episodes (of every run) first
     seed: int = 0  # weights, simulated runs and sampling
-    sim: SimSettings = field(default_factory=SimSettings)
+    sim: SimSettings = field(default_factory=lambda: TRAINER_SIM)
     gae: GAESettings = field(default_factory=GAESettings)
     ppo: PPOSettings = field(default_factory=lambda: TRAINER_PPO)
     lr: LRSettings = field(default_factory=lambda: constant_lr(3e-4))
+    imitation: ImitationSettings = field(default_factory=lambda: TRAINER_IMITATION)
 
     def __post_init__(self) -> None:
         if self.runs_per_rollout < 1 or self.normalizer_warmup_episodes < 0:
@@ -139,19 +150,39 @@ class PPOTrainer:
         self.env_steps = 0
         self.decisions = 0
         self.warmed_up = False
+        self.imitation_losses: list[float] = []  # of each cloning step, in order
 
     def _observe(self, episodes: Sequence[Episode]) -> None:
         merged = self.normalizer.snapshot.merged(observed_features(episodes))
         self.normalizer.load(merged)
 
     def warm_up(self) -> None:
-        """Fit the feature statistics to random-policy episodes (once)."""
+        """Once: fit the feature statistics to random-policy episodes, then clone the
+        heuristic if the settings ask for it."""
         if self.warmed_up:
             return
         self.warmed_up = True
+        s = self.settings
         policies = [RandomPolicy()] * self.sim.runs
-        for _ in range(self.settings.normalizer_warmup_episodes):
+        for _ in range(s.normalizer_warmup_episodes):
             self._observe(run_episode(self.sim, policies, self.builder, generator=self.generator))
+        taught: list[Episode] = []
+        for _ in range(s.imitation.episodes):
+            teachers = [HeuristicPolicy() for _ in range(self.sim.runs)]
+            played = run_episode(self.sim, teachers, self.builder, generator=self.generator)
+            self._observe(played)
+            taught.extend(played)
+        if taught:
+            learner = self.learner
+            self.imitation_losses = imitate(
+                learner.evaluator,
+                learner.optimizer,
+                learner.guard,
+                demonstrations(taught, s.gae.gamma, s.reward_scale),
+                s.imitation,
+                learner.generator,
+            )
+            self.actor.load_state_dict(self.policy.state_dict())
 
     def iterate(self) -> TrainingStats:
         """One rollout of every run, then one PPO update on it."""

@@ -36,6 +36,7 @@ NUM_STAGES = len(pb.SeedLifecycleStage.values())
 
 GLOBAL_METRICS: tuple[str, ...] = (
     "gradient_norm",
+    "gradient_norm_ema",
     "gradient_variance",
     "samples_per_s",
     "hook_latency_ms",
@@ -51,7 +52,7 @@ SEED_METRICS: tuple[str, ...] = (
 )
 # Per-node metrics arrive in SystemStatePacket.training_metrics under
 # "<node type>/<node id>/<metric>", e.g. "layer/layer3/gradient_norm".
-LAYER_METRICS: tuple[str, ...] = ("gradient_norm", "activation_norm")
+LAYER_METRICS: tuple[str, ...] = ("gradient_norm", "activation_norm", "gradient_norm_ema")
 ACTIVATION_METRICS: tuple[str, ...] = ("mean", "std", "dead_fraction")
 PARAMETER_METRICS: tuple[str, ...] = ("gradient_norm", "weight_norm")
 
@@ -93,6 +94,7 @@ FEATURE_SPECS: dict[str, NodeFeatureSpec] = {
             "log_global_step",
             "seed_count",
             "active_seed_fraction",
+            "gradient_surge",  # derived: policy/signals.py
             *GLOBAL_METRICS,
         ),
         (),
@@ -118,6 +120,7 @@ FEATURE_SPECS: dict[str, NodeFeatureSpec] = {
             "fan_in",
             "fan_out",
             "active_seeds",
+            "gradient_signal",  # derived: policy/signals.py
             *LAYER_METRICS,
         ),
         (("layer_kind", HASH_BUCKETS),),

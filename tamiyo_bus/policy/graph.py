@@ -44,6 +44,7 @@ from tamiyo_bus.policy.schema import (
     RELATIONS,
     SEED,
 )
+from tamiyo_bus.policy.signals import gradient_signal, gradient_surge
 from tamiyo_bus.policy.structure import GraphStructure, HostIndex, IntArray, build_structure
 from tamiyo_bus.policy.topology import HostTopology
 from tamiyo_bus.urza_client import BlueprintMetadata
@@ -190,12 +191,20 @@ class GraphBuilder:
             ),
             axis=1,
         ).reshape(n_layers, 4)
+        self._layer_parameters = np.array(
+            [la.parameter_count for la in topology.layers], dtype=np.float32
+        )
         param_static = np.array([[_log1p(p.numel)] for p in topology.parameters], np.float32)
         self._static: dict[str, FloatArray] = {
             LAYER: layer_static.astype(np.float32),
             ACTIVATION: np.zeros((len(topology.activations), 0), np.float32),
             PARAMETER: param_static.reshape(len(topology.parameters), 1),
         }
+        # A layer's averaged gradient norm, or its latest where no average is reported.
+        self._layer_norm_keys = [
+            (f"layer/{la.layer_id}/gradient_norm_ema", f"layer/{la.layer_id}/gradient_norm")
+            for la in topology.layers
+        ]
         self._metric_keys = {
             LAYER: [f"layer/{la.layer_id}/{m}" for la in topology.layers for m in LAYER_METRICS],
             ACTIVATION: [
@@ -230,13 +239,7 @@ class GraphBuilder:
         raw = {
             GLOBAL: self._global(packet, metrics, len(seeds.ids), int(active.sum())),
             SEED: RawFeatures(seeds.values, seeds.presence),
-            LAYER: self._with_metrics(
-                LAYER,
-                metrics,
-                np.bincount(
-                    seeds.layer[active & (seeds.layer >= 0)], minlength=len(self.host.layer_kinds)
-                ).astype(np.float32)[:, None],
-            ),
+            LAYER: self._with_metrics(LAYER, metrics, self._layer_dynamic(seeds, active, metrics)),
             BLUEPRINT: RawFeatures(
                 np.concatenate((enrichment.values, used[:, None].astype(np.float32)), axis=1),
                 np.concatenate((enrichment.presence, np.ones((n_blueprints, 1), np.float32)), 1),
@@ -313,6 +316,22 @@ class GraphBuilder:
         raw = _finite(values)
         return _Seeds(tuple(ids), tuple(blueprint_ids), stage, layer, raw.values, raw.presence)
 
+    def _layer_dynamic(
+        self, seeds: _Seeds, active: np.ndarray, metrics: dict[str, float]
+    ) -> FloatArray:
+        """[L, 2] per-step layer columns: active seeds, gradient signal."""
+        layers = len(self.host.layer_kinds)
+        active_seeds = np.bincount(seeds.layer[active & (seeds.layer >= 0)], minlength=layers)
+        norms = np.array(
+            [
+                metrics.get(average, metrics.get(latest, math.nan))
+                for average, latest in self._layer_norm_keys
+            ],
+            dtype=np.float32,
+        )
+        signal = gradient_signal(norms, self._layer_parameters)
+        return np.stack((active_seeds.astype(np.float32), signal), axis=1)
+
     def _global(
         self, packet: pb.SystemStatePacket, metrics: dict[str, float], seeds: int, active: int
     ) -> RawFeatures:
@@ -324,6 +343,9 @@ class GraphBuilder:
             _log1p(packet.global_step),
             float(seeds),
             active / seeds if seeds else 0.0,
+            gradient_surge(
+                metrics.get("gradient_norm", math.nan), metrics.get("gradient_norm_ema", math.nan)
+            ),
             *(metrics.get(m, math.nan) for m in GLOBAL_METRICS),
         ]
         return _finite(np.array([row], dtype=np.float32))

@@ -27,6 +27,14 @@ def learn(progress: FloatArray, rate: FloatArray, learning_steps: float) -> Floa
     return learnt
 
 
+def running_average(previous: FloatArray, value: FloatArray, decay: float) -> FloatArray:
+    """Exponential running averages; where ``previous`` is nan, the value as it is."""
+    averaged: FloatArray = np.where(
+        np.isnan(previous), value, decay * previous + (1.0 - decay) * value
+    )
+    return averaged
+
+
 def seed_cure(
     adapter_parameters: float, layer_parameters: float, deficit_need: float, efficiency: float
 ) -> float:
@@ -121,11 +129,7 @@ def train_step(
     )
     sigma = dynamics.batch_loss_noise * (1.0 + shaking)
     state.batch_loss = true_loss * np.exp(sigma * rng.standard_normal(state.runs))
-    state.loss_ema = np.where(
-        np.isnan(state.loss_ema),
-        state.batch_loss,
-        loss_ema_decay * state.loss_ema + (1.0 - loss_ema_decay) * state.batch_loss,
-    )
+    state.loss_ema = running_average(state.loss_ema, state.batch_loss, loss_ema_decay)
     state.true_loss = true_loss
     state.uncured = uncured
     return shaking

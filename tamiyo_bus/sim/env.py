@@ -297,6 +297,11 @@ class VectorSim:
         norms = dynamics.layer_gradient_norms(
             self.host, state, self._shaking, settings.dynamics, self.rng
         )
+        decay = settings.gradient_norm_ema_decay
+        state.layer_norm_ema = dynamics.running_average(state.layer_norm_ema, norms, decay)
+        state.gradient_norm_ema = dynamics.running_average(
+            state.gradient_norm_ema, np.sqrt((norms * norms).sum(axis=1)), decay
+        )
         epoch = min(self.step_index // settings.steps_per_epoch, settings.epochs - 1)
         return tuple(
             self.writer.decision(

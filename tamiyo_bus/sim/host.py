@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tamiyo_bus.policy.topology import ActivationSpec, HostTopology, LayerSpec, ParameterSpec
+from tamiyo_bus.tolaria.packet import GRADIENT_NORM_EMA
 from tamiyo_bus.urza.adapters import parameter_count
 from tamiyo_bus.urza.blueprint import AdapterKind, Blueprint
 from tamiyo_bus.urza_client import BlueprintMetadata
@@ -40,6 +41,7 @@ class SimHost:
     metadata: dict[str, BlueprintMetadata]
     adapter_parameters: IntArray  # [B, L] a seed's parameters on each layer (0: misfit)
     layer_gradient_keys: tuple[str, ...]
+    layer_gradient_ema_keys: tuple[str, ...]
     weight_gradient_keys: tuple[str, ...]
     bias_gradient_keys: tuple[str, ...]
 
@@ -106,6 +108,7 @@ def build_host(
         metadata={b.blueprint_id: b.metadata() for b in blueprints},
         adapter_parameters=adapter,
         layer_gradient_keys=tuple(f"layer/{i}/gradient_norm" for i in ids),
+        layer_gradient_ema_keys=tuple(f"layer/{i}/{GRADIENT_NORM_EMA}" for i in ids),
         weight_gradient_keys=tuple(f"parameter/{i}.weight/gradient_norm" for i in ids),
         bias_gradient_keys=tuple(f"parameter/{i}.bias/gradient_norm" for i in ids),
     )

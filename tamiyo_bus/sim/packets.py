@@ -1,10 +1,11 @@
 """What a simulated run shows: the SystemStatePackets Tolaria and Kasmina would emit.
 
 The same fields and ``training_metrics`` keys as ``Tolaria.state_packet`` (losses,
-gradient norms per layer and per parameter, samples/s, step and hook latency, learning
-rate, model parameters, Kasmina's latencies and isolation violations), and one
-SeedState per slot filled as ``Kasmina.fill_seed_states`` fills it. Ids and timestamps
-are derived from the run and the step, so a seeded simulation is reproducible.
+gradient norms per layer and per parameter, the running averages of the layer and
+global norms, samples/s, step and hook latency, learning rate, model parameters,
+Kasmina's latencies and isolation violations), and one SeedState per slot filled as
+``Kasmina.fill_seed_states`` fills it. Ids and timestamps are derived from the run and
+the step, so a seeded simulation is reproducible.
 Nothing hidden (deficits, what a seed can cure, instability) is ever written here.
 """
 
@@ -20,7 +21,7 @@ from tamiyo_bus.reports.windows import MODEL_PARAMETERS_METRIC, SEED_PARAMETERS_
 from tamiyo_bus.sim.host import FloatArray, SimHost
 from tamiyo_bus.sim.settings import HostSettings
 from tamiyo_bus.sim.state import RunState, stage_table
-from tamiyo_bus.tolaria.packet import PACKET_VERSION
+from tamiyo_bus.tolaria.packet import GRADIENT_NORM_EMA, PACKET_VERSION
 
 HAS_MODULE_TABLE = stage_table(HAS_MODULE)
 APPLY_SHARE = 0.5  # of the hook time, what Kasmina's apply and finalize each report
@@ -118,6 +119,7 @@ class PacketWriter:
         metrics: dict[str, float] = {
             "loss": float(state.batch_loss[run]),
             "gradient_norm": float(np.sqrt((layer_norms * layer_norms).sum())),
+            GRADIENT_NORM_EMA: float(state.gradient_norm_ema[run]),
             "samples_per_s": host.batch_size / (step_ms / 1000.0),
             "step_latency_ms": step_ms,
             "hook_latency_ms": hook_ms,
@@ -130,6 +132,8 @@ class PacketWriter:
         metrics.update(zip(sim.weight_gradient_keys, weight.tolist(), strict=True))
         metrics.update(zip(sim.bias_gradient_keys, bias.tolist(), strict=True))
         metrics.update(zip(sim.layer_gradient_keys, layer_norms.tolist(), strict=True))
+        averages = state.layer_norm_ema[run].tolist()
+        metrics.update(zip(sim.layer_gradient_ema_keys, averages, strict=True))
         packet.training_metrics.update(metrics)
         fill_seed_states(packet, sim, state, run, step, learning_rate)
         return packet

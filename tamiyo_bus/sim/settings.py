@@ -105,6 +105,7 @@ class SimSettings:
     steps_per_epoch: int = 100
     decision_every_steps: int = 4
     loss_ema_decay: float = 0.9  # the packet's training_loss, as Tolaria smooths it
+    gradient_norm_ema_decay: float = 0.8  # per packet, its gradient_norm_ema, as Tolaria's
     host: HostSettings = field(default_factory=HostSettings)
     dynamics: DynamicsSettings = field(default_factory=DynamicsSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)

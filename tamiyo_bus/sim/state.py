@@ -38,6 +38,9 @@ class RunState:
     validation_loss: FloatArray
     validation_accuracy: FloatArray
     paused_until_step: IntArray
+    gradient_norm_ema: FloatArray  # the packet's running average of the global norm
+    # per layer, observed
+    layer_norm_ema: FloatArray  # the packets' running averages of the layers' norms
     # per layer (hidden)
     deficit_loss: FloatArray
     deficit_need: FloatArray  # adapter parameters / layer parameters that cure it all
@@ -104,6 +107,8 @@ def new_state(
         validation_loss=nan.copy(),
         validation_accuracy=nan.copy(),
         paused_until_step=np.full(runs, -1, dtype=np.int64),
+        gradient_norm_ema=nan.copy(),
+        layer_norm_ema=np.full((runs, host.layers), math.nan),
         deficit_loss=deficit_loss,
         deficit_need=deficit_need,
         gradient_factor=np.exp(

@@ -62,6 +62,7 @@ class TolariaSettings:
     weight_decay: float = 1e-4
     grad_clip_norm: float = 5.0
     loss_ema_decay: float = 0.9  # smoothing of the packet's training_loss (batch losses)
+    gradient_norm_ema_decay: float = 0.8  # per packet, of the packet's gradient_norm_ema
     timing_metrics: bool = True  # measured times in the packet (off for reproducible runs)
     seed: int = 0
     lr: LRSettings = field(default_factory=LRSettings)
@@ -126,7 +127,9 @@ class Tolaria:
         self.kasmina = kasmina
         self.controller = controller
         self.observers = tuple(observers)
-        self.packets = PacketBuilder(model, training_run_id)
+        self.packets = PacketBuilder(
+            model, training_run_id, gradient_norm_ema_decay=settings.gradient_norm_ema_decay
+        )
         self.host_parameters = self.packets.parameters
         self.host_parameter_count = sum(p.numel() for p in self.host_parameters)
         self.optimizer = torch.optim.AdamW(

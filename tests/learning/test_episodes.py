@@ -1,5 +1,6 @@
 """From played episodes to learning's inputs: the PPO batch (GAE over each episode, in
-decision order) and the feature observations."""
+decision order), the teacher's demonstrations (discounted returns) and the feature
+observations."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tamiyo_bus.learning.episodes import observed_features, rollout_batch
+from tamiyo_bus.learning.episodes import demonstrations, observed_features, rollout_batch
 from tamiyo_bus.learning.gae import GAESettings, compute_gae, next_state_values
 from tamiyo_bus.policy.baselines import RandomPolicy
 from tamiyo_bus.policy.schema import NODE_TYPES
@@ -54,3 +55,14 @@ def test_the_batch_holds_every_decision_with_gae_over_each_episode(
     features = observed_features(episodes)
     assert set(features) == set(NODE_TYPES)
     assert all(len(v) == 3 * decisions for v in features.values())
+
+
+def test_demonstrations_hold_the_discounted_return_to_the_episode_end(
+    episodes: list[Episode],
+) -> None:
+    demos = demonstrations(episodes, gamma=0.5, reward_scale=2.0)
+    rewards = [2.0 * r.reward for r in episodes[2].records]
+    expected = [sum(0.5**k * r for k, r in enumerate(rewards[t:])) for t in range(len(rewards))]
+    decisions = len(rewards)
+    assert len(demos) == 3 * decisions
+    np.testing.assert_allclose(demos.returns[2 * decisions :], expected, rtol=1e-5, atol=1e-7)
