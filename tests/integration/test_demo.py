@@ -46,6 +46,9 @@ def test_demo_runs_end_to_end_and_writes_its_report(
     assert "0 pending, 0 parked" in summary["services"]["field reports"]
     experience = summary["services"]["experience"]
     assert int(experience.split()[0]) >= 1 and experience.endswith(" 0 dropped")
+    assert summary["policy"].startswith("the learned default ppo-")  # the shipped policy
+    assert 0.5 < summary["no_growth"]["final_val_accuracy"] <= 1.0  # the same run, no growth
+    assert "vs no growth  val " in printed and "the same run with no growth" in printed
 
 
 def summary_lines(summary: dict[str, object]) -> list[str]:

@@ -71,9 +71,9 @@ def test_the_default_policy_decides_on_a_real_run(tmp_path: Path) -> None:
         candidates=candidate_blueprints(parts.store, topology),
         signer=signer,
         holder=default.holder,
+        normalizer=default.normalizer,
         events=BufferedEventSink(),
     )
-    tamiyo.builder.normalizer.load(default.normalizer)
     tamiyo.start()
     try:
         trainer(parts, tamiyo.controller, max_steps=30).run()

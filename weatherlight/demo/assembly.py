@@ -25,7 +25,7 @@ from tamiyo_bus.decision_telemetry import TelemetrySink
 from tamiyo_bus.experience.recorder import TrajectorySink
 from tamiyo_bus.kasmina.executor import Kasmina
 from tamiyo_bus.kasmina.settings import KasminaSettings
-from tamiyo_bus.policy.features import NormalizerSnapshot
+from tamiyo_bus.policy.features import NormalizerSettings, NormalizerSnapshot
 from tamiyo_bus.policy.profiles import Profile
 from tamiyo_bus.policy.topology import HostTopology
 from tamiyo_bus.risk import RiskSettings
@@ -66,6 +66,8 @@ class RunSpec:
     step: StepSettings = field(default_factory=StepSettings)
     kasmina: KasminaSettings = field(default_factory=KasminaSettings)
     risk: RiskSettings = field(default_factory=RiskSettings)
+    # False: the feature statistics stay as the policy was trained on them
+    normalizer_update: bool = True
 
     @property
     def tamiyo(self) -> TamiyoSettings:
@@ -76,7 +78,9 @@ class RunSpec:
                 decision_mode=DecisionMode.SYNCHRONOUS,
                 decision_every_steps=step.decision_every_steps or REPRODUCIBLE_EVERY_STEPS,
             )
-        return TamiyoSettings(step, self.risk)
+        return TamiyoSettings(
+            step, self.risk, normalizer=NormalizerSettings(update=self.normalizer_update)
+        )
 
     def steps_per_epoch(self, data: Dataset) -> int:
         return len(data.train_x) // self.batch_size

@@ -1,11 +1,13 @@
 """`tamiyo-bus demo`: the main job.
 
 A morphogenetic training run end to end on the embedded server (or TAMIYO_REDIS_URL):
-Tolaria trains the host, Tamiyo decides every step, Kasmina grows seeds, Urza supplies
-blueprints; Weatherlight runs the telemetry hub, Nissa (live status page), Simic's
-field-report intake and the policy-update listener beside it. A progress bar while it
-runs; at the end a printed summary and, in the run directory, ``report.html``,
-``summary.json``, the field-report log and Simic's store.
+Tolaria trains the host, Tamiyo decides every step (by default with the learned policy
+shipped with the package: ``--policy``, weatherlight.demo.policies), Kasmina grows
+seeds, Urza supplies blueprints; Weatherlight runs the telemetry hub, Nissa (live
+status page), Simic's field-report intake and the policy-update listener beside it. A
+progress bar while it runs; then the same data and seed again with no growth, to
+compare (``--no-compare`` skips it); at the end a printed summary and, in the run
+directory, ``report.html``, ``summary.json``, the field-report log and Simic's store.
 
 Keys are throw-away Ed25519 pairs made for this run, one per signing role (Tamiyo,
 Tolaria, Kasmina, Simic, Weatherlight), kept in the run directory (``keys/``, private
@@ -28,18 +30,21 @@ from pathlib import Path
 
 import torch
 
-from tamiyo_bus import Baseline, baseline_policy, initial_policy
+from tamiyo_bus import Baseline, baseline_policy
 from tamiyo_bus.policy.profiles import Profile
 from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.settings import DecisionMode
 from tamiyo_bus.tolaria.data import DATASETS
 from tamiyo_bus.tolaria.models import MODELS
 from weatherlight.demo.assembly import Run, RunSpec, resolve_device
+from weatherlight.demo.policies import LEARNED, NAMES, PolicyChoice, choose_policy
 from weatherlight.demo.progress import ProgressBar
 from weatherlight.demo.report import write_report
 from weatherlight.demo.session import RunResult, Session
 from weatherlight.demo.summary import summarise
 from weatherlight.settings import SystemSettings
+
+EXIT_BAD_POLICY = 2
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,8 +94,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the network's size (default: small on CPU, full on CUDA)",
     )  # fmt: skip
     parser.add_argument(
-        "--policy", choices=["network", *(b.value for b in Baseline)], default="network",
-        help="who decides: the policy network, or a hand-written baseline",
+        "--policy", default=LEARNED,
+        help=f"who decides: {', '.join(NAMES)}, or a policy checkpoint's path (default: "
+        "the learned policy shipped with the package)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-compare", action="store_true",
+        help="skip the second run with no growth on the same data and seed",
     )  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=0,
@@ -157,11 +167,13 @@ def run(args: argparse.Namespace) -> int:
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.dataset}-{spec.model}-s{spec.seed}"
     run_dir = args.out / run_id
     torch.set_num_threads(args.threads or training_threads())
-    holder = (
-        initial_policy(device, spec.seed, spec.profile)
-        if args.policy == "network"
-        else baseline_policy(Baseline(args.policy))
-    )
+    try:
+        choice = choose_policy(args.policy, device, spec)
+    except (ValueError, OSError) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return EXIT_BAD_POLICY
+    spec = choice.serve(spec)
+    holder = choice.holder
     system = SystemSettings.from_env()
     with Session.open(
         run_dir, holder=holder, spec=spec, system=system, nissa_port=args.nissa_port
@@ -183,11 +195,32 @@ def run(args: argparse.Namespace) -> int:
             progress.append(bar)
             built.trainer.observers = (*built.trainer.observers, bar)
 
-        result = session.run(spec, run_id, holder=holder, on_assembled=started)
+        result = session.run(
+            spec, run_id, holder=holder, normalizer=choice.normalizer, on_assembled=started
+        )
         progress[0].close()
+        no_growth = None
+        if not args.no_compare and args.policy != Baseline.NONE.value:
+            no_growth = _no_growth(session, spec, run_id)
         status_url = session.side.status_url or "-"
-    _write_outputs(args, run_dir, result, session, status_url, str(device))
+    _write_outputs(args, run_dir, result, session, status_url, str(device), choice, no_growth)
     return 0
+
+
+def _no_growth(session: Session, spec: RunSpec, run_id: str) -> float:
+    """The same data and seed with no growth: its final validation accuracy."""
+    print("\n  the same run with no growth, to compare:")
+    bars: list[ProgressBar] = []
+
+    def started(built: Run) -> None:
+        bars.append(ProgressBar(spec.epochs * spec.steps_per_epoch(built.data), spec.epochs))
+        built.trainer.observers = (*built.trainer.observers, bars[-1])
+
+    none = baseline_policy(Baseline.NONE)
+    result = session.run(spec, f"{run_id}-no-growth", holder=none, on_assembled=started)
+    bars[0].close()
+    epochs = result.recorder.epochs
+    return epochs[-1].val_accuracy if epochs else math.nan
 
 
 def _write_outputs(
@@ -197,6 +230,8 @@ def _write_outputs(
     session: Session,
     status_url: str,
     device: str,
+    choice: PolicyChoice,
+    no_growth: float | None,
 ) -> None:
     """The summary (printed and JSON) and the run report."""
     built, counts, reports = result.run, result.report_counts, result.reports
@@ -220,6 +255,7 @@ def _write_outputs(
         run_id=built.run_id, dataset=spec.dataset, model=spec.model, device=device,
         wall_s=result.wall_s, recorder=result.recorder, kasmina=built.kasmina,
         tamiyo=built.tamiyo, host_parameters=built.host_parameters, services=services,
+        policy=choice.description, no_growth_val_accuracy=no_growth,
     )  # fmt: skip
     (run_dir / "summary.json").write_text(
         json.dumps(summary.to_json(), indent=2, default=_json_default), encoding="utf-8"

@@ -74,6 +74,9 @@ class RunSummary:
     seed_parameters: int
     host_parameters: int
     services: dict[str, str] = field(default_factory=dict)
+    # the same data and seed with no growth (the none baseline): its final validation
+    # accuracy; empty when the run was not compared
+    no_growth: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -119,6 +122,14 @@ class RunSummary:
             f"fossilized, {self.seeds_culled} culled, {self.live_seeds} live at the end "
             f"({self.seed_parameters:,} parameters on a {self.host_parameters:,}-parameter host)",
         ]
+        if self.no_growth:
+            other = self.no_growth["final_val_accuracy"]
+            out.append(
+                f"  vs no growth  val {self.final_val_accuracy:.2%} against {other:.2%} "
+                f"({(self.final_val_accuracy - other) * 100:+.2f} points) on the same data "
+                f"and seed, with {self.seed_parameters:,} seed parameters "
+                f"({self.seed_parameters / max(self.host_parameters, 1):.0%} of the host)"
+            )
         out.extend(f"  {name:<13} {value}" for name, value in self.services.items())
         return out
 
@@ -135,6 +146,8 @@ def summarise(
     tamiyo: Tamiyo,
     host_parameters: int,
     services: dict[str, str],
+    policy: str = "",
+    no_growth_val_accuracy: float | None = None,
 ) -> RunSummary:
     steps, epochs = recorder.steps, recorder.epochs
     decisions = recorder.decisions
@@ -169,7 +182,7 @@ def summarise(
         final_val_loss=last.val_loss if last else math.nan,
         final_val_accuracy=last.val_accuracy if last else math.nan,
         best_val_accuracy=max((e.val_accuracy for e in epochs), default=math.nan),
-        policy=tamiyo.holder.current().architecture_id,
+        policy=policy or tamiyo.holder.current().architecture_id,
         decision_mode=settings.decision_mode.value,
         decisions=len(decisions),
         policy_decisions=len(decided),
@@ -201,4 +214,7 @@ def summarise(
         seed_parameters=sum(s.parameters for s in live),
         host_parameters=host_parameters,
         services=services,
+        no_growth=(
+            {} if no_growth_val_accuracy is None else {"final_val_accuracy": no_growth_val_accuracy}
+        ),
     )

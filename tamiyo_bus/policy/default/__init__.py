@@ -7,9 +7,9 @@ digest it was made for, the profile, the exact command, seed and git commit that
 produced it, and the control bench's figures for it (``bench/control.py``).
 
 A policy decides on normalised features, so the statistics travel with the weights:
-a Tamiyo serving this policy must load them into its graph builder's normaliser
-before the first decision (``tamiyo.builder.normalizer.load(default.normalizer)``),
-and keep them (``NormalizerSettings(update=False)``) to decide as it was evaluated.
+a Tamiyo serving this policy loads them into its graph builder
+(``build_tamiyo(normalizer=default.normalizer)``) and keeps them
+(``NormalizerSettings(update=False)``) to decide as it was evaluated.
 
 A change of the policy's inputs or dimensions changes the architecture id, and the
 checkpoint is then refused (``DefaultPolicyOutdated`` names the command that
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from tamiyo_bus.policy.checkpoint import CheckpointMismatchError, load_checkpoint_bytes
+from tamiyo_bus.policy.checkpoint import CheckpointMismatchError
 from tamiyo_bus.policy.features import NormalizerSnapshot
-from tamiyo_bus.policy.profiles import PROFILES, Profile
-from tamiyo_bus.policy.serving import ServingPolicy
-from tamiyo_bus.security.policy_update import PolicyHolder, RunningPolicy
+from tamiyo_bus.policy.profiles import Profile
+from tamiyo_bus.policy.served import serve_checkpoint
+from tamiyo_bus.security.policy_update import PolicyHolder
 
 CHECKPOINT_FILE = "policy.safetensors"
 CARD_FILE = "policy.json"
@@ -61,19 +61,15 @@ def load_default_policy(device: torch.device | str = "cpu") -> DefaultPolicy:
     ``DefaultPolicyOutdated`` (with the command that retrains it) when the code's
     architecture or input registry no longer matches the checkpoint."""
     card = default_policy_card()
-    policy = ServingPolicy(PROFILES[Profile(card["profile"])], device=device)
     data = _files().joinpath(CHECKPOINT_FILE).read_bytes()
     try:
-        info, normalizer = load_checkpoint_bytes(data, policy)
+        served = serve_checkpoint(data, device, Profile(card["profile"]))
     except CheckpointMismatchError as error:
         raise DefaultPolicyOutdated(
             f"the shipped default policy no longer fits this code ({error}); retrain and "
             f"ship it with: {card['command']}"
         ) from error
-    running = RunningPolicy(
-        policy, info.policy_id, info.policy_version, info.architecture_id, info.registry_digest
-    )
-    return DefaultPolicy(PolicyHolder(running), normalizer, card)
+    return DefaultPolicy(served.holder, served.normalizer, card)
 
 
 def _files() -> Traversable:
