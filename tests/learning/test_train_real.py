@@ -15,6 +15,7 @@ import pytest
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus import Baseline
 from tamiyo_bus.learning.reward import Progress, RewardSettings, interval_terms, reward
+from tamiyo_bus.policy.default import default_policy_card
 from weatherlight.cli import main
 from weatherlight.settings import ENV_REDIS_URL, ENV_URZA_DB, SystemSettings
 from weatherlight.training.outcomes import quarter_change, run_return
@@ -77,8 +78,9 @@ def test_learned_runs_feed_the_learner_and_decide_with_its_update_against_a_base
     assert [o.seed for o in learned] == [o.seed for o in none] == [0, 1, 2]
     assert all(o.decisions > 0 for o in result.outcomes)
     assert all(o.seeds_germinated == 0 and o.field_reports == 0 for o in none)
-    assert learned[0].policy_version_start == 1
-    assert learned[-1].policy_version_start > 1  # a learned policy decided the last run
+    shipped = default_policy_card()["policy_version"]
+    assert learned[0].policy_version_start == shipped  # the learned arm starts as the demo
+    assert learned[-1].policy_version_start > shipped  # the learner's update decided later
     assert result.learner_health is not None
     assert result.learner_health["candidates_published"] >= 1  # type: ignore[operator]
 

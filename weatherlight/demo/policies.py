@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from tamiyo_bus import Baseline, baseline_policy, initial_policy
-from tamiyo_bus.policy.default import load_default_policy
+from tamiyo_bus.policy.default import default_policy_path, load_default_policy
 from tamiyo_bus.policy.features import NormalizerSnapshot
+from tamiyo_bus.policy.profiles import Profile, default_profile
 from tamiyo_bus.policy.served import serve_checkpoint
 from tamiyo_bus.security.policy_update import PolicyHolder
 from weatherlight.demo.assembly import RunSpec
@@ -38,6 +39,8 @@ class PolicyChoice:
     normalizer: NormalizerSnapshot | None  # the statistics it was trained on, if any
     description: str  # for the summary: who decided
     trained: bool  # by PPO: its risk head untrained, its statistics fixed
+    checkpoint: Path | None = None  # its file, for a learner that continues from it
+    profile: Profile | None = None  # the network's size (None: not a network)
 
     def serve(self, spec: RunSpec) -> RunSpec:
         """``spec`` as this policy is served (module docstring)."""
@@ -61,10 +64,15 @@ def choose_policy(name: str, device: torch.device, spec: RunSpec) -> PolicyChoic
             f"the learned default {running.policy_id} v{running.version} (PPO on the "
             f"simulator, {ratio} of the heuristic's return on the control bench)",
             trained=True,
+            checkpoint=default_policy_path(),
+            profile=Profile(card["profile"]),
         )
     if name == UNTRAINED:
-        holder = initial_policy(device, spec.seed, spec.profile)
-        return PolicyChoice(holder, None, "an untrained network (random weights)", False)
+        profile = spec.profile or default_profile(device)
+        holder = initial_policy(device, spec.seed, profile)
+        return PolicyChoice(
+            holder, None, "an untrained network (random weights)", False, profile=profile
+        )
     if name in {b.value for b in Baseline}:
         return PolicyChoice(baseline_policy(Baseline(name)), None, f"the {name} baseline", False)
     path = Path(name)
@@ -77,4 +85,6 @@ def choose_policy(name: str, device: torch.device, spec: RunSpec) -> PolicyChoic
         served.normalizer,
         f"checkpoint {path} ({running.policy_id} v{running.version})",
         trained=True,
+        checkpoint=path,
+        profile=served.profile,
     )

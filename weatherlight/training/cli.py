@@ -92,6 +92,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="real: baseline arms on the same seeds, comma-separated (empty: none)",
     )  # fmt: skip
     parser.add_argument(
+        "--policy", default=real.policy,
+        help="real: the learned arm's first policy, as the demo's --policy names it "
+        "(default: the learned policy shipped with the package)",
+    )  # fmt: skip
+    parser.add_argument(
         "--learn-wait-s", type=float, default=real.learn_wait_s,
         help="real: after each learned run, the most to wait for Simic's learner",
     )  # fmt: skip

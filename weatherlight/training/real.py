@@ -1,6 +1,8 @@
 """`tamiyo-bus train --env real`: Tamiyo learns from real training runs, over the bus.
 
-The learned arm runs ``runs`` short training runs of the demo's host one after another
+The learned arm starts from ``policy`` (by default the learned policy shipped with the
+package, served as the demo serves it; Simic's learner continues from the same
+weights) and runs ``runs`` short training runs of the demo's host one after another
 in one session (weatherlight.demo.session): one embedded server, one set of role keys,
 Weatherlight's services with Simic's intake *and learner*, one policy holder. Tamiyo
 decides in every run and publishes her experience; the field reports travel as in the
@@ -24,13 +26,15 @@ from pathlib import Path
 
 from leyline_pb import leyline_pb2 as pb
 from oona.streams import Stream
-from tamiyo_bus import Baseline, baseline_policy, initial_policy
+from tamiyo_bus import Baseline, baseline_policy
 from tamiyo_bus.learning.reward import RewardSettings
-from tamiyo_bus.policy.profiles import default_profile
+from tamiyo_bus.policy.features import NormalizerSnapshot
 from tamiyo_bus.security.policy_update import PolicyHolder
 from tamiyo_bus.simic.learner import Waiting
 from tamiyo_bus.simic.settings import LEARNER_GROUP, LearnerSettings, short_run_learner
 from weatherlight.demo.assembly import Run, RunSpec, resolve_device
+from weatherlight.demo.policies import LEARNED as LEARNED_POLICY
+from weatherlight.demo.policies import choose_policy
 from weatherlight.demo.progress import ProgressBar
 from weatherlight.demo.session import RunResult, Session
 from weatherlight.settings import SystemSettings
@@ -57,6 +61,9 @@ class RealTrainingSettings:
     seed: int = 0  # run i trains with seed + i, in every arm
     baselines: tuple[Baseline, ...] = (Baseline.NONE, Baseline.HEURISTIC)
     learn_wait_s: float = 60.0  # after a learned run, the most it waits for the learner
+    # the learned arm's first policy, as the demo's --policy names it; Simic's learner
+    # continues from the same weights
+    policy: str = LEARNED_POLICY
     reward: RewardSettings = field(default_factory=RewardSettings)
     run: RunSpec = field(default_factory=RunSpec)
     # Simic's learner (its data_dir, profile and seed are the session's)
@@ -131,22 +138,24 @@ def train_real(
         progress.done += 1
         on_outcome(outcome)
 
-    profile = settings.run.profile or default_profile(device)
-    holder = initial_policy(device, settings.run.seed, profile)
+    choice = choose_policy(settings.policy, device, settings.run)
+    run = choice.serve(settings.run)
+    holder = choice.holder
     learner = replace(
         settings.learner,
         data_dir=_session_dir(directory, LEARNED) / "learner",
-        profile=profile,
+        profile=choice.profile or settings.learner.profile,
         seed=settings.run.seed,
+        start_checkpoint=choice.checkpoint,
     )
     with Session.open(
-        _session_dir(directory, LEARNED), holder=holder, spec=settings.run, system=system,
+        _session_dir(directory, LEARNED), holder=holder, spec=run, system=system,
         learner=learner,
     ) as session:  # fmt: skip
         for index in range(settings.runs):
             progress.announce(LEARNED, index, settings.runs, holder)
             version = holder.current().version
-            result = _run(session, settings, index, LEARNED, holder)
+            result = _run(session, run, settings, index, LEARNED, holder, choice.normalizer)
             waited = _wait_for_learner(session, holder, settings.learn_wait_s)
             keep(_outcome(session, settings, result, LEARNED, index, version, holder, waited))
         health = session.side.learner_health()
@@ -161,7 +170,7 @@ def train_real(
             for index in range(settings.runs):
                 progress.announce(arm.value, index, settings.runs, arm_holder)
                 version = arm_holder.current().version
-                result = _run(session, settings, index, arm.value, arm_holder)
+                result = _run(session, settings.run, settings, index, arm.value, arm_holder)
                 keep(
                     _outcome(session, settings, result, arm.value, index, version, arm_holder, 0.0)
                 )
@@ -175,9 +184,15 @@ def _session_dir(directory: Path, arm: str) -> Path:
 
 
 def _run(
-    session: Session, settings: RealTrainingSettings, index: int, arm: str, holder: PolicyHolder
+    session: Session,
+    run: RunSpec,
+    settings: RealTrainingSettings,
+    index: int,
+    arm: str,
+    holder: PolicyHolder,
+    normalizer: NormalizerSnapshot | None = None,
 ) -> RunResult:
-    spec = replace(settings.run, epochs=settings.epochs, seed=settings.seed + index)
+    spec = replace(run, epochs=settings.epochs, seed=settings.seed + index)
     bars: list[ProgressBar] = []
 
     def started(built: Run) -> None:
@@ -185,7 +200,9 @@ def _run(
         bars.append(bar)
         built.trainer.observers = (*built.trainer.observers, bar)
 
-    result = session.run(spec, f"{arm}-{index:03d}", holder=holder, on_assembled=started)
+    result = session.run(
+        spec, f"{arm}-{index:03d}", holder=holder, normalizer=normalizer, on_assembled=started
+    )
     for bar in bars:
         bar.close()
     return result

@@ -33,6 +33,7 @@ def settings_of(args: argparse.Namespace) -> RealTrainingSettings:
         seed=args.seed,
         baselines=baselines,
         learn_wait_s=args.learn_wait_s,
+        policy=args.policy,
     )
 
 

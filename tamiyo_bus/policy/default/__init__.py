@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,6 +71,11 @@ def load_default_policy(device: torch.device | str = "cpu") -> DefaultPolicy:
             f"ship it with: {card['command']}"
         ) from error
     return DefaultPolicy(served.holder, served.normalizer, card)
+
+
+def default_policy_path() -> Path:
+    """The shipped checkpoint's file (a learner that continues from it reads it)."""
+    return Path(str(_files().joinpath(CHECKPOINT_FILE)))
 
 
 def _files() -> Traversable:
