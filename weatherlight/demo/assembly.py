@@ -63,7 +63,9 @@ class RunSpec:
     # Decide synchronously at a fixed cadence, without timings in the packets: the same
     # seed gives the same commands.
     reproducible: bool = False
-    step: StepSettings = field(default_factory=StepSettings)
+    # sampled decisions, as the policy was trained and as a learner needs them (served
+    # greedily, the shipped policy took no action in the real runs tried: `--greedy`)
+    step: StepSettings = field(default_factory=lambda: StepSettings(sample_actions=True))
     kasmina: KasminaSettings = field(default_factory=KasminaSettings)
     risk: RiskSettings = field(default_factory=RiskSettings)
     # False: the feature statistics stay as the policy was trained on them
