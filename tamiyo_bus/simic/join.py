@@ -1,13 +1,15 @@
 """Which decisions of a run are complete, which wait and which expire (pure).
 
 A decision is complete when its successor (the run's next decision, or the run's end)
-is known and, if it acted, its field report has arrived; it then gets its reward
-(``simic.reward``), and it is terminal when the run ended after it. An acted decision
-still without its report ``report_wait_s`` after it was stored expires, and so does a
-decision whose successor has not come within ``successor_wait_s`` (a run that died
-without its end): expired decisions are counted and never trained on, though an
-expired successor's state still bootstraps its predecessor's value. Nothing missing
-raises.
+is known and, if it acted, its field report has arrived, or the run ended
+``refused_after_end_s`` ago without it (Kasmina refused the command: no observation
+window opened, so no report comes; it is joined as a decision that changed nothing);
+it then gets its reward (``simic.reward``), and it is terminal when the run ended after
+it. An acted decision still without its report ``report_wait_s`` after it was stored
+(its run not ended) expires, and so does a decision whose successor has not come
+within ``successor_wait_s`` (a run that died without its end): expired decisions are
+counted and never trained on, though an expired successor's state still bootstraps its
+predecessor's value. Nothing missing raises.
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ class Completed:
 class JoinWaits:
     report_wait_s: float
     successor_wait_s: float
+    refused_after_end_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    progress: Progress
+    stored_s: float
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,7 @@ class RunJoin:
 
 def join_run(
     chain: Sequence[DecisionFacts],
-    run_end: Progress | None,
+    run_end: RunEnd | None,
     *,
     now_s: float,
     waits: JoinWaits,
@@ -76,9 +85,11 @@ def join_run(
         if not decision.pending:
             continue
         successor = chain[i + 1] if i + 1 < len(chain) else None
-        following = successor.progress if successor is not None else run_end
+        end = run_end.progress if run_end is not None else None
+        following = successor.progress if successor is not None else end
         waited_s = now_s - decision.stored_s
-        if decision.acted and decision.report_terms is None:
+        refused = run_end is not None and now_s - run_end.stored_s >= waits.refused_after_end_s
+        if decision.acted and decision.report_terms is None and not refused:
             if waited_s >= waits.report_wait_s:
                 expired.append((decision.decision_step, Expiry.NO_REPORT))
             continue

@@ -235,7 +235,7 @@ class SimicLearner:
 
     def join(self, now_s: float) -> None:
         s = self.settings
-        waits = JoinWaits(s.report_wait_s, s.successor_wait_s)
+        waits = JoinWaits(s.report_wait_s, s.successor_wait_s, s.refused_after_end_s)
         pending = _Pending()
         for run, chain, end in self.store.pending_chains():
             joined = join_run(chain, end, now_s=now_s, waits=waits, reward_settings=s.reward)

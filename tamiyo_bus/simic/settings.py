@@ -50,6 +50,9 @@ class LearnerSettings:
     report_wait_s: float = 600.0
     # A decision whose successor (or run end) never came expires after this long.
     successor_wait_s: float = 3_600.0
+    # An acted decision still without its report this long after its run ended was
+    # refused by Kasmina (no window, no report): joined as one that changed nothing.
+    refused_after_end_s: float = 60.0
     # The learner's freshness window on the bus: a backlog up to this old is still read.
     experience_max_age_s: float = 3_600.0
     retain_s: float = 86_400.0  # joined or expired rows are kept this long, then pruned
@@ -98,7 +101,8 @@ def short_run_learner(base: LearnerSettings) -> LearnerSettings:
     each, a fifth of the decisions held out, the gate judging from 16 of them and
     letting a candidate move up to 0.3 nats from the running policy (one update from a
     fresh policy measured 0.18-0.24; 0.1 refused every candidate of a 24-run training
-    while the gate's simulated runs rated them better, 2.11 against 1.57)."""
+    while the gate's simulated runs rated them better, 2.11 against 1.57); a command
+    still without its report 5 s after its run ended counts as refused."""
     return replace(
         base,
         batch_min_decisions=64,
@@ -106,5 +110,6 @@ def short_run_learner(base: LearnerSettings) -> LearnerSettings:
         updates_per_candidate=1,
         held_out_fraction=0.2,
         learn_interval_s=0.5,
+        refused_after_end_s=5.0,
         gate=replace(base.gate, min_held_out_decisions=16, max_kl=0.3),
     )

@@ -30,7 +30,7 @@ from typing import Any
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.learning.reward import Progress, RewardTerms
-from tamiyo_bus.simic.join import Completed, DecisionFacts, Expiry
+from tamiyo_bus.simic.join import Completed, DecisionFacts, Expiry, RunEnd
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS topologies (
@@ -212,7 +212,7 @@ class ExperienceStore:
 
     # --------------------------------------------------------------------- join
 
-    def pending_chains(self) -> list[tuple[str, list[DecisionFacts], Progress | None]]:
+    def pending_chains(self) -> list[tuple[str, list[DecisionFacts], RunEnd | None]]:
         """Per run with pending decisions: its decisions from the first pending one on
         (each with its report's terms when one is stored) and its end, if known."""
         rows = self._query(
@@ -228,7 +228,7 @@ class ExperienceStore:
             "LEFT JOIN run_ends e ON e.training_run_id = d.training_run_id "
             "ORDER BY d.training_run_id, d.decision_step"
         )
-        chains: dict[str, tuple[list[DecisionFacts], Progress | None]] = {}
+        chains: dict[str, tuple[list[DecisionFacts], RunEnd | None]] = {}
         for row in rows:
             run = str(row[0])
             payload = row[8]
@@ -243,7 +243,7 @@ class ExperienceStore:
                 pending=row[7] == DecisionState.PENDING,
                 report_terms=terms,
             )
-            end = None if row[12] is None else _progress(row[9:12])
+            end = None if row[12] is None else RunEnd(_progress(row[9:12]), float(row[12]))
             chains.setdefault(run, ([], end))[0].append(facts)
         return [(run, chain, end) for run, (chain, end) in chains.items()]
 

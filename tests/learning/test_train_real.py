@@ -69,7 +69,7 @@ def test_learned_runs_feed_the_learner_and_decide_with_its_update_against_a_base
                      value_error_tolerance=1e6),
     )  # fmt: skip
     settings = RealTrainingSettings(
-        runs=3, epochs=3, baselines=(Baseline.NONE,), learn_wait_s=60.0, learner=eager
+        runs=3, epochs=6, baselines=(Baseline.NONE,), learn_wait_s=60.0, learner=eager
     )
     result = train_real(settings, tmp_path / "real", SystemSettings.from_env())
 

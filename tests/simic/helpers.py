@@ -63,7 +63,9 @@ def learner_settings(data_dir: Path, **overrides: object) -> LearnerSettings:
             storage=ReplayStorageSettings(capacity_transitions=1_000),
             writer=ReplayWriterSettings(max_age_steps=None),
         ),
-        gate=ValidationGateSettings(min_held_out_decisions=8, sim_runs=2, sim=SHORT_SIM),
+        gate=ValidationGateSettings(
+            min_held_out_decisions=8, value_error_tolerance=0.5, sim_runs=2, sim=SHORT_SIM
+        ),
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
 

@@ -52,7 +52,7 @@ async def test_a_real_tamiyos_trajectories_and_field_reports_are_stored_once_and
     settings: OonaSettings, tmp_path: Path
 ) -> None:
     segments: list[pb.Trajectory] = []
-    torch.manual_seed(2)
+    torch.manual_seed(0)
     stack = make_stack(settings=SYNCHRONOUS, experience=segments.append, seed=11)
     commands = [stack.tamiyo.evaluate_step(stack.packet(step)) for step in range(10, 90, 10)]
     stack.tamiyo.end_run(stack.packet(90))

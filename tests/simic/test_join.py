@@ -13,11 +13,11 @@ from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.learning.gae import GAESettings, compute_gae
 from tamiyo_bus.learning.reward import Progress, RewardSettings, RewardTerms
 from tamiyo_bus.simic.advantages import chained_gae
-from tamiyo_bus.simic.join import Completed, DecisionFacts, Expiry, JoinWaits, join_run
+from tamiyo_bus.simic.join import Completed, DecisionFacts, Expiry, JoinWaits, RunEnd, join_run
 from tamiyo_bus.simic.reward import decision_reward
 
 SETTINGS = RewardSettings()
-WAITS = JoinWaits(report_wait_s=100.0, successor_wait_s=1_000.0)
+WAITS = JoinWaits(report_wait_s=100.0, successor_wait_s=1_000.0, refused_after_end_s=10.0)
 BEFORE = Progress(loss=2.0, accuracy=0.5, parameter_ratio=0.0)
 AFTER = Progress(loss=1.0, accuracy=0.6, parameter_ratio=0.1)
 
@@ -58,7 +58,7 @@ def test_an_acted_decision_waits_for_its_report_then_completes_with_its_penaltie
 
 def test_the_last_decision_is_terminal_once_the_run_ended() -> None:
     chain = [facts(10, pending=False), facts(20, loss=2.0)]
-    end = Progress(loss=1.0, accuracy=0.5, parameter_ratio=0.0)
+    end = RunEnd(Progress(loss=1.0, accuracy=0.5, parameter_ratio=0.0), stored_s=0.5)
     joined = join_run(chain, end, now_s=1.0, waits=WAITS, reward_settings=SETTINGS)
     assert joined.completed == [Completed(20, pytest.approx(math.log(2.0)), next_step=None)]
     assert joined.completed[0].terminal
@@ -103,3 +103,15 @@ def test_a_chain_cut_before_its_run_ended_bootstraps_from_its_successor() -> Non
     assert advantages[2] == pytest.approx(1.0)  # terminal: 99 is never read
     with pytest.raises(ValueError, match="terminal"):
         chained_gae([0.0], [0.0], [True], [0.0], [True], settings)
+
+
+def test_an_acted_decision_without_a_report_after_its_run_ended_was_refused() -> None:
+    """Kasmina refused the command, so no window opened and no report comes: once the
+    run has ended a while, the decision is joined as one that changed nothing."""
+    chain = [facts(10, acted=True, loss=2.0), facts(20, loss=1.0)]
+    end = RunEnd(Progress(loss=1.0, accuracy=0.5, parameter_ratio=0.0), stored_s=50.0)
+    soon = join_run(chain, end, now_s=55.0, waits=WAITS, reward_settings=SETTINGS)
+    assert [c.decision_step for c in soon.completed] == [20]  # 10 still waits its report
+    later = join_run(chain, end, now_s=60.0, waits=WAITS, reward_settings=SETTINGS)
+    assert later.completed[0] == Completed(10, pytest.approx(math.log(2.0)), next_step=20)
+    assert later.expired == []

@@ -105,7 +105,7 @@ def test_an_open_learning_breaker_pauses_the_learner(
 def test_missing_reports_and_orphan_reports_expire_and_are_counted(
     tmp_path: Path, experience: SimulatedExperience
 ) -> None:
-    learner, _, _ = _learner(tmp_path, report_wait_s=60.0)
+    learner, _, _ = _learner(tmp_path, report_wait_s=60.0, refused_after_end_s=1_000.0)
     half = len(experience.reports) // 2
     orphan = experience.reports[0].__class__(report_id="r-x", command_id="never-decided")
     fill(learner.store, SimulatedExperience(experience.segments, [*experience.reports[:half],
