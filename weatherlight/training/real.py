@@ -98,7 +98,7 @@ class RunOutcome:
 
 
 @dataclass
-class Progress:
+class OverallProgress:
     """The overall line printed before each run."""
 
     total: int
@@ -130,7 +130,7 @@ def train_real(
 ) -> RealTraining:
     """Every arm's runs; each outcome is also handed to ``on_outcome`` as it comes."""
     device = resolve_device(settings.run.device)
-    progress = Progress(settings.runs * (1 + len(settings.baselines)))
+    progress = OverallProgress(settings.runs * (1 + len(settings.baselines)))
     outcomes: list[RunOutcome] = []
 
     def keep(outcome: RunOutcome) -> None:
