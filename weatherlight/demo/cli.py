@@ -38,7 +38,7 @@ from tamiyo_bus.tolaria.data import DATASETS
 from tamiyo_bus.tolaria.models import MODELS
 from weatherlight.demo.assembly import Run, RunSpec, resolve_device
 from weatherlight.demo.policies import LEARNED, NAMES, PolicyChoice, choose_policy
-from weatherlight.demo.progress import ProgressBar
+from weatherlight.demo.progress import ProgressBar, attach_progress
 from weatherlight.demo.report import write_report
 from weatherlight.demo.session import RunResult, Session
 from weatherlight.demo.summary import summarise
@@ -191,9 +191,7 @@ def run(args: argparse.Namespace) -> int:
 
         def started(built: Run) -> None:
             _print_run(built, spec)
-            bar = ProgressBar(spec.epochs * spec.steps_per_epoch(built.data), spec.epochs)
-            progress.append(bar)
-            built.trainer.observers = (*built.trainer.observers, bar)
+            attach_progress(built, progress)
 
         result = session.run(
             spec, run_id, holder=holder, normalizer=choice.normalizer, on_assembled=started
@@ -212,12 +210,11 @@ def _no_growth(session: Session, spec: RunSpec, run_id: str) -> float:
     print("\n  the same run with no growth, to compare:")
     bars: list[ProgressBar] = []
 
-    def started(built: Run) -> None:
-        bars.append(ProgressBar(spec.epochs * spec.steps_per_epoch(built.data), spec.epochs))
-        built.trainer.observers = (*built.trainer.observers, bars[-1])
-
     none = baseline_policy(Baseline.NONE)
-    result = session.run(spec, f"{run_id}-no-growth", holder=none, on_assembled=started)
+    result = session.run(
+        spec, f"{run_id}-no-growth", holder=none,
+        on_assembled=lambda built: attach_progress(built, bars),
+    )  # fmt: skip
     bars[0].close()
     epochs = result.recorder.epochs
     return epochs[-1].val_accuracy if epochs else math.nan

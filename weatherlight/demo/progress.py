@@ -16,6 +16,7 @@ from collections import deque
 from typing import TextIO
 
 from tamiyo_bus.tolaria.trainer import EpochRecord, StepRecord
+from weatherlight.demo.assembly import Run
 from weatherlight.demo.recorder import policy_decided
 
 BAR_WIDTH = 24
@@ -85,3 +86,12 @@ class ProgressBar:
             f"step {record.step + 1} | loss {self._loss:.4f} | val acc {accuracy} | "
             f"seeds {record.live_seeds} | {decision} | {elapsed:4.0f}s"
         )
+
+
+def attach_progress(built: Run, bars: list[ProgressBar]) -> None:
+    """Watch ``built``'s whole training with a new bar, appended to ``bars`` (the caller
+    closes it once the run is over)."""
+    spec = built.spec
+    bar = ProgressBar(spec.epochs * spec.steps_per_epoch(built.data), spec.epochs)
+    bars.append(bar)
+    built.trainer.observers = (*built.trainer.observers, bar)

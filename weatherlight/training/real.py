@@ -32,10 +32,10 @@ from tamiyo_bus.policy.features import NormalizerSnapshot
 from tamiyo_bus.security.policy_update import PolicyHolder
 from tamiyo_bus.simic.learner import Waiting
 from tamiyo_bus.simic.settings import LEARNER_GROUP, LearnerSettings, short_run_learner
-from weatherlight.demo.assembly import Run, RunSpec, resolve_device
+from weatherlight.demo.assembly import RunSpec, resolve_device
 from weatherlight.demo.policies import LEARNED as LEARNED_POLICY
 from weatherlight.demo.policies import choose_policy
-from weatherlight.demo.progress import ProgressBar
+from weatherlight.demo.progress import ProgressBar, attach_progress
 from weatherlight.demo.session import RunResult, Session
 from weatherlight.settings import SystemSettings
 from weatherlight.training.outcomes import report_reward, run_return
@@ -195,13 +195,12 @@ def _run(
     spec = replace(run, epochs=settings.epochs, seed=settings.seed + index)
     bars: list[ProgressBar] = []
 
-    def started(built: Run) -> None:
-        bar = ProgressBar(spec.epochs * spec.steps_per_epoch(built.data), spec.epochs)
-        bars.append(bar)
-        built.trainer.observers = (*built.trainer.observers, bar)
-
     result = session.run(
-        spec, f"{arm}-{index:03d}", holder=holder, normalizer=normalizer, on_assembled=started
+        spec,
+        f"{arm}-{index:03d}",
+        holder=holder,
+        normalizer=normalizer,
+        on_assembled=lambda built: attach_progress(built, bars),
     )
     for bar in bars:
         bar.close()
