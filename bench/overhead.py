@@ -80,7 +80,7 @@ class Host:
 
 HOSTS = (
     Host("demo", RunSpec(), 60),
-    Host("heavy", RunSpec(width=1024, depth=3, batch_size=256), 16),
+    Host("heavy", RunSpec(model="mlp", width=1024, depth=3, batch_size=256), 16),
 )
 
 
