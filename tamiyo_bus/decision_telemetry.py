@@ -42,9 +42,15 @@ class TelemetrySink(Protocol):
     def publish(self, telemetry: DecisionTelemetry) -> None: ...
 
 
-def telemetry_publisher(sink: TelemetrySink, *, queue_size: int) -> QueueWorker[DecisionTelemetry]:
+def telemetry_publisher(
+    sink: TelemetrySink, *, queue_size: int, linger_ms: float = 0.0
+) -> QueueWorker[DecisionTelemetry]:
     """Bounded, drop-oldest hand-off from the step path to ``sink`` (the freshest
     decisions are the ones kept; a failing sink is counted and never stops it)."""
     return QueueWorker(
-        "tamiyo-telemetry", capacity=queue_size, drop=DropRule.DROP_OLDEST, handle_item=sink.publish
+        "tamiyo-telemetry",
+        capacity=queue_size,
+        drop=DropRule.DROP_OLDEST,
+        handle_item=sink.publish,
+        linger_ms=linger_ms,
     )

@@ -73,6 +73,11 @@ class TamiyoSettings:
     # decision records waiting for their background publisher; more drop the oldest
     telemetry_queue_size: int = 1024
     experience: ExperienceSettings = field(default_factory=ExperienceSettings)
+    # How long a record handed off the step path (decision telemetry, feature
+    # statistics, experience) may wait for its background thread, which takes them on
+    # this period instead of being woken by each: a wake-up costs the trainer's thread
+    # more than the hand-off. 0: wake the thread at every hand-off.
+    handoff_linger_ms: float = 50.0
 
 
 def initial_policy(
@@ -259,7 +264,9 @@ def build_tamiyo(
         clock=clock,
     )
     features = RunningNormalizer(
-        update=settings.normalizer.update, queue_size=settings.normalizer.queue_size
+        update=settings.normalizer.update,
+        queue_size=settings.normalizer.queue_size,
+        linger_ms=settings.handoff_linger_ms,
     )
     if normalizer is not None:
         features.load(normalizer)
@@ -273,7 +280,11 @@ def build_tamiyo(
         risk.breakers.adopt(name, breaker)
     gate = StepGate(risk, cached)
     publisher = (
-        telemetry_publisher(telemetry, queue_size=settings.telemetry_queue_size)
+        telemetry_publisher(
+            telemetry,
+            queue_size=settings.telemetry_queue_size,
+            linger_ms=settings.handoff_linger_ms,
+        )
         if telemetry is not None
         else None
     )
@@ -284,6 +295,7 @@ def build_tamiyo(
             actor_id=step.issued_by,
             publishing_allowed=lambda: risk.conservative.impala_publishing_enabled,
             clock=clock,
+            linger_ms=settings.handoff_linger_ms,
         )
         if experience is not None and settings.experience.enabled
         else None

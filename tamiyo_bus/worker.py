@@ -5,7 +5,10 @@ Every such thread lives the same way: built idle, ``start()`` once (never in a
 constructor, so building a part has no side effects), woken when there is work,
 ``close()`` to stop it. ``QueueWorker`` adds the common case: a bounded queue whose
 items a handler takes in batches, a stated drop rule for when it is full, counters, and
-``wait_idle`` for shutdown, tests and benchmarks.
+``wait_idle`` for shutdown, tests and benchmarks, and an optional linger: waking a
+thread from the step path costs the trainer more than the hand-off itself on a busy
+machine (the woken thread can take the trainer's core and the interpreter lock), so
+records that can wait a little are picked up by the thread on its own period instead.
 
 Threads are daemons and ``close`` joins them only for a bounded time: a handler stuck in
 a library call can neither stall the trainer nor keep the process from exiting.
@@ -32,12 +35,16 @@ class Worker:
     """One daemon thread that runs ``work()`` each time it is woken, until closed.
 
     ``work`` must catch its own errors: one that escapes is logged and the thread goes
-    on waiting for the next wake.
+    on waiting for the next wake. With ``period_s``, the thread also runs ``work`` each
+    time that long passes without a wake.
     """
 
-    def __init__(self, name: str, work: Callable[[], None]) -> None:
+    def __init__(
+        self, name: str, work: Callable[[], None], *, period_s: float | None = None
+    ) -> None:
         self.name = name
         self._work = work
+        self._period_s = period_s
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -69,7 +76,7 @@ class Worker:
 
     def _loop(self) -> None:
         while True:
-            self._wake.wait()
+            self._wake.wait(self._period_s)
             self._wake.clear()
             if self._closing.is_set():
                 return
@@ -101,6 +108,10 @@ class QueueWorker(Generic[T]):
     the drop is counted. Give either ``handle_item`` (each item on its own: one that
     raises is counted and the rest go on) or ``handle_batch`` (every item queued at the
     time, oldest first: a burst costs one call; if it raises, the batch counts as failed).
+
+    ``linger_ms`` > 0: ``submit`` does not wake the thread (unless the queue is half
+    full); the thread takes what is queued every ``linger_ms``. For records nobody
+    waits for within that time (telemetry, statistics, experience).
     """
 
     def __init__(
@@ -111,9 +122,12 @@ class QueueWorker(Generic[T]):
         drop: DropRule,
         handle_item: Callable[[T], None] | None = None,
         handle_batch: Callable[[Sequence[T]], None] | None = None,
+        linger_ms: float = 0.0,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if linger_ms < 0:
+            raise ValueError(f"linger_ms must be >= 0, got {linger_ms}")
         if (handle_item is None) == (handle_batch is None):
             raise ValueError("give exactly one of handle_item and handle_batch")
         self.capacity = capacity
@@ -125,7 +139,8 @@ class QueueWorker(Generic[T]):
         self._in_flight = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._worker = Worker(name, self._drain)
+        self._wake_at_items = max(capacity // 2, 1) if linger_ms > 0 else 1
+        self._worker = Worker(name, self._drain, period_s=linger_ms / 1000.0 or None)
 
     def start(self) -> None:
         self._worker.start()
@@ -144,11 +159,14 @@ class QueueWorker(Generic[T]):
                     return False
                 self._items.popleft()
             self._items.append(item)
-        self._worker.wake()
+            wake = len(self._items) >= self._wake_at_items
+        if wake:
+            self._worker.wake()
         return True
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing is queued or being handled; False on timeout."""
+        self._worker.wake()
         with self._idle:
             return self._idle.wait_for(lambda: not self._items and not self._in_flight, timeout_s)
 

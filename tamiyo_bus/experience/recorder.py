@@ -60,6 +60,7 @@ class ExperienceRecorder:
         actor_id: str,
         publishing_allowed: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
+        linger_ms: float = 0.0,
     ) -> None:
         self.settings = settings
         self.segments = Segmenter(settings, actor_id)
@@ -74,6 +75,7 @@ class ExperienceRecorder:
             capacity=settings.queue_max_decisions,
             drop=DropRule.DROP_NEWEST,
             handle_batch=self._handle,
+            linger_ms=linger_ms,
         )
 
     def start(self) -> None:

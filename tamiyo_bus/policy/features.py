@@ -250,7 +250,9 @@ class RunningNormalizer:
     bursts and never starves the step path's worker.
     """
 
-    def __init__(self, *, update: bool = True, queue_size: int = 256) -> None:
+    def __init__(
+        self, *, update: bool = True, queue_size: int = 256, linger_ms: float = 0.0
+    ) -> None:
         self._snapshot = NormalizerSnapshot.initial()
         self._update = update
         self.worker: QueueWorker[dict[str, RawFeatures]] = QueueWorker(
@@ -258,6 +260,7 @@ class RunningNormalizer:
             capacity=queue_size,
             drop=DropRule.DROP_NEWEST,
             handle_batch=self._merge,
+            linger_ms=linger_ms,
         )
 
     def start(self) -> None:
