@@ -9,8 +9,8 @@ import socket
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
+from torch.multiprocessing.spawn import spawn
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.impala.distributed import RankInfo, join_process_group, leave_process_group
@@ -52,7 +52,8 @@ def _same_length(segments: list[pb.Trajectory]) -> list[pb.Trajectory]:
 def test_two_ranks_on_halves_make_the_update_of_one_on_the_whole(tmp_path: Path) -> None:
     segments = _same_length(actor_segments(initial_policy(), runs=8))
     payloads = [s.SerializeToString() for s in segments]
-    mp.spawn(_rank, args=(_free_port(), payloads, str(tmp_path)), nprocs=WORLD, join=True)
+    arguments = (_free_port(), payloads, str(tmp_path))
+    spawn(_rank, args=arguments, nprocs=WORLD, join=True)  # type: ignore[no-untyped-call]
 
     alone = ImpalaLearner(impala_settings(tmp_path), initial_policy())
     alone.update(segments)

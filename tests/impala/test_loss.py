@@ -83,7 +83,7 @@ def test_a_left_padded_segment_gets_the_targets_it_gets_alone() -> None:
 def test_no_gradient_flows_through_the_targets() -> None:
     batch = _inputs([[1.0], [2.0]], [[0.5], [0.25]], [1.0], [[-1.0]] * 2, [[-1.0]] * 2)
     loss = vtrace_loss(batch, SETTINGS)
-    loss.value.backward()
+    loss.value.backward()  # type: ignore[no-untyped-call]
     expected = -(loss.value_targets - batch.values.detach()) / 2  # d/dV of 0.5 mean (v - V)^2
     assert batch.values.grad is not None
     torch.testing.assert_close(batch.values.grad, expected)
