@@ -51,6 +51,7 @@ class ImpalaSettings:
     experience_max_age_s: float = 600.0
     refused_retry_s: float = 1.0  # after a refused update (breaker open, paused)
     gate: ValidationGateSettings = field(default_factory=ValidationGateSettings)
+    checkpoint_directory: Path | None = None  # None: <data_dir>/checkpoints
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_segments <= self.buffer_max_segments:
@@ -66,4 +67,4 @@ class ImpalaSettings:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.data_dir / "checkpoints"
+        return self.checkpoint_directory or self.data_dir / "checkpoints"
