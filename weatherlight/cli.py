@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from weatherlight import (
     exporter_cli,
+    impala_cli,
     keys_cli,
     learner_cli,
     reports_cli,
@@ -31,6 +32,7 @@ SUBCOMMANDS: tuple[Register, ...] = (
     keys_cli.register,
     serve.register,
     learner_cli.register,
+    impala_cli.register,
     urza_cli.register,
     reports_cli.register,
     train_cli.register,
