@@ -1,24 +1,27 @@
 """Several learner processes as one (torch.distributed, as ``torchrun`` starts them).
 
-Each rank reads RANK, WORLD_SIZE and LOCAL_RANK from its environment, joins the
+Each rank reads RANK, WORLD_SIZE and LOCAL_RANK from its environment and joins the
 process group (``env://``: MASTER_ADDR and MASTER_PORT, also torchrun's), gloo on the
-CPU and nccl with CUDA, and wraps its network in DistributedDataParallel, which
-averages the gradients of every backward across the ranks: each rank learns from its
-own share of the segments and all hold the same weights after every step. The only
-other collectives are torch.distributed's own broadcast and all-reduce of a few
-integers: the lead rank's gate verdict, and whether any rank is stopping.
+CPU and nccl with CUDA. Every collective here is one of torch.distributed's
+(all-reduce, broadcast) over a small tensor, and every rank calls the same ones in the
+same order: a rank that skipped one would leave the others blocked in it, which is why
+every per-update decision goes through ``sum_across`` before any rank acts on it.
+
+The gradients are averaged by hand rather than by DistributedDataParallel: a rank with
+no segment still takes part (its gradient is zero), and each rank's gradient weighs
+by its share of the batch's transitions, so the ranks make the step one process makes
+on their union whatever the share of each.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 LEAD_RANK = 0
 
@@ -31,7 +34,7 @@ class RankInfo:
 
     @property
     def lead(self) -> bool:
-        """The rank that runs the gate, publishes and checkpoints."""
+        """The rank that runs the gate, publishes, checkpoints and reports."""
         return self.rank == LEAD_RANK
 
     @property
@@ -71,16 +74,6 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def data_parallel(module: nn.Module, info: RankInfo) -> nn.Module:
-    """``module`` with its gradients averaged across the ranks (itself for one rank).
-    Some heads take no part in a batch (no seed to choose): their parameters have no
-    gradient, which DDP must be told to expect. No ``device_ids``: the batch moves itself
-    to the network's device, DDP need not move it."""
-    if not info.distributed:
-        return module
-    return DistributedDataParallel(module, find_unused_parameters=True)
-
-
 def from_lead(values: Sequence[int], info: RankInfo, device: torch.device) -> list[int]:
     """The lead rank's ``values`` on every rank (every rank calls it, in step)."""
     if not info.distributed:
@@ -90,10 +83,53 @@ def from_lead(values: Sequence[int], info: RankInfo, device: torch.device) -> li
     return [int(v) for v in tensor.tolist()]
 
 
-def any_rank(flag: bool, info: RankInfo, device: torch.device) -> bool:
-    """Whether ``flag`` holds on any rank (every rank calls it, in step)."""
+def sum_across(values: Sequence[int], info: RankInfo, device: torch.device) -> list[int]:
+    """Each of ``values`` summed over the ranks (every rank calls it, in step): flags
+    become the number of ranks raising them, counts the ranks' total."""
     if not info.distributed:
-        return flag
-    tensor = torch.tensor([int(flag)], dtype=torch.int64, device=device)
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return [int(v) for v in tensor.tolist()]
+
+
+def max_across(value: int, info: RankInfo, device: torch.device) -> int:
+    """The highest ``value`` of any rank (every rank calls it, in step)."""
+    if not info.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
+    return int(tensor.item())
+
+
+def combine_gradients(parameters: Iterable[nn.Parameter], weight: float, info: RankInfo) -> None:
+    """Every rank's gradients, each times its ``weight`` (its share of the transitions),
+    summed into every rank's ``.grad``. A parameter no rank has a gradient for keeps
+    none, as in one process (the optimiser then leaves it alone)."""
+    if not info.distributed:
+        return
+    params = list(parameters)
+    if not params:
+        return
+    device = params[0].device
+    parts = [
+        (p.grad.detach() * weight if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+        for p in params
+    ]
+    present = torch.tensor([float(p.grad is not None) for p in params], device=device)
+    flat = torch.cat([*parts, present.to(parts[0].dtype)])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    grads, seen = flat[: -len(params)], flat[-len(params) :]
+    offset = 0
+    for p, anyone in zip(params, seen.tolist(), strict=True):
+        n = p.numel()
+        p.grad = grads[offset : offset + n].view_as(p).to(p.dtype) if anyone > 0 else None
+        offset += n
+
+
+def align_with_lead(tensors: Iterable[torch.Tensor], info: RankInfo) -> None:
+    """The lead rank's values in ``tensors``, in place, on every rank."""
+    if not info.distributed:
+        return
+    for tensor in tensors:
+        dist.broadcast(tensor, src=LEAD_RANK)

@@ -7,10 +7,16 @@ consumes nothing: the caller keeps the batch for later. A failed one (non-finite
 raising) drops the batch, which the breaker counts. While the breaker is open no
 candidate is proposed.
 
-On several ranks, the network is wrapped in DDP (``impala.distributed``); only the lead
-rank runs the gate, and its verdict and version reach every rank, which then all keep
-(passed) or drop (rejected: back to the running weights, fresh optimiser moments) the
-same weights.
+On several ranks (``impala.distributed``) every rank calls ``update`` in step, with
+its own share of the segments (possibly none), and the ranks agree before any acts:
+before the step, whether any rank's guard refuses (then every rank refuses and keeps
+its batch); after the forward and before the backward, whether any rank's loss failed
+or is not finite (then every rank fails the step, and every breaker counts it). The
+gradients are then combined, weighted by each rank's transitions, so every rank clips
+and steps on the same gradients and all keep the same weights, and every guard sees
+the same outcome. Only the lead rank runs the gate; its verdict reaches every rank,
+which then all keep (passed) or drop (rejected: back to the running weights, fresh
+optimiser moments) the same weights.
 """
 
 from __future__ import annotations
@@ -21,18 +27,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from leyline_pb import leyline_pb2 as pb
 from leyline_vocab.events import EventKind, event
 from oona.breaker import BreakerState
 from oona.events import EventSink, LogEventSink
 from tamiyo_bus.impala.batch import SegmentBatch, TopologyCache, segment_batch, trained_steps
-from tamiyo_bus.impala.distributed import RankInfo, data_parallel, from_lead
-from tamiyo_bus.impala.loss import VTraceInputs, VTraceLoss, vtrace_loss
+from tamiyo_bus.impala.distributed import (
+    RankInfo,
+    align_with_lead,
+    combine_gradients,
+    from_lead,
+    max_across,
+    sum_across,
+)
+from tamiyo_bus.impala.loss import VTraceLoss, vtrace_loss
 from tamiyo_bus.impala.settings import ImpalaSettings
 from tamiyo_bus.impala.validation import HeldOutSegments, figures_on
-from tamiyo_bus.learning.guard import LearningGuard, LearningOutcome
+from tamiyo_bus.learning.guard import LearningGuard, LearningOutcome, LearningStepResult
 from tamiyo_bus.learning.trainer import constant_lr, offline_guard
 from tamiyo_bus.policy.features import NormalizerSnapshot
 from tamiyo_bus.policy.reference import ReferencePolicy
@@ -53,7 +66,7 @@ class ImpalaProgress:
     updates: int = 0  # applied optimiser steps
     failed_updates: int = 0  # non-finite or raising: the batch was dropped
     transitions_learnt: int = 0
-    segments_learnt: int = 0
+    segments_learnt: int = 0  # (transitions and segments: every rank's together)
     candidates_published: int = 0
     candidates_rejected: int = 0
     candidates_deferred: int = 0  # too few held-out decisions to judge
@@ -64,8 +77,8 @@ class ImpalaProgress:
 @dataclass(frozen=True, slots=True)
 class ImpalaUpdateStats:
     outcome: LearningOutcome
-    segments: int
-    transitions: int
+    segments: int  # this rank's
+    transitions: int  # learnt from, every rank's together
     total_loss: float = math.nan
     policy_loss: float = math.nan
     value_loss: float = math.nan
@@ -73,7 +86,7 @@ class ImpalaUpdateStats:
     mean_rho: float = math.nan  # 1.0 on-policy; lower: the actors lag the learner
     grad_norm: float = math.nan  # before clipping
     learning_rate: float = math.nan
-    duration_s: float = 0.0
+    duration_s: float = 0.0  # the losses, rho and duration are this rank's
     verdict: GateVerdict | None = None  # when this update was a K-th
     candidate: Candidate | None = None  # passed: the weights to publish (lead rank)
 
@@ -81,18 +94,6 @@ class ImpalaUpdateStats:
     def refused(self) -> bool:
         """Nothing was consumed: the same segments may be offered again."""
         return self.outcome in _REFUSALS
-
-
-class _BatchNetwork(nn.Module):
-    """The policy evaluating a whole batch in its forward, so DDP sees each pass."""
-
-    def __init__(self, policy: ReferencePolicy) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, batch: SegmentBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        inputs = batch.evaluate(self.policy)
-        return inputs.log_probs, inputs.entropies, inputs.values, inputs.bootstrap_value
 
 
 @dataclass
@@ -122,7 +123,6 @@ class ImpalaLearner:
         self.running = ReferencePolicy(policy.config).to(self.device)
         self.running.load_state_dict(policy.state_dict())
         self.running.eval()
-        self.network = data_parallel(_BatchNetwork(policy), self.rank)
         self.guard = guard or offline_guard(s.max_grad_norm)
         self.lr = LRController(constant_lr(s.base_lr))
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=self.lr.learning_rate)
@@ -137,30 +137,54 @@ class ImpalaLearner:
         self._gate.held_out.add(segment)
 
     def loss(self, batch: SegmentBatch) -> VTraceLoss:
-        log_probs, entropies, values, bootstrap = self.network(batch)
-        inputs = VTraceInputs(
-            log_probs, entropies, values, bootstrap,
-            batch.behaviour_log_probs.to(self.device), batch.rewards.to(self.device),
-            batch.terminated.to(self.device), batch.mask.to(self.device),
-        )  # fmt: skip
-        return vtrace_loss(inputs, self.settings.loss)
+        return vtrace_loss(batch.evaluate(self.policy), self.settings.loss)
+
+    def align_ranks(self) -> None:
+        """Every rank starts from the lead's weights; ranks that resumed from different
+        checkpoints (RuntimeError on every rank) would not learn as one."""
+        if not self.rank.distributed:
+            return
+        lead_updates = from_lead([self.progress.updates], self.rank, self.device)[0]
+        apart = sum_across([int(lead_updates != self.progress.updates)], self.rank, self.device)
+        if apart[0]:
+            raise RuntimeError("the ranks resumed from different checkpoints")
+        tensors = [*self.policy.state_dict().values(), *self.running.state_dict().values()]
+        align_with_lead(tensors, self.rank)
 
     def update(self, segments: Sequence[pb.Trajectory]) -> ImpalaUpdateStats:
-        """One optimiser step on ``segments`` (segments without a step to learn from
-        are consumed as they are)."""
+        """One optimiser step on ``segments`` (on several ranks, every rank's share;
+        segments without a step to learn from are consumed as they are)."""
         started = time.perf_counter()
-        if not any(trained_steps(s) > 0 for s in segments):
+        learnt = [s for s in segments if trained_steps(s) > 0]
+        batch = segment_batch(learnt, self.topologies) if learnt else None
+        here = batch.transitions if batch is not None else 0
+        refusal = self.guard.refusal()
+        paused, closed, transitions, offered = sum_across(
+            [
+                int(refusal is LearningOutcome.PAUSED),
+                int(refusal is LearningOutcome.BREAKER_OPEN),
+                here,
+                len(segments),
+            ],
+            self.rank,
+            self.device,
+        )
+        if paused or closed:
+            outcome = LearningOutcome.PAUSED if paused else LearningOutcome.BREAKER_OPEN
+            return ImpalaUpdateStats(outcome, 0, 0)
+        if transitions == 0:
             return ImpalaUpdateStats(LearningOutcome.APPLIED, len(segments), 0)
-        batch = segment_batch(segments, self.topologies)
         losses: list[VTraceLoss] = []
-
-        def loss_fn() -> Tensor:
-            losses.append(self.loss(batch))
-            return losses[-1].total
-
         self.policy.train()
-        result = self.guard.step(self.optimizer, loss_fn)
+        result = self.guard.step(
+            self.optimizer,
+            lambda: self._agreed_loss(batch, losses),
+            combine_gradients=lambda: combine_gradients(
+                self.policy.parameters(), here / transitions, self.rank
+            ),
+        )
         if result.outcome in _REFUSALS:
+            self._refused_after_agreeing()
             return ImpalaUpdateStats(result.outcome, 0, 0)
         p = self.progress
         if not result.applied:
@@ -168,19 +192,46 @@ class ImpalaLearner:
             return ImpalaUpdateStats(result.outcome, len(segments), 0)
         self.lr.advance()
         p.updates += 1
-        p.transitions_learnt += batch.transitions
-        p.segments_learnt += len(segments)
-        p.seen_version = max(p.seen_version, *(s.policy_version for s in segments))
-        loss = losses[-1]
+        p.transitions_learnt += transitions
+        p.segments_learnt += offered
+        seen = max((s.policy_version for s in segments), default=0)
+        p.seen_version = max(p.seen_version, max_across(seen, self.rank, self.device))
         verdict, candidate = None, None
         if p.updates % self.settings.updates_per_publish == 0:
             verdict, candidate = self.propose()
-        return ImpalaUpdateStats(
-            result.outcome, len(segments), batch.transitions,
-            float(loss.total.detach()), float(loss.policy.detach()), float(loss.value.detach()),
-            float(loss.entropy.detach()), loss.mean_rho, result.grad_norm or math.nan,
-            self.lr.learning_rate, time.perf_counter() - started, verdict, candidate,
-        )  # fmt: skip
+        return _applied(result, len(segments), transitions, losses, self.lr.learning_rate,
+                        time.perf_counter() - started, verdict, candidate)  # fmt: skip
+
+    def _agreed_loss(self, batch: SegmentBatch | None, losses: list[VTraceLoss]) -> Tensor:
+        """This rank's loss once every rank computed its own: NaN on every rank when any
+        rank's is not finite, raising on every rank when any rank's raised, so that no
+        rank runs a backward the others skip. A rank without segments gives a zero loss
+        (its gradients are zero)."""
+        failure: Exception | None = None
+        loss: Tensor = torch.zeros((), device=self.device, requires_grad=True)
+        if batch is not None:
+            try:
+                losses.append(self.loss(batch))
+                loss = losses[-1].total
+            except Exception as error:  # every rank must hear of it before it is raised
+                failure = error
+        finite = failure is not None or math.isfinite(float(loss.detach()))
+        refused, failed, not_finite = sum_across(
+            [0, int(failure is not None), int(not finite)], self.rank, self.device
+        )
+        if failure is not None:
+            raise failure
+        if refused or failed:
+            raise RuntimeError("the step failed on another rank")
+        if not_finite:
+            return torch.full((), math.nan, device=self.device)
+        return loss
+
+    def _refused_after_agreeing(self) -> None:
+        """A guard that refused after the ranks agreed to step (conservative mode or the
+        breaker changed in between) still answers the loss's agreement, so the others
+        fail the step rather than wait for this rank."""
+        sum_across([1, 0, 0], self.rank, self.device)
 
     # ------------------------------------------------------------------ gate
 
@@ -244,3 +295,28 @@ class ImpalaLearner:
     @property
     def breaker_open(self) -> bool:
         return self.guard.breaker.state is BreakerState.OPEN
+
+
+def _applied(
+    result: LearningStepResult,
+    segments: int,
+    transitions: int,
+    losses: Sequence[VTraceLoss],
+    learning_rate: float,
+    duration_s: float,
+    verdict: GateVerdict | None,
+    candidate: Candidate | None,
+) -> ImpalaUpdateStats:
+    if not losses:  # this rank had no segment: the step was the others'
+        return ImpalaUpdateStats(
+            result.outcome, segments, transitions, grad_norm=result.grad_norm or math.nan,
+            learning_rate=learning_rate, duration_s=duration_s, verdict=verdict,
+            candidate=candidate,
+        )  # fmt: skip
+    loss = losses[-1]
+    return ImpalaUpdateStats(
+        result.outcome, segments, transitions,
+        float(loss.total.detach()), float(loss.policy.detach()), float(loss.value.detach()),
+        float(loss.entropy.detach()), loss.mean_rho, result.grad_norm or math.nan,
+        learning_rate, duration_s, verdict, candidate,
+    )  # fmt: skip

@@ -77,8 +77,8 @@ class _Buffered:
 def start_learner(
     settings: ImpalaSettings, rank: RankInfo, device: torch.device, events: EventSink | None
 ) -> ImpalaLearner:
-    """The profile's initial policy from the seed (the same on every rank), resumed from
-    the latest checkpoint when there is one."""
+    """The profile's initial policy from the seed, resumed from the latest checkpoint
+    when there is one; on several ranks, every rank then holds the lead's weights."""
     torch.manual_seed(settings.seed)
     policy = ReferencePolicy(PROFILES[settings.profile]).to(device)
     learner = ImpalaLearner(settings, policy, rank=rank, events=events)
@@ -86,6 +86,7 @@ def start_learner(
     if saved is not None:
         restore_learner(learner, saved)
         log.info("impala learner resumed at update %d", learner.progress.updates)
+    learner.align_ranks()
     return learner
 
 

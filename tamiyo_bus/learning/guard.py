@@ -16,6 +16,10 @@ whether its result may touch the weights:
 - otherwise the gradients are clipped to ``max_grad_norm`` and the optimiser steps
   (``APPLIED``), which closes a half-open breaker.
 
+A data-parallel learner passes ``combine_gradients``: it runs after the backward and
+before the clip, so the clip, the reported norm and the step see the gradients every
+rank agreed on.
+
 With a ``GradScaler`` (float16 autocast) the loss is scaled for the backward and the
 gradients unscaled before the clip, so the clip and the reported norm see the true
 gradients; an overflow is a ``NON_FINITE`` step like any other, and also lowers the
@@ -34,7 +38,7 @@ from enum import StrEnum
 import torch
 
 from leyline_vocab.events import BreakerName
-from oona.breaker import CircuitBreaker
+from oona.breaker import BreakerState, CircuitBreaker
 from tamiyo_bus.risk.gate import RiskGate
 
 log = logging.getLogger(__name__)
@@ -98,11 +102,21 @@ class LearningGuard:
             gate.breakers[BreakerName.LEARNING], lambda: conservative.learning_paused, settings
         )
 
+    def refusal(self) -> LearningOutcome | None:
+        """The refusal a step would meet now (``PAUSED``, ``BREAKER_OPEN``), or None;
+        reserves no trial, so data-parallel ranks can agree before any of them steps."""
+        if self._paused():
+            return LearningOutcome.PAUSED
+        if self.breaker.state is BreakerState.OPEN:
+            return LearningOutcome.BREAKER_OPEN
+        return None
+
     def step(
         self,
         optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[], torch.Tensor],
         scaler: torch.amp.GradScaler | None = None,
+        combine_gradients: Callable[[], None] | None = None,
     ) -> LearningStepResult:
         """Run one guarded update: ``loss_fn()`` computes the loss to minimise."""
         if self._paused():
@@ -111,7 +125,7 @@ class LearningGuard:
             return self._count(LearningStepResult(LearningOutcome.BREAKER_OPEN))
         optimizer.zero_grad(set_to_none=True)
         try:
-            result = self._update(optimizer, loss_fn, scaler)
+            result = self._update(optimizer, loss_fn, scaler, combine_gradients)
         except Exception as error:
             result = LearningStepResult(
                 LearningOutcome.FAILED, detail=f"{type(error).__name__}: {error}"[:500]
@@ -129,6 +143,7 @@ class LearningGuard:
         optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[], torch.Tensor],
         scaler: torch.amp.GradScaler | None,
+        combine_gradients: Callable[[], None] | None,
     ) -> LearningStepResult:
         loss = loss_fn()
         loss_value = float(loss.detach())
@@ -139,6 +154,8 @@ class LearningGuard:
         else:
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.unscale_(optimizer)
+        if combine_gradients is not None:
+            combine_gradients()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.settings.max_grad_norm))
         if not math.isfinite(grad_norm):
