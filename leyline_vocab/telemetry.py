@@ -63,6 +63,23 @@ METRIC_LEARNER_EXPERIENCE = "learner_experience"  # labelled state: joined/expir
 LABEL_OUTCOME = "outcome"
 LABEL_STATE = "state"
 
+# The V-trace learner (source "simic", its lead rank): gauges set after every update.
+METRIC_IMPALA_UPDATES = "impala_updates"
+METRIC_IMPALA_TRANSITIONS = "impala_transitions_learnt"
+METRIC_IMPALA_TOTAL_LOSS = "impala_total_loss"
+METRIC_IMPALA_POLICY_LOSS = "impala_policy_loss"
+METRIC_IMPALA_VALUE_LOSS = "impala_value_loss"
+METRIC_IMPALA_ENTROPY = "impala_entropy"
+METRIC_IMPALA_MEAN_RHO = "impala_mean_rho"
+METRIC_IMPALA_GRAD_NORM = "impala_grad_norm"
+METRIC_IMPALA_LEARNING_RATE = "impala_learning_rate"
+METRIC_IMPALA_LAG_P50 = "impala_lag_p50_s"  # actor's envelope to the end of the update
+METRIC_IMPALA_LAG_P99 = "impala_lag_p99_s"
+METRIC_IMPALA_SEGMENTS = "impala_segments"  # labelled outcome: consumed/rejected/ignored/held_out
+METRIC_IMPALA_POLICIES = "impala_policies"  # labelled outcome: published/rejected/deferred
+METRIC_IMPALA_POLICY_VERSION = "impala_policy_version"
+METRIC_IMPALA_BUFFER_FILL = "impala_buffer_fill"  # buffered segments / buffer_max_segments
+
 # The hub's own counters (source "hub").
 HUB_RECEIVED = "packets_received"
 HUB_DUPLICATES = "packets_duplicate"

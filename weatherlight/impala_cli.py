@@ -3,10 +3,11 @@
 Under torchrun (`torchrun --nproc-per-node 2 -m weatherlight.cli impala-learner ...`)
 each rank reads RANK, WORLD_SIZE and LOCAL_RANK from its environment, consumes its own
 share of the trajectories stream (consumer `<consumer>-rank<r>` of group
-`impala-learner`), and the lead rank gates, publishes and checkpoints. The process's
-key (TAMIYO_SIGNING_KEY_FILE) must be Simic's, as for `tamiyo-bus learner`; the ranks
-share one server (TAMIYO_REDIS_URL or `--redis-url`). Runs until `--updates` updates
-(0: until SIGTERM or SIGINT); every `--status-interval-s` a line gives its figures.
+`impala-learner`), and the lead rank gates, publishes, checkpoints and sends the
+telemetry. The process's key (TAMIYO_SIGNING_KEY_FILE) must be Simic's, as for
+`tamiyo-bus learner`; the ranks share one server (TAMIYO_REDIS_URL or `--redis-url`).
+Runs until `--updates` updates (0: until SIGTERM or SIGINT, to any rank: the ranks
+stop together and exit 0); every `--status-interval-s` a line gives its figures.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from leyline_vocab.roles import SOURCE_SIMIC
-from oona.bus import Bus
 from oona.keyfiles import KeyConfigError
 from tamiyo_bus.impala.distributed import (
     RankInfo,
@@ -30,8 +30,9 @@ from tamiyo_bus.impala.distributed import (
     learner_device,
     leave_process_group,
 )
-from tamiyo_bus.impala.service import ImpalaLearnerService, start_learner
+from tamiyo_bus.impala.service import ImpalaLearnerService
 from tamiyo_bus.impala.settings import ImpalaSettings
+from weatherlight.impala_learner import impala_on_bus
 from weatherlight.learner_cli import EXIT_CONFIG_ERROR, load_keys
 from weatherlight.settings import SystemSettings
 
@@ -44,10 +45,18 @@ def status(service: ImpalaLearnerService) -> dict[str, object]:
         "segments_consumed": s.segments_consumed,
         "segments_rejected": s.segments_rejected,
         "candidates_published": p.candidates_published,
+        "policies_published": s.policies_published,  # the bus took them
         "candidates_rejected": p.candidates_rejected,
         "policy_version": p.running_version,
         "buffered": service.buffered,
     }
+
+
+def say(line: str) -> None:
+    """One line in one write: the ranks under torchrun share one output, and a line
+    written at once (under the pipe's atomic size) is never cut by another rank's."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 async def serve(
@@ -61,26 +70,24 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     await asyncio.to_thread(join_process_group, rank)
     device = learner_device(rank)
-    bus = Bus.connect(system.oona, signer, source=SOURCE_SIMIC)
     name = f"impala-learner[{rank.rank}/{rank.world_size}]"
     try:
-        learner = await asyncio.to_thread(start_learner, settings, rank, device, None)
-        service = ImpalaLearnerService(
-            bus, settings, signer, keyring=keyring, rank=rank, learner=learner, device=device
-        )
-        print(f"{name}: running from update {learner.progress.updates}", flush=True)
-        task = asyncio.create_task(service.run(stop))
-        while not task.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), timeout=status_interval_s)
-            if updates and learner.progress.updates >= updates:
-                stop.set()
-            print(f"{name}: {json.dumps(status(service))}", flush=True)
-        await task
+        async with impala_on_bus(
+            system.oona, keyring, signer, settings, rank=rank, device=device
+        ) as service:
+            learner = service.learner
+            say(f"{name}: pid {os.getpid()}, running from update {learner.progress.updates}")
+            task = asyncio.create_task(service.run(stop))
+            while not task.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), timeout=status_interval_s)
+                if updates and learner.progress.updates >= updates:
+                    stop.set()
+                say(f"{name}: {json.dumps(status(service))}")
+            await task
     finally:
-        await bus.close()
         await asyncio.to_thread(leave_process_group)
-    print(f"{name}: stopped", flush=True)
+    say(f"{name}: stopped")
     return 0
 
 
@@ -89,21 +96,39 @@ def run(args: argparse.Namespace) -> int:
     system = SystemSettings.from_env()
     if args.redis_url:
         system = replace(system, oona=replace(system.oona, redis_url=args.redis_url))
-    settings = system.impala
-    overrides: dict[str, object] = {
-        "batch_segments": args.batch_segments,
-        "updates_per_publish": args.updates_per_publish,
-    }
-    if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
-    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
-    if args.checkpoint_dir is not None:
-        settings = replace(settings, checkpoint_directory=args.checkpoint_dir)
+    if args.key_prefix:
+        system = replace(system, oona=replace(system.oona, key_prefix=args.key_prefix))
+    settings = learner_settings(system.impala, args)
     try:
         return asyncio.run(serve(system, settings, args.updates, args.status_interval_s))
     except KeyConfigError as exc:
         print(f"impala-learner: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+
+
+def learner_settings(base: ImpalaSettings, args: argparse.Namespace) -> ImpalaSettings:
+    """``base`` with the command's flags applied."""
+    overrides: dict[str, object] = {
+        "batch_segments": args.batch_segments,
+        "base_lr": args.base_lr,
+        "updates_per_publish": args.updates_per_publish,
+        "checkpoint_every_updates": args.checkpoint_every_updates,
+        "held_out_fraction": args.held_out_fraction,
+        "starved_wait_s": args.starved_wait_s,
+        "data_dir": args.data_dir,
+        "checkpoint_directory": args.checkpoint_dir,
+    }
+    settings = replace(base, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    gate = settings.gate
+    if args.min_held_out_decisions is not None:
+        gate = replace(gate, min_held_out_decisions=args.min_held_out_decisions)
+    if args.gate_sim_runs is not None:
+        gate = (
+            replace(gate, sim_evaluation=False)
+            if args.gate_sim_runs == 0
+            else replace(gate, sim_evaluation=True, sim_runs=args.gate_sim_runs)
+        )
+    return replace(settings, gate=gate)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -113,11 +138,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "policies Simic's validation gate passes (several ranks under torchrun)",
     )
     parser.add_argument("--redis-url", help="the bus's server (default: TAMIYO_REDIS_URL)")
+    parser.add_argument("--key-prefix", help="the bus's key prefix (default: tamiyo)")
     parser.add_argument("--data-dir", type=Path, help="the learner's state (ImpalaSettings)")
     parser.add_argument("--checkpoint-dir", type=Path, help="default: <data dir>/checkpoints")
     parser.add_argument("--updates", type=int, default=0, help="updates to run (0: forever)")
     parser.add_argument("--batch-segments", type=int, help="segments per update, per rank")
     parser.add_argument("--updates-per-publish", type=int, help="K: updates between candidates")
+    parser.add_argument("--base-lr", type=float, help="Adam's (constant) learning rate")
+    parser.add_argument("--checkpoint-every-updates", type=int, help="0: never")
+    parser.add_argument("--held-out-fraction", type=float, help="of segments, the gate's data")
+    parser.add_argument("--min-held-out-decisions", type=int,
+                        help="the gate judges from at least these")  # fmt: skip
+    parser.add_argument("--gate-sim-runs", type=int,
+                        help="the gate's simulated runs per policy (0: none)")  # fmt: skip
+    parser.add_argument("--starved-wait-s", type=float,
+                        help="how long the ranks wait for a starved one")  # fmt: skip
     parser.add_argument("--status-interval-s", type=float, default=10.0,
                         help="seconds between status lines")  # fmt: skip
     parser.set_defaults(run=run)

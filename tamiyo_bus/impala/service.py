@@ -12,15 +12,19 @@ intake back.
 The learning lane takes ``batch_segments`` at a time and runs the update in a worker
 thread (torch never runs on the event loop); a refused update puts its batch back.
 On the lead rank, a candidate that passed the gate is published as a signed
-PolicyUpdate with Simic's publisher and key role, and every
-``checkpoint_every_updates`` the state goes to the asynchronous checkpointer. Under
-torchrun every rank runs this service on its own share of the stream, in step with the
-others (``impala.distributed``).
+PolicyUpdate with Simic's publisher and key role, every ``checkpoint_every_updates``
+the state goes to the asynchronous checkpointer, and after every update the sink gets
+an ``ImpalaReport``. Under torchrun every rank runs this service on its own share of
+the stream; each round the ranks agree whether to stop, wait or step
+(``impala.pacing``), so a stop on one rank stops them all, and a rank starved of
+segments holds the others at most ``starved_wait_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -37,9 +41,11 @@ from oona.keys import Keyring, Signer
 from oona.payloads import decode
 from oona.streams import Stream
 from tamiyo_bus.impala.checkpoint import learner_state, restore_learner
-from tamiyo_bus.impala.distributed import RankInfo, any_rank
+from tamiyo_bus.impala.distributed import RankInfo, sum_across
 from tamiyo_bus.impala.learner import POLICY_ID, ImpalaLearner, ImpalaUpdateStats
+from tamiyo_bus.impala.pacing import Pace, agreed_pace
 from tamiyo_bus.impala.settings import ImpalaSettings
+from tamiyo_bus.impala.telemetry import ImpalaReport, ImpalaSink, lag_percentiles
 from tamiyo_bus.learning.async_checkpoint import (
     AsyncCheckpointer,
     CheckpointSettings,
@@ -102,12 +108,14 @@ class ImpalaLearnerService:
         learner: ImpalaLearner | None = None,
         events: EventSink | None = None,
         device: torch.device | None = None,
+        sink: ImpalaSink | None = None,
     ) -> None:
         self.settings = s = settings
         self.rank = rank or RankInfo()
         self.device = device or torch.device("cpu")
         self.learner = learner or start_learner(s, self.rank, self.device, events)
         self.stats = ImpalaServiceStats()
+        self.sink = sink if self.rank.lead else None
         consumer = s.consumer if not self.rank.distributed else f"{s.consumer}-rank{self.rank.rank}"
         subscription = Subscription(
             group=s.group,
@@ -134,12 +142,35 @@ class ImpalaLearnerService:
         return len(self._buffer)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set on any rank. The intake is cancelled once learning
+        ended (its segment in flight, unacked, is delivered again), so a full buffer
+        cannot hold it."""
         try:
             async with asyncio.TaskGroup() as lanes:
-                lanes.create_task(self.consumer.run(stop))
-                lanes.create_task(self._learn(stop))
+                intake = lanes.create_task(self.consumer.run(stop))
+                await self._learn(stop)
+                stop.set()
+                intake.cancel()
         finally:
             self.close()
+
+    def report(self, update: ImpalaUpdateStats | None = None) -> ImpalaReport:
+        s = self.stats
+        p50, p99 = lag_percentiles(s.lags_s)
+        return ImpalaReport(
+            dataclasses.replace(self.learner.progress),
+            {
+                "consumed": s.segments_consumed,
+                "rejected": s.segments_rejected,
+                "ignored": s.segments_ignored,
+                "held_out": s.segments_held_out,
+            },
+            s.policies_published,
+            self.buffered / self.settings.buffer_max_segments,
+            p50,
+            p99,
+            update,
+        )
 
     def close(self) -> None:
         if self.checkpointer is not None:
@@ -171,27 +202,36 @@ class ImpalaLearnerService:
 
     # -------------------------------------------------------------- learning
 
-    async def learn_once(self, stop: asyncio.Event) -> ImpalaUpdateStats | None:
-        """One update from a full batch, if one is buffered (None: none was), and the
-        publication of its candidate."""
+    async def learn_once(
+        self, stop: asyncio.Event, *, partial: bool = False
+    ) -> ImpalaUpdateStats | None:
+        """One update from a full batch, if one is buffered (None: none was), or with
+        ``partial`` from what is buffered (the ranks agreed to step without waiting for
+        a starved one), and the publication of its candidate."""
         n = self.settings.batch_segments
-        if len(self._buffer) < n:
+        if len(self._buffer) < n and not partial:
             return None
         async with self._changed:
-            batch = [self._buffer.popleft() for _ in range(n)]
+            batch = [self._buffer.popleft() for _ in range(min(n, len(self._buffer)))]
             self._changed.notify_all()
         update = await asyncio.to_thread(self.learner.update, [b.segment for b in batch])
         if update.refused:
             async with self._changed:
                 self._buffer.extendleft(reversed(batch))
             self.stats.updates_refused += 1
+            self._report(update)
             return update
         finished_ns = time.time_ns()
         self.stats.lags_s.extend((finished_ns - b.issued_at_ns) / 1e9 for b in batch)
         if update.candidate is not None:
             await self._publish(update.candidate, stop)
         self._checkpoint()
+        self._report(update)
         return update
+
+    def _report(self, update: ImpalaUpdateStats) -> None:
+        if self.sink is not None:
+            self.sink(self.report(update))
 
     def _checkpoint(self) -> None:
         every = self.settings.checkpoint_every_updates
@@ -208,21 +248,39 @@ class ImpalaLearnerService:
             log.info("published policy version %d", candidate.version)
 
     async def _batch_ready(self, stop: asyncio.Event) -> None:
+        """Until a full batch is buffered or stop is set, at most one polling interval
+        (the ranks' rounds go on while none is full)."""
+        n = self.settings.batch_segments
         async with self._changed:
-            while len(self._buffer) < self.settings.batch_segments and not stop.is_set():
-                try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=_STOP_POLL_S)
-                except TimeoutError:
-                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: len(self._buffer) >= n or stop.is_set()),
+                    timeout=_STOP_POLL_S,
+                )
+
+    async def _agree(self, stop: asyncio.Event, waited_out: bool) -> tuple[Pace, bool]:
+        """This round's pace on every rank, and whether any rank holds a full batch."""
+        full_here = len(self._buffer) >= self.settings.batch_segments
+        stopping, full, late = await asyncio.to_thread(
+            sum_across, [int(stop.is_set()), int(full_here), int(waited_out)],
+            self.rank, self.device,
+        )  # fmt: skip
+        return agreed_pace(stopping, full, late, self.rank.world_size), full > 0
 
     async def _learn(self, stop: asyncio.Event) -> None:
+        full_since: float | None = None  # the round some rank first held a full batch
         while True:
             await self._batch_ready(stop)
-            if await asyncio.to_thread(any_rank, stop.is_set(), self.rank, self.device):
+            starved_s = self.settings.starved_wait_s
+            waited_out = full_since is not None and time.monotonic() - full_since >= starved_s
+            pace, any_full = await self._agree(stop, waited_out)
+            if pace is Pace.STOP:
                 return
-            update = await self.learn_once(stop)
+            if pace is Pace.WAIT:
+                full_since = (full_since or time.monotonic()) if any_full else None
+                continue
+            full_since = None
+            update = await self.learn_once(stop, partial=True)
             if update is not None and update.refused:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.refused_retry_s)
-                except TimeoutError:
-                    continue

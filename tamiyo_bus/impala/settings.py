@@ -50,6 +50,9 @@ class ImpalaSettings:
     # The learner's freshness window on the bus: a backlog up to this old is still read.
     experience_max_age_s: float = 600.0
     refused_retry_s: float = 1.0  # after a refused update (breaker open, paused)
+    # Under torchrun, once a rank holds a full batch: how long the ranks wait for the
+    # others to fill theirs before each steps on what it holds (docs/learning.md).
+    starved_wait_s: float = 5.0
     gate: ValidationGateSettings = field(default_factory=ValidationGateSettings)
     checkpoint_directory: Path | None = None  # None: <data_dir>/checkpoints
 
@@ -64,6 +67,8 @@ class ImpalaSettings:
             raise ValueError("held_out_fraction must lie in [0, 1)")
         if min(self.experience_max_age_s, self.refused_retry_s, self.base_lr) <= 0:
             raise ValueError("experience_max_age_s, refused_retry_s and base_lr must be > 0")
+        if self.starved_wait_s < 0:
+            raise ValueError("starved_wait_s must be >= 0")
 
     @property
     def checkpoint_dir(self) -> Path:
