@@ -30,26 +30,10 @@ from tamiyo_bus.impala.distributed import (
     learner_device,
     leave_process_group,
 )
-from tamiyo_bus.impala.service import ImpalaLearnerService
 from tamiyo_bus.impala.settings import ImpalaSettings
 from weatherlight.impala_learner import impala_on_bus
 from weatherlight.learner_cli import EXIT_CONFIG_ERROR, load_keys
 from weatherlight.settings import SystemSettings
-
-
-def status(service: ImpalaLearnerService) -> dict[str, object]:
-    p, s = service.learner.progress, service.stats
-    return {
-        "updates": p.updates,
-        "transitions_learnt": p.transitions_learnt,
-        "segments_consumed": s.segments_consumed,
-        "segments_rejected": s.segments_rejected,
-        "candidates_published": p.candidates_published,
-        "policies_published": s.policies_published,  # the bus took them
-        "candidates_rejected": p.candidates_rejected,
-        "policy_version": p.running_version,
-        "buffered": service.buffered,
-    }
 
 
 def say(line: str) -> None:
@@ -83,7 +67,7 @@ async def serve(
                     await asyncio.wait_for(asyncio.shield(task), timeout=status_interval_s)
                 if updates and learner.progress.updates >= updates:
                     stop.set()
-                say(f"{name}: {json.dumps(status(service))}")
+                say(f"{name}: {json.dumps(service.health())}")
             await task
     finally:
         await asyncio.to_thread(leave_process_group)

@@ -136,6 +136,10 @@ def impala_learner_service(settings: ImpalaSettings, signer: Signer) -> ServiceR
         async with impala_on_bus(
             context.oona, context.keyring, signer, named, events=context.events
         ) as service:
-            await service.run(context.stop)
+            context.supervisor.details[context.name] = service.health
+            try:
+                await service.run(context.stop)
+            finally:
+                context.supervisor.details.pop(context.name, None)
 
     return run

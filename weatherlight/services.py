@@ -7,7 +7,9 @@ the client. Every component emits its events (its consumers' rejections) into
 `context.events`, and the ``events`` service forwards them to Nissa as telemetry.
 Simic's field-report intake runs when its settings say where its store is (`serve`
 puts it under TAMIYO_DATA_DIR, the demo in the run directory); Simic's learner when its
-settings are given, with Simic's signing key (weatherlight.learner). Tamiyo's policy-update
+settings are given, with Simic's signing key (weatherlight.learner), or the V-trace
+learner under the same name when ``impala`` is set too (weatherlight.impala_learner).
+Tamiyo's policy-update
 listener is not here: it swaps the policy of the process that runs the step path, so
 it runs there (the demo adds it to its own Weatherlight).
 """
@@ -28,9 +30,11 @@ from oona.bus import Bus
 from oona.keyfiles import KeyConfigError
 from oona.keys import Keyring, Signer
 from oona.settings import OonaSettings
+from tamiyo_bus.impala.settings import ImpalaSettings
 from tamiyo_bus.simic.settings import LearnerSettings
 from weatherlight.drain import DrainCollector, DrainStats, drain_service
 from weatherlight.events import EVENTS
+from weatherlight.impala_learner import impala_learner_service
 from weatherlight.learner import ENV_SIMIC_SIGNING_KEY_FILE, LEARNER, learner_service
 from weatherlight.server_keeper import ServerKeeperSettings
 from weatherlight.supervisor import (
@@ -57,6 +61,8 @@ class WeatherlightSettings:
     nissa: NissaSettings = field(default_factory=NissaSettings)
     simic: SimicSettings | None = None  # None: no field-report intake in this process
     learner: LearnerSettings | None = None  # None: no learner in this process
+    # Set (with learner set): the `learner` service is the V-trace learner, not PPO.
+    impala: ImpalaSettings | None = None
     server_keeper: ServerKeeperSettings = field(default_factory=ServerKeeperSettings)
 
 
@@ -130,7 +136,12 @@ def default_services(
             raise KeyConfigError(
                 ENV_SIMIC_SIGNING_KEY_FILE, "the learner signs with Simic's key: set it"
             )
-        specs.append(ServiceSpec(LEARNER, learner_service(settings.learner, simic_signer)))
+        run = (
+            learner_service(settings.learner, simic_signer)
+            if settings.impala is None
+            else impala_learner_service(settings.impala, simic_signer)
+        )
+        specs.append(ServiceSpec(LEARNER, run))
     return specs
 
 

@@ -32,6 +32,7 @@ ENV_URZA_DB = "TAMIYO_URZA_DB"
 ENV_REDIS_APPENDONLY = "TAMIYO_REDIS_APPENDONLY"
 ENV_REDIS_APPENDFSYNC = "TAMIYO_REDIS_APPENDFSYNC"
 ENV_LEARNER = "TAMIYO_LEARNER"
+LEARNER_VTRACE = "vtrace"  # TAMIYO_LEARNER's value for the V-trace learner
 ENV_LEARNER_START_CHECKPOINT = "TAMIYO_LEARNER_START_CHECKPOINT"
 ENV_LEARNER_SHORT_RUNS = "TAMIYO_LEARNER_SHORT_RUNS"
 ENV_CLAIM_IDLE_MS = "TAMIYO_CLAIM_IDLE_MS"
@@ -86,7 +87,8 @@ class SystemSettings:
         (``0``/``false``/``no``/``off`` turn the embedded server's persistence off),
         TAMIYO_REDIS_APPENDFSYNC, TAMIYO_CLAIM_IDLE_MS, TAMIYO_URZA_DB, the key
         variables (oona.keyfiles.KeySettings.from_env), TAMIYO_LEARNER (the same words
-        turn Simic's learner off), TAMIYO_SIMIC_SIGNING_KEY_FILE,
+        turn Simic's learner off; ``vtrace`` runs the V-trace learner, ``impala``, as
+        the learner service instead), TAMIYO_SIMIC_SIGNING_KEY_FILE,
         TAMIYO_LEARNER_START_CHECKPOINT and TAMIYO_LEARNER_SHORT_RUNS (``1``/``true``/
         ``yes``/``on``: the learner sized for short runs) applied; empty values count as
         unset."""
@@ -109,7 +111,11 @@ class SystemSettings:
             oona=oona,
             keys=KeySettings.from_env(env),
             urza=replace(base.urza, db_path=Path(urza_db)) if urza_db else base.urza,
-            weatherlight=replace(base.weatherlight, learner=_learner(base, value)),
+            weatherlight=replace(
+                base.weatherlight,
+                learner=_learner(base, value),
+                impala=base.impala if value(ENV_LEARNER).lower() == LEARNER_VTRACE else None,
+            ),
         )
 
 

@@ -154,6 +154,23 @@ class ImpalaLearnerService:
         finally:
             self.close()
 
+    def health(self) -> dict[str, object]:
+        """The figures a status line or Weatherlight's /healthz shows."""
+        p, s = self.learner.progress, self.stats
+        return {
+            "learner": "vtrace",
+            "updates": p.updates,
+            "transitions_learnt": p.transitions_learnt,
+            "segments_consumed": s.segments_consumed,
+            "segments_rejected": s.segments_rejected,
+            "candidates_published": p.candidates_published,
+            "candidates_rejected": p.candidates_rejected,
+            "policies_published": s.policies_published,  # the bus took them
+            "policy_version": p.running_version,
+            "buffered": self.buffered,
+            "waiting_for": self.consumer.waiting_for,
+        }
+
     def report(self, update: ImpalaUpdateStats | None = None) -> ImpalaReport:
         s = self.stats
         p50, p99 = lag_percentiles(s.lags_s)
