@@ -5,7 +5,8 @@ The tensors: the weights being trained (``policy.``), the running weights last
 published (``running.``) and Adam's moments (``optimizer.``); the metadata: the
 optimiser's scalars and groups, the LR controller, and the learner's counters with
 its policy versions. The stream cursor is not here: the consumer group is the cursor
-(what was acked is not read again).
+(what was acked is not read again). Neither are the held-out segments nor the buffered
+ones: docs/learning.md says why losing them on a restart is harmless.
 """
 
 from __future__ import annotations
