@@ -115,7 +115,7 @@ async def test_two_ranks_under_torchrun_learn_publish_checkpoint_and_stop_togeth
                                  stream=Stream.TRAJECTORIES)  # fmt: skip
         output.wait_for("published policy", lambda _: _published(output) >= 1)
         await listener.consumer.drain()
-        assert holder.current().version == 2  # above the experience's version 1
+        assert holder.current().version >= 2  # applied: above the experience's version 1
 
         consumers = await tamiyo.redis.xinfo_consumers(
             tamiyo.key(Stream.TRAJECTORIES), IMPALA_GROUP
@@ -127,14 +127,14 @@ async def test_two_ranks_under_torchrun_learn_publish_checkpoint_and_stop_togeth
         for rank in range(2):
             assert output.statuses(rank)[-1]["segments_consumed"] > 0
             assert output.statuses(rank)[-1]["updates"] >= 1
-        saved = load_latest(tmp_path / "data" / "impala" / "checkpoints")
-        assert saved is not None and saved.step >= 1
 
         os.kill(output.pid(1), signal.SIGTERM)  # one rank told to stop: both stop
         assert learners.wait(timeout=DEADLINE_S) == 0
         output.wait_for(
             "both stopped", lambda lines: sum(x.endswith(": stopped") for x in lines) == 2
         )
+        saved = load_latest(tmp_path / "data" / "impala" / "checkpoints")  # flushed at exit
+        assert saved is not None and saved.step >= 1
     finally:
         if learners.poll() is None:
             learners.kill()
