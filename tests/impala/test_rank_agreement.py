@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -27,15 +26,10 @@ from tamiyo_bus.impala.learner import ImpalaLearner
 from tamiyo_bus.learning.guard import LearningGuard, LearningGuardSettings
 
 from .helpers import actor_segments, impala_settings, initial_policy
+from .test_distributed import _free_port
 
 WORLD = 2
 DEADLINE_S = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _unchanged(learner: ImpalaLearner, start: dict[str, torch.Tensor]) -> bool:

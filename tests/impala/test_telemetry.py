@@ -27,18 +27,11 @@ from tamiyo_bus.impala.distributed import RankInfo
 from tamiyo_bus.impala.learner import ImpalaLearner
 from tamiyo_bus.impala.service import ImpalaLearnerService
 from tamiyo_bus.impala.telemetry import lag_percentiles
+from tests.simic.test_telemetry import Gauges
 from weatherlight.impala_learner import UPDATE_GAUGES, impala_gauges, impala_on_bus
 
 from .helpers import actor_segments, impala_settings, initial_policy
 from .test_service import KEYS, _bus, _publish
-
-
-class Gauges:
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-
-    def set_gauge(self, name: str, value: float, **labels: str) -> None:
-        self.values[(name, tuple(sorted(labels.items())))] = value
 
 
 def test_lag_percentiles_of_none_are_not_numbers() -> None:

@@ -69,29 +69,32 @@ def test_a_subset_of_services_without_the_learner_needs_no_key_of_simics() -> No
     assert serve.without_unwanted_learner(system, None) == system
 
 
-@pytest.mark.slow
-async def test_serve_runs_the_services_and_stops_gracefully_on_sigterm(
-    server_url: str, tmp_path: Path
-) -> None:
+async def started_serve(
+    instance: str, env: dict[str, str]
+) -> tuple[asyncio.subprocess.Process, str]:
+    """`serve` started with throw-away keys, once Nissa says where its status page is."""
     # the serve command without the rest of the CLI (no torch import: seconds faster)
     command = [sys.executable, "-m", "weatherlight.serve", "--port", "0",
-               "--instance", "serve-test"]  # fmt: skip
+               "--instance", instance]  # fmt: skip
     process = await asyncio.create_subprocess_exec(
-        *command, "--ephemeral-keys", env=_env(server_url, tmp_path), cwd=ROOT,
+        *command, "--ephemeral-keys", env=env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     assert process.stdout is not None
-    url = ""
     lines: list[str] = []
-    while not url:
+    while True:
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
         assert line, "serve exited early:\n" + "".join(lines)
         lines.append(line)
         if line.startswith("nissa: status page "):
-            url = line.split()[3].rstrip("/")
+            return process, line.split()[3].rstrip("/")
+
+
+async def services_once_the_learner_reports(url: str) -> dict[str, dict[str, object]]:
+    """The services in /healthz once the learner's detail is there (it opened its state)."""
     services: dict[str, dict[str, object]] = {}
 
-    async def learner_reports() -> bool:  # its detail once it has opened its store
+    async def learner_reports() -> bool:
         nonlocal services
         status, body = await get(url + "/healthz")
         assert status in (200, 503)
@@ -99,6 +102,15 @@ async def test_serve_runs_the_services_and_stops_gracefully_on_sigterm(
         return "detail" in services["learner"]
 
     await wait_until(learner_reports, timeout_s=60.0)
+    return services
+
+
+@pytest.mark.slow
+async def test_serve_runs_the_services_and_stops_gracefully_on_sigterm(
+    server_url: str, tmp_path: Path
+) -> None:
+    process, url = await started_serve("serve-test", _env(server_url, tmp_path))
+    services = await services_once_the_learner_reports(url)
     assert set(services) == {"events", "drain", "telemetry-hub", "nissa", "simic", "learner"}
     assert {s["state"] for s in services.values()} == {"running"}
     assert services["learner"]["detail"]["waiting_for"] == ["experience"]  # type: ignore[index]
