@@ -65,8 +65,8 @@ class ImpalaProgress:
 
     updates: int = 0  # applied optimiser steps
     failed_updates: int = 0  # non-finite or raising: the batch was dropped
-    transitions_learnt: int = 0
-    segments_learnt: int = 0  # (transitions and segments: every rank's together)
+    transitions_learnt: int = 0  # every rank's together
+    segments_learnt: int = 0  # every rank's together
     candidates_published: int = 0
     candidates_rejected: int = 0
     candidates_deferred: int = 0  # too few held-out decisions to judge
