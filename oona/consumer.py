@@ -440,7 +440,7 @@ class Consumer:
             return 0
         self.metrics.inc("delivered", len(batch), stream=stream)
         opened = await self._open_all(stream, batch, counts)
-        leases = UnitLeases(self.ledger, self.lease_ms, self.bus.io)
+        leases = UnitLeases(self.ledger, stream, self.lease_ms, self.bus.io)
         states = await leases.take([(entry.unit_id, entry_id) for entry_id, _, entry, _ in opened])
         pending = _Unrecorded(stream)
         for (entry_id, fields, entry, deliveries), state in zip(opened, states, strict=True):
@@ -482,7 +482,7 @@ class Consumer:
             return
         stream = pending.stream
         recorded = await self.bus.io.run(
-            lambda: self.ledger.record_and_ack(self.bus.key(stream), progress, duplicates)
+            lambda: self.ledger.record_and_ack(stream, progress, duplicates)
         )
         self.metrics.inc("acked", recorded.acked, stream=stream)
         for unit, fenced in zip(progress, recorded.fenced, strict=True):
