@@ -52,7 +52,7 @@ def open_redis(url: str, settings: OonaSettings) -> aioredis.Redis:
     With `redis_cluster` it is redis-py's cluster client (discovering the nodes from
     `url`), which follows MOVED and ASK and refreshes its slot map when a node fails,
     retrying a few times itself with Oona's reconnect backoff. It answers the same
-    commands, so it is typed as the single-server client; `is_cluster` tells them apart
+    commands, so it is typed as the single-server client; `cluster_client` tells them apart
     where a cluster needs something else (reads across slots, the replica wait).
     """
     if settings.redis_cluster:
@@ -77,9 +77,9 @@ def open_redis(url: str, settings: OonaSettings) -> aioredis.Redis:
     )
 
 
-def is_cluster(client: object) -> bool:
-    """Whether `client` is a cluster client (see `open_redis`)."""
-    return isinstance(client, RedisCluster)
+def cluster_client(client: object) -> RedisCluster | None:
+    """`client` as the cluster client it is (see `open_redis`), or None for one server."""
+    return client if isinstance(client, RedisCluster) else None
 
 
 class IoGuard:
