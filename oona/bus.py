@@ -11,8 +11,8 @@ updates) returns only once the server has the entries in its append-only
 file: with `appendfsync everysec` a server answers before it writes, and holds writes
 back while a slow fsync runs, so a `kill -9` of it could lose what it acknowledged.
 On a cluster it also waits (at most `replica_ack_timeout_ms`) for a replica of the
-stream's master, where it has one, to have them in its append-only file: a master lost
-with its machine then loses none of them when its replica takes over. Telemetry does
+stream's master, where it has one, to have received them: a master lost with its
+machine then loses none of them when that replica takes over. Telemetry does
 not wait.
 """
 
@@ -63,6 +63,11 @@ end
 out[1] = redis.call('XLEN', KEYS[1])
 return out
 """
+
+
+class UnconfirmedPublish(ConnectionError):
+    """The reply that would confirm a durable publish is as good as lost: the IO guard
+    retries the publish, as after a connection lost before its reply."""
 
 
 @dataclass(frozen=True)
@@ -241,14 +246,16 @@ class Bus:
     async def _add_on_cluster(
         self, cluster: RedisCluster, stream: str, key: str, args: list[bytes | int]
     ) -> list[Any]:
-        """The durable add on a cluster: the script, WAITAOF on the master, and WAITAOF
-        for one replica where the master has one, pipelined on one connection to the
-        stream's master (a wait covers the writes of its own connection only).
+        """The durable add on a cluster: the script, WAITAOF on the master, and WAIT for
+        one replica where the master has one (a replica promoted after the master's loss
+        serves what it received), pipelined on one connection to the stream's master
+        (a wait covers the writes of its own connection only).
 
         The script goes as EVAL: a replica promoted after a failover has no cached
         scripts, and a pipeline does not load them. If the slot moved meanwhile (the
-        add was redirected), the waits covered another connection, so the publish is
-        not confirmed and raises BusUnavailable, as a lost reply would.
+        add was redirected or retried on the replica that took over), the waits covered
+        another connection: the publish is retried as after a lost reply, and a
+        consumer refuses the second copy as a replay.
         """
         if not cluster.nodes_manager.slots_cache:
             await cluster.initialize()
@@ -261,17 +268,17 @@ class Bus:
             )
             if replicas:
                 timeout_ms = int(self.settings.replica_ack_timeout_ms)
-                pipe.execute_command("WAITAOF", 0, replicas, timeout_ms, target_nodes=master)
+                pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=master)
             added, synced, *replicated = await pipe.execute(raise_on_error=False)
         if isinstance(added, BaseException):
             raise added
         if cluster.get_node_from_key(key) is not master:
-            raise BusUnavailable(f"{stream} moved to another master while it was published")
+            raise UnconfirmedPublish(f"{stream} moved to another master while it was published")
         confirmed = self._confirmed_on_disk(stream, added, synced)
         for reply in replicated if self._waits_for_disk else []:
             if isinstance(reply, BaseException):
                 raise reply
-            if int(reply[1]) < replicas:
+            if int(reply) < replicas:
                 raise BusUnavailable(
                     f"no replica of {stream}'s master confirmed it within "
                     f"{self.settings.replica_ack_timeout_ms:.0f} ms"
