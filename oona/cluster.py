@@ -84,7 +84,7 @@ class ClusterNode:
         """One command to this node; None when it does not answer."""
         client = self.client()
         try:
-            return client.execute_command(*command)
+            return client.execute_command(*command)  # type: ignore[no-untyped-call]
         except (redis.ConnectionError, redis.TimeoutError):
             return None
         finally:

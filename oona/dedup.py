@@ -5,11 +5,12 @@ A unit is what one signature covers: a single envelope (keyed by its message id)
 batch (keyed by its batch id; its envelopes cannot be regrouped without the private
 key). A unit is valid on the one stream its signature names, so the ledger is kept per
 stream, its keys in the stream's slot (oona.streams.ledger_key): the script that
-records progress and acks touches one slot. For each (stream, group, unit) one key records the stream entry that carried it, when it
-was first delivered, how many of its envelopes were applied, and which consumer holds
-it until when: ``P|<entry id>|<first ms>|<applied>|<lease until ms>|<consumer>`` while
-pending, ``A|...`` once complete (a key written before leases existed ends after the
-applied count and holds no lease). Times are the server's clock, the one clock every
+records progress and acks touches one slot. For each (stream, group, unit) one key
+records the stream entry that carried it, when it was first delivered, how many of its
+envelopes were applied, and which consumer holds it until when:
+``P|<entry id>|<first ms>|<applied>|<lease until ms>|<consumer>`` while pending,
+``A|...`` once complete (a key written before leases existed ends after the applied
+count and holds no lease). Times are the server's clock, the one clock every
 consumer of a group shares.
 
 A consumer takes the lease of a unit when it checks it, and applies the unit only while

@@ -52,7 +52,9 @@ class UnitLeases:
     async def take(self, pairs: Sequence[tuple[str, str]]) -> list[UnitState]:
         """Check each (unit id, entry id) in the ledger, leasing those to apply."""
         asked_s = self._clock()
-        states = await self._io.run(lambda: self.ledger.check(self.stream, pairs, lease_ms=self.lease_ms))
+        states = await self._io.run(
+            lambda: self.ledger.check(self.stream, pairs, lease_ms=self.lease_ms)
+        )
         self._granted_s = asked_s
         self._held = {unit for (unit, _), s in zip(pairs, states, strict=True) if s.status in _HELD}
         return states

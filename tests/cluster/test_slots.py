@@ -9,14 +9,15 @@ from redis.exceptions import RedisClusterException, ResponseError
 
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus, Outgoing
-from oona.consumer import Consumer
+from oona.consumer import Consumer, Delivery
 from oona.dead_letters import DeadLetterWriter
 from oona.dedup import DeliveryStatus, EnvelopeLedger, Progress
+from oona.errors import RejectedMessage
 from oona.events import LogEventSink
 from oona.keys import Keyring
 from oona.streams import Stream, dead_letter_key, ledger_key, stream_key
 
-from ..bus.helpers import Recorder, poll_until, subscription
+from ..bus.helpers import poll_until, subscription
 
 TELEMETRY = pb.MESSAGE_TYPE_TELEMETRY
 
@@ -45,7 +46,7 @@ async def test_the_cluster_refuses_a_script_across_slots(bus: Bus) -> None:
         pytest.skip("one server accepts keys of any slots")
     ledger = EnvelopeLedger(bus.redis, bus.settings, "g", "c1")
     keys = [ledger.key(Stream.NORMAL, "a"), ledger.key(Stream.EMERGENCY, "b")]
-    with pytest.raises((ResponseError, RedisClusterException), match="(?i)slot"):
+    with pytest.raises((ResponseError, RedisClusterException), match=r"(?i)slot"):
         await ledger._check(keys=keys, args=[60, 1_000, "c1", "1-0", "2-0"])
 
 
@@ -73,17 +74,15 @@ async def test_ledger_scripts_run_in_the_streams_slot(bus: Bus) -> None:
     assert [s.status for s in again] == [DeliveryStatus.APPLIED] * 3
 
 
-async def test_dead_letter_transactions_run_in_the_streams_slot(
-    bus: Bus, keyring: Keyring
-) -> None:
+async def test_dead_letter_transactions_run_in_the_streams_slot(bus: Bus, keyring: Keyring) -> None:
     """Moving an entry (XADD dead + XACK + trims, one MULTI/EXEC) and recording one
     envelope of a batch."""
     await bus.publish(TELEMETRY, b"poison", stream=Stream.NORMAL)
-    consumer = Consumer(
-        bus, subscription(Stream.NORMAL), Recorder(fail=lambda _: True), keyring
-    )
-    bus.settings = bus.settings.with_overrides(max_deliveries=1)
-    consumer.settings = bus.settings
+
+    async def refuse(delivery: Delivery) -> None:
+        raise RejectedMessage("malformed_payload", "refused by the test")
+
+    consumer = Consumer(bus, subscription(Stream.NORMAL), refuse, keyring)
     await poll_until(consumer, lambda: bus.metrics.count("dead_lettered") == 1)
     writer = DeadLetterWriter(bus, consumer.ledger, consumer.sub, LogEventSink())
     await writer.envelope(
