@@ -8,7 +8,9 @@ directory and append-only file. The nodes are joined by commands sent from here
 replicas attached and every node's slot map lists them (polled, with backoff).
 
 `cluster-require-full-coverage no`: while one master's slots fail over, the other
-masters keep answering for theirs.
+masters keep answering for theirs. `repl-ping-replica-period 1`: a replica is listed in
+the slot map only once its replication offset moved, which on an idle master happens
+at its pings to its replicas (every 10 s by default).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from oona.server import EmbeddedServer, ServerError
 
@@ -185,7 +188,7 @@ class LocalCluster:
 
     def master_of(self, key: str) -> ClusterNode:
         """The live node that serves `key`'s slot now."""
-        slot = int(self.nodes[0].ask("CLUSTER", "KEYSLOT", key))
+        slot = key_slot(key.encode())
         for node in self.live_nodes():
             role = node.ask("ROLE")
             if role is None or _text(role[0]) != "master":
