@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -75,6 +76,15 @@ def open_redis(url: str, settings: OonaSettings) -> aioredis.Redis:
         socket_timeout=settings.io_timeout_ms / 1000.0,
         socket_connect_timeout=settings.io_timeout_ms / 1000.0,
     )
+
+
+def open_sync_redis(url: str, settings: OonaSettings) -> redis.Redis:
+    """A blocking client, for readers outside the event loop (the bus exporter): the
+    cluster client with `redis_cluster` (its scans visit every master), typed as the
+    single-server client as in `open_redis`."""
+    if settings.redis_cluster:
+        return cast(redis.Redis, redis.RedisCluster.from_url(url))
+    return redis.Redis.from_url(url)
 
 
 def cluster_client(client: object) -> RedisCluster | None:
