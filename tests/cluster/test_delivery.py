@@ -28,13 +28,9 @@ from tests.bus.test_retention import (
     test_sheddable_stream_sheds_and_counts_each_shed_message,
     test_trim_removes_only_entries_every_group_has_acked,
 )
-from tests.reliability.test_zombie import (
-    test_a_consumer_resumed_after_a_pause_does_not_reapply_what_was_claimed,
-    test_a_unit_leased_to_a_live_consumer_is_left_to_it,
-)
+from tests.reliability.test_zombie import test_a_unit_leased_to_a_live_consumer_is_left_to_it
 
 __all__ = [
-    "test_a_consumer_resumed_after_a_pause_does_not_reapply_what_was_claimed",
     "test_a_unit_leased_to_a_live_consumer_is_left_to_it",
     "test_batch_entry_resumes_after_the_envelopes_already_applied",
     "test_consumer_restarted_under_the_same_name_drains_its_own_pending_first",
