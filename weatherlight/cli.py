@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from weatherlight import (
+    actor_cli,
     exporter_cli,
     keys_cli,
     learner_cli,
@@ -35,6 +36,7 @@ SUBCOMMANDS: tuple[Register, ...] = (
     reports_cli.register,
     train_cli.register,
     trainer_cli.register,
+    actor_cli.register,
 )
 
 
