@@ -18,7 +18,8 @@ import signal
 import sys
 from dataclasses import replace
 
-from leyline_vocab.roles import ROLES, SOURCE_TAMIYO, TAMIYO
+from leyline_vocab.roles import ROLES, TAMIYO
+from leyline_vocab.telemetry import SOURCE_TAMIYO
 from oona.bus import Bus
 from oona.keyfiles import ENV_SIGNING_KEY_FILE, KeyConfigError
 from oona.keys import Keyring, Signer
@@ -37,7 +38,9 @@ def load_keys(system: SystemSettings) -> tuple[Signer, Keyring]:
     keyring = system.keys.load_keyring(ROLES)
     if signer.key_id in keyring.key_ids and keyring.role_of(signer.key_id) != TAMIYO:
         role = keyring.role_of(signer.key_id).name
-        raise KeyConfigError(ENV_SIGNING_KEY_FILE, f"an actor signs as tamiyo, this key is {role}'s")
+        raise KeyConfigError(
+            ENV_SIGNING_KEY_FILE, f"an actor signs as tamiyo, this key is {role}'s"
+        )
     return signer, keyring
 
 
