@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from weatherlight import (
     actor_cli,
     exporter_cli,
+    impala_cli,
     keys_cli,
     learner_cli,
     reports_cli,
@@ -32,6 +33,7 @@ SUBCOMMANDS: tuple[Register, ...] = (
     keys_cli.register,
     serve.register,
     learner_cli.register,
+    impala_cli.register,
     urza_cli.register,
     reports_cli.register,
     train_cli.register,

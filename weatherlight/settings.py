@@ -17,6 +17,7 @@ from consumers.simic import SimicSettings
 from oona.keyfiles import KeySettings
 from oona.settings import DEFAULT_DATA_DIR, OonaSettings
 from tamiyo_bus import TamiyoSettings
+from tamiyo_bus.impala.settings import ImpalaSettings
 from tamiyo_bus.kasmina.settings import KasminaSettings
 from tamiyo_bus.reports.reporter import ReportSettings
 from tamiyo_bus.security.policy_update import PolicyUpdateSettings
@@ -53,11 +54,12 @@ class SystemSettings:
     reports: ReportSettings = field(default_factory=ReportSettings)
     policy_update: PolicyUpdateSettings = field(default_factory=PolicyUpdateSettings)
     weatherlight: WeatherlightSettings = field(default_factory=WeatherlightSettings)
+    impala: ImpalaSettings = field(default_factory=ImpalaSettings)  # the V-trace learner
 
     @classmethod
     def under(cls, data_dir: Path) -> SystemSettings:
         """Defaults, with the server's data, Urza's library, the field-report log,
-        Simic's store, the learner's state and the record of the highest policy
+        Simic's store, the learners' state and the record of the highest policy
         version under ``data_dir``."""
 
         def moved(default: Path) -> Path:
@@ -75,6 +77,7 @@ class SystemSettings:
                 simic=SimicSettings(db_path=moved(SimicSettings().db_path)),
                 learner=LearnerSettings(data_dir=moved(LearnerSettings().data_dir)),
             ),
+            impala=ImpalaSettings(data_dir=moved(ImpalaSettings().data_dir)),
         )
 
     @classmethod

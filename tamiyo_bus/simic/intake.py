@@ -11,6 +11,10 @@ its topology must make a graph structure matching its digest, every step's cells
 fit that topology, and every choice must lie in the action space and be one the
 step's masks allowed. Otherwise the entry is refused (a RejectedMessage: Oona
 dead-letters it with the reason and counts it), and nothing else is lost.
+
+A rewarded segment (a simulated actor's, whose steps carry their reward and progress
+left unreported) is the V-trace learner's food: it is acked, counted and not stored,
+since its decisions would wait here for field reports that never come.
 """
 
 from __future__ import annotations
@@ -148,6 +152,9 @@ class ExperienceIntake:
             self.metrics.inc("learner_reports_stored" if stored else "learner_reports_duplicate")
             return
         segment = decode(pb.Trajectory, envelope.payload)
+        if segment.rewarded:  # an actor's, for the V-trace learner: no field report joins it
+            self.metrics.inc("learner_rewarded_segments_skipped")
+            return
         new = await asyncio.to_thread(self._store_segment, segment, envelope.key_id)
         self.metrics.inc("learner_decisions_stored", new)
         self.metrics.inc("learner_decisions_duplicate", len(segment.steps) - new)

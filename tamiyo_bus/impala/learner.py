@@ -1,0 +1,246 @@
+"""The V-trace learner (no IO): one optimiser step per batch of segments, and every
+``updates_per_publish`` updates a candidate through Simic's validation gate.
+
+Every step goes through the LearningGuard (grad clip, the learning breaker, conservative
+mode) with the rate owned by an LRController. A refused step (breaker open, paused)
+consumes nothing: the caller keeps the batch for later. A failed one (non-finite, or
+raising) drops the batch, which the breaker counts. While the breaker is open no
+candidate is proposed.
+
+On several ranks, the network is wrapped in DDP (``impala.distributed``); only the lead
+rank runs the gate, and its verdict and version reach every rank, which then all keep
+(passed) or drop (rejected: back to the running weights, fresh optimiser moments) the
+same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from leyline_pb import leyline_pb2 as pb
+from leyline_vocab.events import EventKind, event
+from oona.breaker import BreakerState
+from oona.events import EventSink, LogEventSink
+from tamiyo_bus.impala.batch import SegmentBatch, TopologyCache, segment_batch, trained_steps
+from tamiyo_bus.impala.distributed import RankInfo, data_parallel, from_lead
+from tamiyo_bus.impala.loss import VTraceInputs, VTraceLoss, vtrace_loss
+from tamiyo_bus.impala.settings import ImpalaSettings
+from tamiyo_bus.impala.validation import HeldOutSegments, figures_on
+from tamiyo_bus.learning.guard import LearningGuard, LearningOutcome
+from tamiyo_bus.learning.trainer import constant_lr, offline_guard
+from tamiyo_bus.policy.features import NormalizerSnapshot
+from tamiyo_bus.policy.reference import ReferencePolicy
+from tamiyo_bus.simic.evaluation import SimEvaluator
+from tamiyo_bus.simic.gate import GateVerdict, SimFigures, judge
+from tamiyo_bus.simic.publishing import Candidate, next_version
+from tamiyo_bus.tolaria.lr import LRController
+
+POLICY_ID = "impala-learner"
+_REFUSALS = frozenset({LearningOutcome.PAUSED, LearningOutcome.BREAKER_OPEN})
+_DEFERRED, _PASSED, _REJECTED = 0, 1, 2
+
+
+@dataclass
+class ImpalaProgress:
+    """The learner's counters (checkpointed)."""
+
+    updates: int = 0  # applied optimiser steps
+    failed_updates: int = 0  # non-finite or raising: the batch was dropped
+    transitions_learnt: int = 0
+    segments_learnt: int = 0
+    candidates_published: int = 0
+    candidates_rejected: int = 0
+    candidates_deferred: int = 0  # too few held-out decisions to judge
+    running_version: int = 0  # of the running (last published, or start) weights
+    seen_version: int = 0  # the highest policy version in the experience
+
+
+@dataclass(frozen=True, slots=True)
+class ImpalaUpdateStats:
+    outcome: LearningOutcome
+    segments: int
+    transitions: int
+    total_loss: float = math.nan
+    policy_loss: float = math.nan
+    value_loss: float = math.nan
+    entropy: float = math.nan
+    mean_rho: float = math.nan  # 1.0 on-policy; lower: the actors lag the learner
+    grad_norm: float = math.nan  # before clipping
+    learning_rate: float = math.nan
+    duration_s: float = 0.0
+    verdict: GateVerdict | None = None  # when this update was a K-th
+    candidate: Candidate | None = None  # passed: the weights to publish (lead rank)
+
+    @property
+    def refused(self) -> bool:
+        """Nothing was consumed: the same segments may be offered again."""
+        return self.outcome in _REFUSALS
+
+
+class _BatchNetwork(nn.Module):
+    """The policy evaluating a whole batch in its forward, so DDP sees each pass."""
+
+    def __init__(self, policy: ReferencePolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: SegmentBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        inputs = batch.evaluate(self.policy)
+        return inputs.log_probs, inputs.entropies, inputs.values, inputs.bootstrap_value
+
+
+@dataclass
+class _Gate:
+    held_out: HeldOutSegments
+    sim: SimEvaluator | None = None
+    running_return: tuple[int, float] | None = None  # (version, mean return)
+    normalizer: NormalizerSnapshot | None = field(default=None)
+
+
+class ImpalaLearner:
+    def __init__(
+        self,
+        settings: ImpalaSettings,
+        policy: ReferencePolicy,
+        *,
+        rank: RankInfo | None = None,
+        normalizer: NormalizerSnapshot | None = None,
+        start_version: int = 0,
+        guard: LearningGuard | None = None,
+        events: EventSink | None = None,
+    ) -> None:
+        self.settings = s = settings
+        self.rank = rank or RankInfo()
+        self.policy = policy
+        self.device = next(policy.parameters()).device
+        self.running = ReferencePolicy(policy.config).to(self.device)
+        self.running.load_state_dict(policy.state_dict())
+        self.running.eval()
+        self.network = data_parallel(_BatchNetwork(policy), self.rank)
+        self.guard = guard or offline_guard(s.max_grad_norm)
+        self.lr = LRController(constant_lr(s.base_lr))
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=self.lr.learning_rate)
+        self.lr.attach(self.optimizer, 1.0)
+        self.events: EventSink = events or LogEventSink()
+        self.progress = ImpalaProgress(running_version=start_version)
+        self.topologies = TopologyCache()
+        self._gate = _Gate(HeldOutSegments(s.held_out_max_segments), normalizer=normalizer)
+
+    def hold_out(self, segment: pb.Trajectory) -> None:
+        """Keep ``segment`` for the gate (it is never trained on)."""
+        self._gate.held_out.add(segment)
+
+    def loss(self, batch: SegmentBatch) -> VTraceLoss:
+        log_probs, entropies, values, bootstrap = self.network(batch)
+        inputs = VTraceInputs(
+            log_probs, entropies, values, bootstrap,
+            batch.behaviour_log_probs.to(self.device), batch.rewards.to(self.device),
+            batch.terminated.to(self.device), batch.mask.to(self.device),
+        )  # fmt: skip
+        return vtrace_loss(inputs, self.settings.loss)
+
+    def update(self, segments: Sequence[pb.Trajectory]) -> ImpalaUpdateStats:
+        """One optimiser step on ``segments`` (segments without a step to learn from
+        are consumed as they are)."""
+        started = time.perf_counter()
+        if not any(trained_steps(s) > 0 for s in segments):
+            return ImpalaUpdateStats(LearningOutcome.APPLIED, len(segments), 0)
+        batch = segment_batch(segments, self.topologies)
+        losses: list[VTraceLoss] = []
+
+        def loss_fn() -> Tensor:
+            losses.append(self.loss(batch))
+            return losses[-1].total
+
+        self.policy.train()
+        result = self.guard.step(self.optimizer, loss_fn)
+        if result.outcome in _REFUSALS:
+            return ImpalaUpdateStats(result.outcome, 0, 0)
+        p = self.progress
+        if not result.applied:
+            p.failed_updates += 1
+            return ImpalaUpdateStats(result.outcome, len(segments), 0)
+        self.lr.advance()
+        p.updates += 1
+        p.transitions_learnt += batch.transitions
+        p.segments_learnt += len(segments)
+        p.seen_version = max(p.seen_version, *(s.policy_version for s in segments))
+        loss = losses[-1]
+        verdict, candidate = None, None
+        if p.updates % self.settings.updates_per_publish == 0:
+            verdict, candidate = self.propose()
+        return ImpalaUpdateStats(
+            result.outcome, len(segments), batch.transitions,
+            float(loss.total.detach()), float(loss.policy.detach()), float(loss.value.detach()),
+            float(loss.entropy.detach()), loss.mean_rho, result.grad_norm or math.nan,
+            self.lr.learning_rate, time.perf_counter() - started, verdict, candidate,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ gate
+
+    def propose(self) -> tuple[GateVerdict | None, Candidate | None]:
+        """The gate on the lead rank; every rank then keeps or drops the weights."""
+        verdict = self._judge() if self.rank.lead else None
+        code = _DEFERRED if verdict is None else (_PASSED if verdict.passed else _REJECTED)
+        p = self.progress
+        version = next_version(p.running_version, p.seen_version)
+        code, version = from_lead([code, version], self.rank, self.device)
+        if code == _DEFERRED:
+            p.candidates_deferred += 1
+            return verdict, None
+        detail: dict[str, str | int | float] = {"learner": POLICY_ID, "updates": p.updates}
+        if code == _REJECTED:
+            p.candidates_rejected += 1
+            self.policy.load_state_dict(self.running.state_dict())
+            self.optimizer.state.clear()
+            reasons = ",".join(verdict.rejections) if verdict is not None else ""
+            if self.rank.lead:
+                self.events.emit(
+                    event(EventKind.POLICY_CANDIDATE_REJECTED, reasons=reasons, **detail)
+                )
+            return verdict, None
+        p.candidates_published += 1
+        p.running_version = version
+        self.running.load_state_dict(self.policy.state_dict())
+        if not self.rank.lead:
+            return verdict, None
+        self.events.emit(event(EventKind.POLICY_CANDIDATE_PUBLISHED, version=version, **detail))
+        weights = {k: v.detach().cpu().clone() for k, v in self.policy.state_dict().items()}
+        return verdict, Candidate(weights, version)
+
+    def _judge(self) -> GateVerdict | None:
+        """None: deferred (the breaker is open, or too few held-out decisions)."""
+        gate, s = self._gate, self.settings
+        if self.guard.breaker.state is BreakerState.OPEN:
+            return None
+        if gate.held_out.decisions < s.gate.min_held_out_decisions:
+            return None
+        self.policy.eval()
+        try:
+            held = figures_on(
+                gate.held_out.segments(), self.running, self.policy, self.topologies,
+                s.loss.vtrace,
+            )  # fmt: skip
+            sim = self._sim_figures() if s.gate.sim_evaluation else None
+        finally:
+            self.policy.train()
+        return judge(held, sim, s.gate)
+
+    def _sim_figures(self) -> SimFigures:
+        gate = self._gate
+        if gate.sim is None:
+            gate.sim = SimEvaluator(self.settings.gate, gate.normalizer)
+        version = self.progress.running_version
+        if gate.running_return is None or gate.running_return[0] != version:
+            gate.running_return = (version, gate.sim.mean_return(self.running))
+        return SimFigures(gate.running_return[1], gate.sim.mean_return(self.policy))
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.guard.breaker.state is BreakerState.OPEN

@@ -1,0 +1,64 @@
+"""The figures Simic's validation gate judges, from the V-trace learner's held-out
+segments (``simic.gate``'s checks and ``simic.evaluation``'s measures, reused).
+
+A fixed fraction of segments (a hash of the trajectory id, so a redelivery holds out
+the same ones) is never trained on; the most recent of them are the gate's data. The
+value error of each critic is measured against one shared target, the V-trace targets
+computed under the running policy (on-policy: the n-step returns), and the KL between
+running and candidate on the held-out states, as Simic's learner does.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+import torch
+
+from leyline_pb import leyline_pb2 as pb
+from tamiyo_bus.impala.batch import TopologyCache, segment_batch, trained_steps
+from tamiyo_bus.learning.vtrace import VTraceSettings, vtrace
+from tamiyo_bus.policy.reference import ReferencePolicy
+from tamiyo_bus.simic.evaluation import held_out_figures
+from tamiyo_bus.simic.gate import HeldOutFigures
+
+
+class HeldOutSegments:
+    """The latest held-out segments, bounded."""
+
+    def __init__(self, max_segments: int) -> None:
+        self._segments: deque[pb.Trajectory] = deque(maxlen=max_segments)
+
+    def add(self, segment: pb.Trajectory) -> None:
+        if trained_steps(segment) > 0:
+            self._segments.append(segment)
+
+    @property
+    def decisions(self) -> int:
+        return sum(trained_steps(s) for s in self._segments)
+
+    def segments(self) -> Sequence[pb.Trajectory]:
+        return tuple(self._segments)
+
+
+@torch.no_grad()
+def figures_on(
+    segments: Sequence[pb.Trajectory],
+    running: ReferencePolicy,
+    candidate: ReferencePolicy,
+    topologies: TopologyCache,
+    settings: VTraceSettings,
+) -> HeldOutFigures:
+    batch = segment_batch(segments, topologies)
+    inputs = batch.evaluate(running)
+    targets = vtrace(
+        inputs.rewards.cpu().numpy(),
+        inputs.values.cpu().numpy(),
+        inputs.bootstrap_value.cpu().numpy(),
+        inputs.log_probs.cpu().numpy(),
+        inputs.behaviour_log_probs.cpu().numpy(),
+        inputs.terminated.cpu().numpy(),
+        settings,
+    )
+    returns = torch.from_numpy(targets.values)[batch.time_index, batch.column]
+    return held_out_figures(running, candidate, batch.trained_inputs(), returns)
