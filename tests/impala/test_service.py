@@ -6,6 +6,7 @@ update keeps its batch, and every consumed segment's lag is measured."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from tamiyo_bus.impala.learner import ImpalaLearner
 from tamiyo_bus.impala.service import ImpalaLearnerService
 from tamiyo_bus.policy.serving import ServingPolicy
 from tamiyo_bus.security.policy_update import PolicyUpdateListener, PolicyUpdateTransaction
+from tamiyo_bus.simic.intake import BAD_CHOICE
 from tests.policy.helpers import holder_for
+from tests.security.helpers import dead_letters
 from weatherlight.role_keys import RoleKeys
 
 from .helpers import actor_segments, impala_settings, initial_policy
@@ -75,3 +78,51 @@ async def test_actor_segments_are_learnt_and_the_candidate_reaches_tamiyo(
     service.close()
     for client in (bus, tamiyo):
         await client.close()
+
+
+async def test_hostile_segments_are_dead_lettered_and_unrewarded_ones_left_alone(
+    settings: OonaSettings, tmp_path: Path
+) -> None:
+    segments = [s for s in actor_segments(initial_policy(), runs=2) if s.steps]
+    outside = pb.Trajectory()
+    outside.CopyFrom(segments[0])
+    outside.steps[0].choice.action = 99
+    unrewarded = pb.Trajectory()
+    unrewarded.CopyFrom(segments[1])
+    unrewarded.rewarded = False
+    tamiyo = _bus(settings, "tamiyo")
+    await _publish(tamiyo, [outside, unrewarded, *segments[2:]])
+    bus = _bus(settings, "simic")
+    service = _service(bus, tmp_path)
+
+    await service.consumer.drain()
+
+    reasons = [r[b"reason"].decode() for r in await dead_letters(tamiyo, Stream.TRAJECTORIES)]
+    assert reasons == [BAD_CHOICE]
+    s = service.stats
+    assert (s.segments_rejected, s.segments_ignored) == (1, 1)
+    assert s.segments_consumed == len(segments) - 2 == service.buffered + s.segments_held_out
+    service.close()
+    for client in (bus, tamiyo):
+        await client.close()
+
+
+async def test_with_the_breaker_open_the_batch_is_kept_and_nothing_is_published(
+    settings: OonaSettings, tmp_path: Path
+) -> None:
+    await _publish(_bus(settings, "tamiyo"), actor_segments(initial_policy(), runs=8))
+    bus = _bus(settings, "simic")
+    service = _service(bus, tmp_path, updates_per_publish=1)
+    await service.consumer.drain()
+    buffered = service.buffered
+    for _ in range(5):
+        service.learner.guard.breaker.record_failure()
+
+    update = await service.learn_once(asyncio.Event())
+
+    assert update is not None and update.refused
+    assert service.buffered == buffered and service.stats.updates_refused == 1
+    assert service.stats.policies_published == 0 and service.learner.progress.updates == 0
+    assert service.stats.lags_s == deque()
+    service.close()
+    await bus.close()
