@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) bench/learner.py --json
 	$(PY) bench/control.py --json
 	$(PY) bench/soak.py --short --json
+	$(PY) bench/impala.py --json
 
 # One key pair per role for docker-compose (ops/keys/README.md): private keys under
 # $(KEYS_DIR)/private, public keys under $(KEYS_DIR)/trusted.

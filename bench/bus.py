@@ -8,7 +8,8 @@
     producer in its own process, one signed entry per message.
 
 Prints a table; with --json, one final JSON line with the figures, the ratio (b)/(a),
-the server and the machine.
+the server and the machine. With --cluster, all of it runs against a local Redis
+Cluster (3 masters, 3 replicas: oona.cluster) instead of one server.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bus_server, machine, percentile
+from bench.common import bus_cluster, bus_server, machine, percentile
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus, Outgoing
 from oona.connection import open_redis
@@ -79,11 +80,13 @@ async def oona_consume(bus: Bus, keyring: Keyring, stream: str, count: int) -> f
     return count / (time.perf_counter() - started)
 
 
-def _producer(url: str, prefix: str, stream: str, key: bytes, rate: float, total: int) -> None:
+def _producer(
+    url: str, cluster: bool, prefix: str, stream: str, key: bytes, rate: float, total: int
+) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     async def main() -> None:
-        settings = OonaSettings(redis_url=url, key_prefix=prefix)
+        settings = OonaSettings(redis_url=url, redis_cluster=cluster, key_prefix=prefix)
         signer = Signer.from_private_key(Ed25519PrivateKey.from_private_bytes(key))
         bus = Bus(open_redis(url, settings), settings, signer, source="bench")
         interval = 1.0 / rate
@@ -114,8 +117,9 @@ async def fixed_rate_latency(
     ctx = mp.get_context("spawn")
     producer = ctx.Process(
         target=_producer,
-        args=(bus.settings.redis_url, bus.settings.key_prefix, stream, signer_bytes, rate, total),
-    )
+        args=(bus.settings.redis_url, bus.settings.redis_cluster, bus.settings.key_prefix,
+              stream, signer_bytes, rate, total),
+    )  # fmt: skip
     producer.start()
     deadline = time.monotonic() + seconds * 3 + 30
     while len(latencies) < total and time.monotonic() < deadline:
@@ -131,7 +135,9 @@ async def main_async(args: argparse.Namespace, url: str, server_name: str) -> di
         PrivateFormat,
     )
 
-    settings = OonaSettings(redis_url=url, key_prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    settings = OonaSettings(
+        redis_url=url, redis_cluster=args.cluster, key_prefix=f"bench-{uuid.uuid4().hex[:8]}"
+    )
     signer = Signer.generate()
     keyring = Keyring.of(signer.public_key(), role=UNRESTRICTED)
     bus = Bus(open_redis(url, settings), settings, signer, source="bench")
@@ -172,9 +178,14 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1_000)
     parser.add_argument("--rate", type=float, default=2_000.0, help="offered rate for (d)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of (d)")
+    parser.add_argument("--cluster", action="store_true", help="run on a local Redis Cluster")
     args = parser.parse_args()
-    with bus_server() as (url, server_name, _):
-        result = asyncio.run(main_async(args, url, server_name))
+    if args.cluster:
+        with bus_cluster() as (url, server_name):
+            result = asyncio.run(main_async(args, url, server_name))
+    else:
+        with bus_server() as (url, server_name, _):
+            result = asyncio.run(main_async(args, url, server_name))
     rows = [
         ("(a) raw redis-py pipelined XADD", f"{result['raw_xadd_msgs_per_s']:,} msg/s"),
         ("(b) Oona batch-signed publish", f"{result['oona_batch_publish_msgs_per_s']:,} msg/s"),

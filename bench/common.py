@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from oona.cluster import LocalCluster
 from oona.server import EmbeddedServer
 from weatherlight.settings import ENV_REDIS_URL
 
@@ -26,6 +27,18 @@ def bus_server() -> Iterator[tuple[str, str, EmbeddedServer | None]]:
         yield server.url, server.version(), server
     finally:
         server.cleanup()
+
+
+@contextmanager
+def bus_cluster() -> Iterator[tuple[str, str]]:
+    """(url of one node, description) of a local cluster of 3 masters with a replica
+    each (oona.cluster), started here and removed afterwards."""
+    cluster = LocalCluster().start()
+    try:
+        name = f"{cluster.nodes[0].server.version()} cluster, 3 masters + 3 replicas"
+        yield cluster.url, name
+    finally:
+        cluster.stop()
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -10,7 +10,10 @@ A publish to one of `durable_streams` (where data is at stake: field reports, po
 updates) returns only once the server has the entries in its append-only
 file: with `appendfsync everysec` a server answers before it writes, and holds writes
 back while a slow fsync runs, so a `kill -9` of it could lose what it acknowledged.
-Telemetry does not wait.
+On a cluster it also waits (at most `replica_ack_timeout_ms`) for a replica of the
+stream's master, where it has one, to have received them: a master lost with its
+machine then loses none of them when that replica takes over. Telemetry does
+not wait.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from leyline_pb import leyline_pb2 as pb
-from oona.connection import IoGuard, open_redis, resolve_url
+from oona.connection import IoGuard, cluster_client, open_redis, resolve_url
 from oona.envelope import (
     BATCH_FIELD,
     MAX_ENVELOPES_PER_BATCH,
@@ -59,6 +63,11 @@ end
 out[1] = redis.call('XLEN', KEYS[1])
 return out
 """
+
+
+class UnconfirmedPublish(ConnectionError):
+    """The reply that would confirm a durable publish is as good as lost: the IO guard
+    retries the publish, as after a connection lost before its reply."""
 
 
 @dataclass(frozen=True)
@@ -223,12 +232,64 @@ class Bus:
             reply: list[Any] = await self._capped_add(keys=[key], args=args)
             return reply
         timeout_ms = int(self.settings.io_timeout_ms)
+        cluster = cluster_client(self.redis)
+        if cluster is not None:
+            return await self._add_on_cluster(cluster, stream, key, args)
         async with self.redis.pipeline(transaction=False) as pipe:
             await self._capped_add(keys=[key], args=args, client=pipe)
             pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
             added, synced = await pipe.execute(raise_on_error=False)
         if isinstance(added, BaseException):
             raise added
+        return self._confirmed_on_disk(stream, added, synced)
+
+    async def _add_on_cluster(
+        self, cluster: RedisCluster, stream: str, key: str, args: list[bytes | int]
+    ) -> list[Any]:
+        """The durable add on a cluster: the script, WAITAOF on the master, and WAIT for
+        one replica where the master has one (a replica promoted after the master's loss
+        serves what it received), pipelined on one connection to the stream's master
+        (a wait covers the writes of its own connection only).
+
+        The script goes as EVAL: a replica promoted after a failover has no cached
+        scripts, and a pipeline does not load them. If the slot moved meanwhile (the
+        add was redirected or retried on the replica that took over), the waits covered
+        another connection: the publish is retried as after a lost reply, and a
+        consumer refuses the second copy as a replay.
+        """
+        if not cluster.nodes_manager.slots_cache:
+            await cluster.initialize()
+        master = cluster.get_node_from_key(key)
+        replicas = 0 if cluster.get_node_from_key(key, replica=True) is None else 1
+        async with cluster.pipeline(transaction=False) as pipe:
+            pipe.eval(_CAPPED_ADD, 1, key, *args)
+            pipe.execute_command(
+                "WAITAOF", 1, 0, int(self.settings.io_timeout_ms), target_nodes=master
+            )
+            if replicas:
+                timeout_ms = int(self.settings.replica_ack_timeout_ms)
+                pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=master)
+            added, synced, *replicated = await pipe.execute(raise_on_error=False)
+        if isinstance(added, BaseException):
+            raise added
+        if cluster.get_node_from_key(key) is not master:
+            raise UnconfirmedPublish(f"{stream} moved to another master while it was published")
+        confirmed = self._confirmed_on_disk(stream, added, synced)
+        for reply in replicated if self._waits_for_disk else []:
+            if isinstance(reply, BaseException):
+                raise reply
+            if int(reply) < replicas:
+                raise BusUnavailable(
+                    f"no replica of {stream}'s master confirmed it within "
+                    f"{self.settings.replica_ack_timeout_ms:.0f} ms"
+                )
+        return confirmed
+
+    def _confirmed_on_disk(self, stream: str, added: Any, synced: Any) -> list[Any]:
+        """The script's reply once WAITAOF's reply `synced` says the master has it on
+        disk; a server that cannot say (no append-only file) is warned about once and
+        no longer asked."""
+        timeout_ms = int(self.settings.io_timeout_ms)
         if isinstance(synced, ResponseError):  # no append-only file, or an older server
             self._waits_for_disk = False
             log.warning("the server cannot confirm writes on disk (%s): publishes to %s are "

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import ClusterDownError, RedisError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from oona.backoff import Backoff
@@ -22,7 +24,15 @@ from oona.server import shared_server
 from oona.settings import OonaSettings
 
 T = TypeVar("T")
-IO_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+CLUSTER_CHANGING_ERRORS = (ClusterDownError, SlotNotCoveredError, TryAgainError)
+"""A cluster's slots moving or failing over (a master down, a slot without an owner
+yet): an outage to wait out like a lost connection, not a server error reply."""
+IO_ERRORS = (
+    RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, *CLUSTER_CHANGING_ERRORS
+)  # fmt: skip
+CLUSTER_RETRY_ATTEMPTS = 3
+"""Attempts the cluster client makes itself after a node failed, refreshing its slot
+map in between (Oona's IoGuard retries the whole call after that)."""
 
 
 def resolve_url(settings: OonaSettings) -> str:
@@ -38,7 +48,27 @@ def resolve_url(settings: OonaSettings) -> str:
 
 
 def open_redis(url: str, settings: OonaSettings) -> aioredis.Redis:
-    """An asyncio client that does not retry on its own: Oona owns retries and backoff."""
+    """An asyncio client that does not retry on its own: Oona owns retries and backoff.
+
+    With `redis_cluster` it is redis-py's cluster client (discovering the nodes from
+    `url`), which follows MOVED and ASK and refreshes its slot map when a node fails,
+    retrying a few times itself with Oona's reconnect backoff. It answers the same
+    commands, so it is typed as the single-server client; `cluster_client` tells them apart
+    where a cluster needs something else (reads across slots, the replica wait).
+    """
+    if settings.redis_cluster:
+        backoff = ExponentialWithJitterBackoff(
+            base=settings.reconnect_backoff_base_ms / 1000.0,
+            cap=settings.reconnect_backoff_max_ms / 1000.0,
+        )
+        cluster = RedisCluster.from_url(
+            url,
+            protocol=2,
+            retry=Retry(backoff, CLUSTER_RETRY_ATTEMPTS),
+            socket_timeout=settings.io_timeout_ms / 1000.0,
+            socket_connect_timeout=settings.io_timeout_ms / 1000.0,
+        )
+        return cast(aioredis.Redis, cluster)
     return aioredis.Redis.from_url(
         url,
         protocol=2,
@@ -46,6 +76,20 @@ def open_redis(url: str, settings: OonaSettings) -> aioredis.Redis:
         socket_timeout=settings.io_timeout_ms / 1000.0,
         socket_connect_timeout=settings.io_timeout_ms / 1000.0,
     )
+
+
+def open_sync_redis(url: str, settings: OonaSettings) -> redis.Redis:
+    """A blocking client, for readers outside the event loop (the bus exporter): the
+    cluster client with `redis_cluster` (its scans visit every master), typed as the
+    single-server client as in `open_redis`."""
+    if settings.redis_cluster:
+        return cast(redis.Redis, redis.RedisCluster.from_url(url))
+    return redis.Redis.from_url(url)
+
+
+def cluster_client(client: object) -> RedisCluster | None:
+    """`client` as the cluster client it is (see `open_redis`), or None for one server."""
+    return client if isinstance(client, RedisCluster) else None
 
 
 class IoGuard:

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError, ResponseError
 from leyline_pb import leyline_pb2 as pb
 from oona.backoff import Backoff, backoff_s
 from oona.bus import Bus
+from oona.connection import cluster_client
 from oona.dead_letters import DeadLetterWriter
 from oona.dedup import DeliveryStatus, EnvelopeLedger, Progress, UnitState
 from oona.envelope import MAX_ENVELOPES_PER_BATCH, EnvelopeRules, OpenedEntry, open_entry
@@ -377,7 +378,9 @@ class Consumer:
 
     async def _read_new(self, *, block: bool) -> int:
         """Read streams in priority order: a lower stream is read only when the higher
-        ones are empty, or once every `emergency_burst_limit` busy rounds."""
+        ones are empty, or once every `emergency_burst_limit` busy rounds. Each read
+        names one stream, except the blocking read once all are empty, which on one
+        server waits on them all."""
         streams = list(self.sub.streams)
         block_ms = self.settings.read_block_ms if block else None
         if len(streams) == 1:  # no priorities to honour: one (blocking) read
@@ -404,6 +407,10 @@ class Consumer:
         self._urgent_rounds = 0
         if not block:
             return 0
+        if cluster_client(self.redis) is not None:
+            # One read cannot span slots on a cluster: block on the highest-priority
+            # stream; the others are read at the next poll (within read_block_ms).
+            streams = streams[:1]
         found = await self._xreadgroup(dict.fromkeys(streams, ">"), block_ms=block_ms)
         order = {s: i for i, s in enumerate(streams)}
         handled = 0
@@ -440,7 +447,7 @@ class Consumer:
             return 0
         self.metrics.inc("delivered", len(batch), stream=stream)
         opened = await self._open_all(stream, batch, counts)
-        leases = UnitLeases(self.ledger, self.lease_ms, self.bus.io)
+        leases = UnitLeases(self.ledger, stream, self.lease_ms, self.bus.io)
         states = await leases.take([(entry.unit_id, entry_id) for entry_id, _, entry, _ in opened])
         pending = _Unrecorded(stream)
         for (entry_id, fields, entry, deliveries), state in zip(opened, states, strict=True):
@@ -482,7 +489,7 @@ class Consumer:
             return
         stream = pending.stream
         recorded = await self.bus.io.run(
-            lambda: self.ledger.record_and_ack(self.bus.key(stream), progress, duplicates)
+            lambda: self.ledger.record_and_ack(stream, progress, duplicates)
         )
         self.metrics.inc("acked", recorded.acked, stream=stream)
         for unit, fenced in zip(progress, recorded.fenced, strict=True):

@@ -91,7 +91,7 @@ class DeadLetterWriter:
         unit_id: str | None,
     ) -> Record:
         now_ms = int(time.time() * 1000)
-        first_ms = await self.bus.io.run(lambda: self.ledger.first_delivery_ms(unit_id))
+        first_ms = await self.bus.io.run(lambda: self.ledger.first_delivery_ms(stream, unit_id))
         return {
             "source_stream": stream,
             "entry_id": entry_id,

@@ -3,11 +3,14 @@ lease that keeps two consumers of a group from applying one unit at the same tim
 
 A unit is what one signature covers: a single envelope (keyed by its message id) or a
 batch (keyed by its batch id; its envelopes cannot be regrouped without the private
-key). For each (group, unit) one key records the stream entry that carried it, when it
-was first delivered, how many of its envelopes were applied, and which consumer holds
-it until when: ``P|<entry id>|<first ms>|<applied>|<lease until ms>|<consumer>`` while
-pending, ``A|...`` once complete (a key written before leases existed ends after the
-applied count and holds no lease). Times are the server's clock, the one clock every
+key). A unit is valid on the one stream its signature names, so the ledger is kept per
+stream, its keys in the stream's slot (oona.streams.ledger_key): the script that
+records progress and acks touches one slot. For each (stream, group, unit) one key
+records the stream entry that carried it, when it was first delivered, how many of its
+envelopes were applied, and which consumer holds it until when:
+``P|<entry id>|<first ms>|<applied>|<lease until ms>|<consumer>`` while pending,
+``A|...`` once complete (a key written before leases existed ends after the applied
+count and holds no lease). Times are the server's clock, the one clock every
 consumer of a group shares.
 
 A consumer takes the lease of a unit when it checks it, and applies the unit only while
@@ -30,6 +33,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from oona.settings import OonaSettings
+from oona.streams import ledger_key, stream_key
 
 # Shared by the scripts: the server's time in ms, and a ledger value's parts.
 _PARSE = """
@@ -186,15 +190,17 @@ class EnvelopeLedger:
         self._renew = redis.register_script(_RENEW)
         self._record = redis.register_script(_RECORD)
 
-    def key(self, unit_id: str) -> str:
-        return f"{self.settings.key_prefix}:seen:{self.group}:{unit_id}"
+    def key(self, stream: str, unit_id: str) -> str:
+        return ledger_key(self.settings.key_prefix, stream, self.group, unit_id)
 
-    async def check(self, pairs: Sequence[tuple[str, str]], *, lease_ms: int) -> list[UnitState]:
-        """State of each (unit id, entry id), in order; records first sight of new ones
-        and leases every unit this consumer may apply for `lease_ms`."""
+    async def check(
+        self, stream: str, pairs: Sequence[tuple[str, str]], *, lease_ms: int
+    ) -> list[UnitState]:
+        """State of each (unit id, entry id) of `stream`, in order; records first sight
+        of new ones and leases every unit this consumer may apply for `lease_ms`."""
         if not pairs:
             return []
-        keys = [self.key(unit_id) for unit_id, _ in pairs]
+        keys = [self.key(stream, unit_id) for unit_id, _ in pairs]
         args: list[str | int] = [self.settings.idempotency_ttl_s, lease_ms, self.consumer]
         args.extend(entry for _, entry in pairs)
         flat = await self._check(keys=keys, args=args)
@@ -203,22 +209,25 @@ class EnvelopeLedger:
             for i in range(0, len(flat), 3)
         ]
 
-    async def renew(self, unit_ids: Sequence[str], *, lease_ms: int) -> list[bool]:
+    async def renew(self, stream: str, unit_ids: Sequence[str], *, lease_ms: int) -> list[bool]:
         """Extend this consumer's leases; False for each unit it no longer holds."""
         if not unit_ids:
             return []
-        keys = [self.key(unit_id) for unit_id in unit_ids]
+        keys = [self.key(stream, unit_id) for unit_id in unit_ids]
         held = await self._renew(keys=keys, args=[lease_ms, self.consumer])
         return [bool(int(h)) for h in held]
 
     async def record_and_ack(
-        self, stream_key: str, progress: Sequence[Progress], ack_entry_ids: Sequence[str] = ()
+        self, stream: str, progress: Sequence[Progress], ack_entry_ids: Sequence[str] = ()
     ) -> Recorded:
         """Record how far each unit got and ack its entry when complete, and ack
         `ack_entry_ids`, atomically; a unit another consumer holds is left alone."""
         if not progress and not ack_entry_ids:
             return Recorded(0, ())
-        keys = [stream_key, *(self.key(p.unit_id) for p in progress)]
+        keys = [
+            stream_key(self.settings.key_prefix, stream),
+            *(self.key(stream, p.unit_id) for p in progress),
+        ]
         args: list[str | int] = [self.group, self.consumer, len(progress)]
         for p in progress:
             args.append(f"{'A' if p.complete else 'P'}:{p.applied}")
@@ -227,9 +236,9 @@ class EnvelopeLedger:
         reply = await self._record(keys=keys, args=args)
         return Recorded(int(reply[0]), tuple(bool(int(f)) for f in reply[1:]))
 
-    async def first_delivery_ms(self, unit_id: str | None) -> int | None:
+    async def first_delivery_ms(self, stream: str, unit_id: str | None) -> int | None:
         """When the unit was first delivered to this group, if that was recorded."""
         if unit_id is None:
             return None
-        found: Any = await self.redis.get(self.key(unit_id))
+        found: Any = await self.redis.get(self.key(stream, unit_id))
         return int(found.split(b"|")[2]) if found else None

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from oona.replies import entries, group_lag, text
+from oona.streams import stream_of_key
 
 
 class BusCollector(Collector):
@@ -47,7 +48,7 @@ class BusCollector(Collector):
         )  # fmt: skip
         for raw_key in self.client.scan_iter(match=self.stream_prefix + "*", _type="stream"):
             key = raw_key.decode()
-            stream = key.removeprefix(self.stream_prefix)
+            stream = stream_of_key(key, self.stream_prefix)
             length.add_metric([stream], float(self.client.xlen(key)))
             groups: Any = self.client.xinfo_groups(key)
             count_after = self._counter(key)
@@ -58,7 +59,7 @@ class BusCollector(Collector):
         for raw_key in self.client.scan_iter(match=self.dead_prefix + "*", _type="stream"):
             key = raw_key.decode()
             info: Any = self.client.xinfo_stream(key)
-            stream = key.removeprefix(self.dead_prefix)
+            stream = stream_of_key(key, self.dead_prefix)
             dead.add_metric([stream], float(info["length"]))
             added.add_metric([stream], float(info["entries-added"]))
         yield from (length, lag, pending, dead, added)

@@ -30,17 +30,19 @@ def lease_ms_for(claim_idle_ms: int) -> int:
 
 
 class UnitLeases:
-    """The units of one read this consumer holds; every ledger call goes through the
-    bus's IO guard."""
+    """The units of one read of `stream` this consumer holds; every ledger call goes
+    through the bus's IO guard."""
 
     def __init__(
         self,
         ledger: EnvelopeLedger,
+        stream: str,
         lease_ms: int,
         io: IoGuard,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ledger = ledger
+        self.stream = stream
         self.lease_ms = lease_ms
         self._io = io
         self._clock = clock
@@ -50,7 +52,9 @@ class UnitLeases:
     async def take(self, pairs: Sequence[tuple[str, str]]) -> list[UnitState]:
         """Check each (unit id, entry id) in the ledger, leasing those to apply."""
         asked_s = self._clock()
-        states = await self._io.run(lambda: self.ledger.check(pairs, lease_ms=self.lease_ms))
+        states = await self._io.run(
+            lambda: self.ledger.check(self.stream, pairs, lease_ms=self.lease_ms)
+        )
         self._granted_s = asked_s
         self._held = {unit for (unit, _), s in zip(pairs, states, strict=True) if s.status in _HELD}
         return states
@@ -63,7 +67,9 @@ class UnitLeases:
         if (self._clock() - self._granted_s) * 1000.0 >= self.lease_ms / 2:
             units = sorted(self._held)
             asked_s = self._clock()
-            held = await self._io.run(lambda: self.ledger.renew(units, lease_ms=self.lease_ms))
+            held = await self._io.run(
+                lambda: self.ledger.renew(self.stream, units, lease_ms=self.lease_ms)
+            )
             self._granted_s = asked_s
             self._held = {unit for unit, h in zip(units, held, strict=True) if h}
         return unit_id in self._held

@@ -105,6 +105,8 @@ class EmbeddedServer:
     appendonly: bool = True
     appendfsync: str = "everysec"
     tcp_port: int = 0
+    extra_args: tuple[str, ...] = ()
+    """More server options (`--name value` pairs), e.g. a cluster node's (oona.cluster)."""
 
     def __post_init__(self) -> None:
         if self.appendfsync not in APPENDFSYNC_POLICIES:
@@ -187,6 +189,7 @@ class EmbeddedServer:
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
+            *self.extra_args,
         ]  # fmt: skip
         self._process = subprocess.Popen(
             args,

@@ -13,10 +13,13 @@ DEFAULT_DATA_DIR = Path(".tamiyo")
 class OonaSettings:
     """Bus settings shared by producers and consumers.
 
-    `redis_url` empty means: start the embedded server (see oona.server).
+    `redis_url` empty means: start the embedded server (see oona.server). With
+    `redis_cluster` the URL names one node of a Redis Cluster (or a managed clustered
+    Redis), from which the client discovers the others.
     """
 
     redis_url: str = ""
+    redis_cluster: bool = False
     data_dir: Path = DEFAULT_DATA_DIR
     key_prefix: str = "tamiyo"
     appendonly: bool = True
@@ -45,6 +48,9 @@ class OonaSettings:
     sheddable_streams: frozenset[str] = frozenset({"telemetry"})
     durable_streams: frozenset[str] = frozenset({"field_reports", "policy"})
     pushback_wait_ms: float = 2_000.0
+    # On a cluster a durable publish also waits for one replica of the stream's master
+    # (where it has one) to have the entries, so that they survive that master's loss.
+    replica_ack_timeout_ms: float = 1_000.0
     retain_acked_ms: int = 0
 
     # connection recovery

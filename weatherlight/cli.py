@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from weatherlight import (
+    actor_cli,
     exporter_cli,
     impala_cli,
     keys_cli,
@@ -37,6 +38,7 @@ SUBCOMMANDS: tuple[Register, ...] = (
     reports_cli.register,
     train_cli.register,
     trainer_cli.register,
+    actor_cli.register,
 )
 
 

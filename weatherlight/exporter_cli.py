@@ -7,18 +7,17 @@ import argparse
 import signal
 import threading
 
-import redis
 from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY
 
-from oona.connection import resolve_url
+from oona.connection import open_sync_redis, resolve_url
 from oona.exporter import BusCollector
 from weatherlight.settings import SystemSettings
 
 
 def run(args: argparse.Namespace) -> int:
     settings = SystemSettings.from_env().oona
-    client = redis.Redis.from_url(resolve_url(settings))
+    client = open_sync_redis(resolve_url(settings), settings)
     REGISTRY.register(BusCollector(client, settings.key_prefix))
     server, thread = start_http_server(args.port, addr=args.host)
     print(f"bus exporter on http://{args.host}:{server.server_port}/metrics", flush=True)

@@ -31,6 +31,7 @@ ENV_DATA_DIR = "TAMIYO_DATA_DIR"
 ENV_URZA_DB = "TAMIYO_URZA_DB"
 ENV_REDIS_APPENDONLY = "TAMIYO_REDIS_APPENDONLY"
 ENV_REDIS_APPENDFSYNC = "TAMIYO_REDIS_APPENDFSYNC"
+ENV_REDIS_CLUSTER = "TAMIYO_REDIS_CLUSTER"
 ENV_LEARNER = "TAMIYO_LEARNER"
 LEARNER_VTRACE = "vtrace"  # TAMIYO_LEARNER's value for the V-trace learner
 ENV_LEARNER_START_CHECKPOINT = "TAMIYO_LEARNER_START_CHECKPOINT"
@@ -85,7 +86,8 @@ class SystemSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SystemSettings:
         """``under(TAMIYO_DATA_DIR)``, with TAMIYO_REDIS_URL, TAMIYO_REDIS_APPENDONLY
         (``0``/``false``/``no``/``off`` turn the embedded server's persistence off),
-        TAMIYO_REDIS_APPENDFSYNC, TAMIYO_CLAIM_IDLE_MS, TAMIYO_URZA_DB, the key
+        TAMIYO_REDIS_APPENDFSYNC, TAMIYO_REDIS_CLUSTER (``1``/``true``/``yes``/``on``: the
+        URL names a node of a Redis Cluster), TAMIYO_CLAIM_IDLE_MS, TAMIYO_URZA_DB, the key
         variables (oona.keyfiles.KeySettings.from_env), TAMIYO_LEARNER (the same words
         turn Simic's learner off; ``vtrace`` runs the V-trace learner, ``impala``, as
         the learner service instead), TAMIYO_SIMIC_SIGNING_KEY_FILE,
@@ -104,6 +106,8 @@ class SystemSettings:
             oona = replace(oona, appendonly=value(ENV_REDIS_APPENDONLY).lower() not in _FALSE)
         if value(ENV_REDIS_APPENDFSYNC):
             oona = replace(oona, appendfsync=value(ENV_REDIS_APPENDFSYNC))
+        if value(ENV_REDIS_CLUSTER):
+            oona = replace(oona, redis_cluster=value(ENV_REDIS_CLUSTER).lower() in _TRUE)
         if value(ENV_CLAIM_IDLE_MS):
             oona = replace(oona, claim_idle_ms=int(value(ENV_CLAIM_IDLE_MS)))
         return replace(

@@ -33,7 +33,7 @@ from consumers.nissa.rules import Alert, Clock
 from consumers.nissa.state import NissaCollector, NissaState, StateSettings
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
-from oona.connection import resolve_url
+from oona.connection import open_sync_redis, resolve_url
 from oona.consumer import Consumer, Delivery, Subscription
 from oona.errors import BusUnavailable
 from oona.events import EventSink
@@ -164,7 +164,7 @@ class Nissa:
             return None
         registry = CollectorRegistry(auto_describe=False)
         registry.register(NissaCollector(self.state))
-        self._bus_client = redis.Redis.from_url(resolve_url(self.bus.settings))
+        self._bus_client = open_sync_redis(resolve_url(self.bus.settings), self.bus.settings)
         registry.register(BusCollector(self._bus_client, self.bus.settings.key_prefix))
         for collector in self.collectors:
             registry.register(collector)

@@ -71,6 +71,8 @@ from tamiyo_bus.urza.blueprint import Blueprint
 from tamiyo_bus.urza.catalogue import LR_RATIO
 
 S = pb.SeedLifecycleStage
+# Stages with no per-step work: no schedule, no blending, no isolation to check.
+_RESTING = frozenset({pb.SEED_STAGE_DORMANT, pb.SEED_STAGE_FOSSILIZED})
 
 
 class BlueprintSource(Protocol):
@@ -173,6 +175,9 @@ class Kasmina:
                 site.seeds.append(seed)
                 self.seeds[seed.seed_id] = seed
                 self._site_of[seed.seed_id] = site
+        # Seeds with per-step work (neither DORMANT nor FOSSILIZED), kept by ``_move``: a
+        # step with none of them (the common case) costs the trainer almost nothing.
+        self._stirring: tuple[Seed, ...] = ()
         self.step = 0
         self.loss_ema = math.nan
         self.paused_until_step = -1
@@ -412,6 +417,7 @@ class Kasmina:
             seed.gradient_norm = math.nan
         seed.stage = stage
         seed.stage_entered_step = self.step
+        self._stirring = tuple(s for s in self.seeds.values() if s.stage not in _RESTING)
         self._site_of[seed.seed_id].refresh()
         event = LifecycleEvent(
             self.step, seed.seed_id, seed.layer_id, previous, stage, reason, seed.blueprint_id
@@ -440,7 +446,7 @@ class Kasmina:
         A seed whose gradient is not finite is culled at once (``gradient_health``):
         stepping it would corrupt it, and from BLENDING on, the host.
         """
-        training = [s for s in self.seeds.values() if s.stage in TRAINABLE and s.optimizer]
+        training = [s for s in self._stirring if s.stage in TRAINABLE and s.optimizer]
         if not training:
             return
         norms: list[torch.Tensor] = []
@@ -466,7 +472,7 @@ class Kasmina:
         """One step along each blending seed's schedule (frozen while paused)."""
         if self.step < self.paused_until_step:
             return
-        for seed in self.seeds.values():
+        for seed in self._stirring:
             if seed.stage == pb.SEED_STAGE_BLENDING and seed.alpha < 1.0:
                 seed.blend_progress_steps += 1
                 seed.alpha = alpha_at(
@@ -486,8 +492,9 @@ class Kasmina:
                 if math.isnan(self.loss_ema)
                 else decay * self.loss_ema + (1.0 - decay) * training_loss
             )
-        self._check_isolation()
-        self._scheduled_transitions()
+        if self._stirring:
+            self._check_isolation()
+            self._scheduled_transitions()
         if self._events or self._apply_ms or step % self.settings.telemetry_every_steps == 0:
             self._report(step)
         self._events.clear()
@@ -544,7 +551,7 @@ class Kasmina:
 
     def _scheduled_transitions(self) -> None:
         """Culled slots move on by ``rules.scheduled_stage``, back to DORMANT."""
-        for seed in self.seeds.values():
+        for seed in self._stirring:
             waited = self.step - seed.stage_entered_step
             stage = scheduled_stage(seed.stage, waited, self.settings.embargo_steps)
             if stage is not None:

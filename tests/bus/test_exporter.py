@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import redis
-
 from leyline_pb import leyline_pb2 as pb
 from oona.bus import Bus
+from oona.connection import open_sync_redis
 from oona.consumer import Consumer
 from oona.exporter import BusCollector
 from oona.keys import Keyring
@@ -24,7 +23,7 @@ async def test_exporter_reports_lengths_lag_and_dead_letters(bus: Bus, keyring: 
     await consumer.poll_once(block=False)  # all four fail once: dead-lettered
     await bus.publish(pb.MESSAGE_TYPE_TELEMETRY, b"z", stream=Stream.NORMAL)
 
-    client = redis.Redis.from_url(bus.settings.redis_url)
+    client = open_sync_redis(bus.settings.redis_url, bus.settings)
     families = {f.name: f for f in BusCollector(client, bus.settings.key_prefix).collect()}
     client.close()
 
@@ -50,7 +49,7 @@ async def test_exporter_counts_the_lag_the_server_cannot_tell_after_deletions(bu
     (info,) = await bus.redis.xinfo_groups(key)
     assert info["lag"] is None
 
-    client = redis.Redis.from_url(bus.settings.redis_url)
+    client = open_sync_redis(bus.settings.redis_url, bus.settings)
     families = {f.name: f for f in BusCollector(client, bus.settings.key_prefix).collect()}
     client.close()
     (sample,) = [

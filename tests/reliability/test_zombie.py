@@ -84,7 +84,7 @@ async def test_a_unit_leased_to_a_live_consumer_is_left_to_it(bus: Bus, keyring:
     message_id = await bus.publish(pb.MESSAGE_TYPE_TELEMETRY, b"held", stream=Stream.NORMAL)
     [(entry_id, _)] = await bus.redis.xrange(bus.key(Stream.NORMAL))
     holder = EnvelopeLedger(bus.redis, bus.settings, "g", "holder")
-    [taken] = await holder.check([(message_id, entry_id.decode())], lease_ms=60_000)
+    [taken] = await holder.check(Stream.NORMAL, [(message_id, entry_id.decode())], lease_ms=60_000)
     assert taken.status is DeliveryStatus.NEW
 
     applied: list[bytes] = []
@@ -98,7 +98,7 @@ async def test_a_unit_leased_to_a_live_consumer_is_left_to_it(bus: Bus, keyring:
     assert bus.metrics.count("leased_elsewhere", stream=Stream.NORMAL) == 1
 
     done = Progress(message_id, 1, True, entry_id.decode())
-    recorded = await holder.record_and_ack(bus.key(Stream.NORMAL), [done])
+    recorded = await holder.record_and_ack(Stream.NORMAL, [done])
     assert (recorded.acked, recorded.fenced) == (1, (False,))
-    late = await other.ledger.record_and_ack(bus.key(Stream.NORMAL), [done])
+    late = await other.ledger.record_and_ack(Stream.NORMAL, [done])
     assert late.fenced == (True,)  # finished by the holder: the other is fenced out
