@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -155,8 +156,11 @@ class ImpalaLearnerService:
             self.close()
 
     def health(self) -> dict[str, object]:
-        """The figures a status line or Weatherlight's /healthz shows."""
+        """The figures a status line or Weatherlight's /healthz shows (a lag is null
+        before any segment was learnt)."""
         p, s = self.learner.progress, self.stats
+        lags = lag_percentiles(s.lags_s)
+        p50, p99 = (None, None) if math.isnan(lags[0]) else (round(lags[0], 3), round(lags[1], 3))
         return {
             "learner": "vtrace",
             "updates": p.updates,
@@ -168,6 +172,8 @@ class ImpalaLearnerService:
             "policies_published": s.policies_published,  # the bus took them
             "policy_version": p.running_version,
             "buffered": self.buffered,
+            "lag_p50_s": p50,
+            "lag_p99_s": p99,
             "waiting_for": self.consumer.waiting_for,
         }
 

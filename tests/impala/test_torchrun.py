@@ -127,6 +127,8 @@ async def test_two_ranks_under_torchrun_learn_publish_checkpoint_and_stop_togeth
         for rank in range(2):
             assert output.statuses(rank)[-1]["segments_consumed"] > 0
             assert output.statuses(rank)[-1]["updates"] >= 1
+        lag_p50, lag_p99 = output.statuses(0)[-1]["lag_p50_s"], output.statuses(0)[-1]["lag_p99_s"]
+        assert 0 < lag_p50 <= lag_p99 < DEADLINE_S
 
         os.kill(output.pid(1), signal.SIGTERM)  # one rank told to stop: both stop
         assert learners.wait(timeout=DEADLINE_S) == 0
