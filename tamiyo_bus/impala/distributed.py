@@ -7,10 +7,10 @@ CPU and nccl with CUDA. Every collective here is one of torch.distributed's
 same order: a rank that skipped one would leave the others blocked in it, which is why
 every per-update decision goes through ``sum_across`` before any rank acts on it.
 
-The gradients are averaged by hand rather than by DistributedDataParallel: a rank with
-no segment still takes part (its gradient is zero), and each rank's gradient weighs
-by its share of the batch's transitions, so the ranks make the step one process makes
-on their union whatever the share of each.
+The gradients are synchronised by DistributedDataParallel during the backward. DDP
+averages the ranks' gradients; the learner scales each rank's loss by its share of the
+transitions times the number of ranks, so the average is the gradient one process
+would take on the ranks' segments together, whatever the share of each.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 LEAD_RANK = 0
 
@@ -102,29 +103,14 @@ def max_across(value: int, info: RankInfo, device: torch.device) -> int:
     return int(tensor.item())
 
 
-def combine_gradients(parameters: Iterable[nn.Parameter], weight: float, info: RankInfo) -> None:
-    """Every rank's gradients, each times its ``weight`` (its share of the transitions),
-    summed into every rank's ``.grad``. A parameter no rank has a gradient for keeps
-    none, as in one process (the optimiser then leaves it alone)."""
+def data_parallel(module: nn.Module, info: RankInfo) -> nn.Module:
+    """``module`` with its gradients synchronised across the ranks (itself for one
+    rank). Some heads take no part in a batch (no seed to choose): their parameters get
+    no gradient, which DDP must be told to expect. No ``device_ids``: the batch moves
+    itself to the network's device."""
     if not info.distributed:
-        return
-    params = list(parameters)
-    if not params:
-        return
-    device = params[0].device
-    parts = [
-        (p.grad.detach() * weight if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-        for p in params
-    ]
-    present = torch.tensor([float(p.grad is not None) for p in params], device=device)
-    flat = torch.cat([*parts, present.to(parts[0].dtype)])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    grads, seen = flat[: -len(params)], flat[-len(params) :]
-    offset = 0
-    for p, anyone in zip(params, seen.tolist(), strict=True):
-        n = p.numel()
-        p.grad = grads[offset : offset + n].view_as(p).to(p.dtype) if anyone > 0 else None
-        offset += n
+        return module
+    return DistributedDataParallel(module, find_unused_parameters=True)
 
 
 def align_with_lead(tensors: Iterable[torch.Tensor], info: RankInfo) -> None:

@@ -11,12 +11,15 @@ On several ranks (``impala.distributed``) every rank calls ``update`` in step, w
 its own share of the segments (possibly none), and the ranks agree before any acts:
 before the step, whether any rank's guard refuses (then every rank refuses and keeps
 its batch); after the forward and before the backward, whether any rank's loss failed
-or is not finite (then every rank fails the step, and every breaker counts it). The
-gradients are then combined, weighted by each rank's transitions, so every rank clips
-and steps on the same gradients and all keep the same weights, and every guard sees
-the same outcome. Only the lead rank runs the gate; its verdict reaches every rank,
-which then all keep (passed) or drop (rejected: back to the running weights, fresh
-optimiser moments) the same weights.
+or is not finite (then every rank fails the step, and every breaker counts it). DDP
+synchronises the gradients in the backward; each rank's loss is scaled by its share of
+the transitions (times the number of ranks, which DDP divides by), so every rank clips
+and steps on the gradient of the ranks' segments together, all keep the same weights,
+and every guard sees the same outcome. A rank without segments takes part with its
+previous batch at weight zero; until every rank has had a batch, the ranks do not step
+(the update is refused as paused and the batches kept). Only the lead rank runs the
+gate; its verdict reaches every rank, which then all keep (passed) or drop (rejected:
+back to the running weights, fresh optimiser moments) the same weights.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from leyline_pb import leyline_pb2 as pb
 from leyline_vocab.events import EventKind, event
@@ -37,12 +40,12 @@ from tamiyo_bus.impala.batch import SegmentBatch, TopologyCache, segment_batch, 
 from tamiyo_bus.impala.distributed import (
     RankInfo,
     align_with_lead,
-    combine_gradients,
+    data_parallel,
     from_lead,
     max_across,
     sum_across,
 )
-from tamiyo_bus.impala.loss import VTraceLoss, vtrace_loss
+from tamiyo_bus.impala.loss import VTraceInputs, VTraceLoss, vtrace_loss
 from tamiyo_bus.impala.settings import ImpalaSettings
 from tamiyo_bus.impala.validation import HeldOutSegments, figures_on
 from tamiyo_bus.learning.guard import LearningGuard, LearningOutcome, LearningStepResult
@@ -104,6 +107,24 @@ class _Gate:
     normalizer: NormalizerSnapshot | None = field(default=None)
 
 
+class _BatchNetwork(nn.Module):
+    """The policy evaluating a whole batch in its forward, so DDP sees each pass."""
+
+    def __init__(self, policy: ReferencePolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: SegmentBatch) -> VTraceInputs:
+        return batch.evaluate(self.policy)
+
+
+def _zero_weight(inputs: VTraceInputs) -> Tensor:
+    """Zero, through every output of the network: a backward of it gives every
+    parameter a zero gradient (the network's outputs only, so a batch whose rewards were
+    not finite still gives a finite zero)."""
+    return (inputs.log_probs.sum() + inputs.entropies.sum() + inputs.values.sum()) * 0.0
+
+
 class ImpalaLearner:
     def __init__(
         self,
@@ -120,6 +141,8 @@ class ImpalaLearner:
         self.rank = rank or RankInfo()
         self.policy = policy
         self.device = next(policy.parameters()).device
+        self.network = data_parallel(_BatchNetwork(policy), self.rank)
+        self._previous: SegmentBatch | None = None  # a starved rank's zero-weight pass
         self.running = ReferencePolicy(policy.config).to(self.device)
         self.running.load_state_dict(policy.state_dict())
         self.running.eval()
@@ -137,7 +160,8 @@ class ImpalaLearner:
         self._gate.held_out.add(segment)
 
     def loss(self, batch: SegmentBatch) -> VTraceLoss:
-        return vtrace_loss(batch.evaluate(self.policy), self.settings.loss)
+        inputs: VTraceInputs = self.network(batch)
+        return vtrace_loss(inputs, self.settings.loss)
 
     def align_ranks(self) -> None:
         """Every rank starts from the lead's weights; ranks that resumed from different
@@ -159,12 +183,14 @@ class ImpalaLearner:
         batch = segment_batch(learnt, self.topologies) if learnt else None
         here = batch.transitions if batch is not None else 0
         refusal = self.guard.refusal()
-        paused, closed, transitions, offered = sum_across(
+        unready = batch is None and self._previous is None
+        paused, closed, transitions, offered, waiting = sum_across(
             [
                 int(refusal is LearningOutcome.PAUSED),
                 int(refusal is LearningOutcome.BREAKER_OPEN),
                 here,
                 len(segments),
+                int(unready),
             ],
             self.rank,
             self.device,
@@ -174,15 +200,16 @@ class ImpalaLearner:
             return ImpalaUpdateStats(outcome, 0, 0)
         if transitions == 0:
             return ImpalaUpdateStats(LearningOutcome.APPLIED, len(segments), 0)
+        if waiting:  # a rank has never had a batch: it could not take part in the pass
+            return ImpalaUpdateStats(LearningOutcome.PAUSED, 0, 0)
+        # DDP divides the summed gradients by the ranks: this makes them the gradient of
+        # the ranks' segments together (a rank without segments weighs nothing).
+        weight = self.rank.world_size * here / transitions
         losses: list[VTraceLoss] = []
         self.policy.train()
-        result = self.guard.step(
-            self.optimizer,
-            lambda: self._agreed_loss(batch, losses),
-            combine_gradients=lambda: combine_gradients(
-                self.policy.parameters(), here / transitions, self.rank
-            ),
-        )
+        result = self.guard.step(self.optimizer, lambda: self._agreed_loss(batch, weight, losses))
+        if batch is not None:
+            self._previous = batch
         if result.outcome in _REFUSALS:
             self._refused_after_agreeing()
             return ImpalaUpdateStats(result.outcome, 0, 0)
@@ -202,19 +229,25 @@ class ImpalaLearner:
         return _applied(result, len(segments), transitions, losses, self.lr.learning_rate,
                         time.perf_counter() - started, verdict, candidate)  # fmt: skip
 
-    def _agreed_loss(self, batch: SegmentBatch | None, losses: list[VTraceLoss]) -> Tensor:
-        """This rank's loss once every rank computed its own: NaN on every rank when any
-        rank's is not finite, raising on every rank when any rank's raised, so that no
-        rank runs a backward the others skip. A rank without segments gives a zero loss
-        (its gradients are zero)."""
+    def _agreed_loss(
+        self, batch: SegmentBatch | None, weight: float, losses: list[VTraceLoss]
+    ) -> Tensor:
+        """This rank's loss, times ``weight``, once every rank computed its own: NaN on
+        every rank when any rank's is not finite, raising on every rank when any rank's
+        raised, so that no rank runs a backward the others skip. A rank without segments
+        passes its previous batch at weight zero: its gradients are zero, and DDP's
+        backward runs on every rank."""
         failure: Exception | None = None
-        loss: Tensor = torch.zeros((), device=self.device, requires_grad=True)
-        if batch is not None:
-            try:
+        loss: Tensor = torch.zeros((), device=self.device)
+        try:
+            if batch is not None:
                 losses.append(self.loss(batch))
-                loss = losses[-1].total
-            except Exception as error:  # every rank must hear of it before it is raised
-                failure = error
+                loss = losses[-1].total * weight
+            else:
+                assert self._previous is not None  # the ranks wait until every rank has one
+                loss = _zero_weight(self.network(self._previous))
+        except Exception as error:  # every rank must hear of it before it is raised
+            failure = error
         finite = failure is not None or math.isfinite(float(loss.detach()))
         refused, failed, not_finite = sum_across(
             [0, int(failure is not None), int(not finite)], self.rank, self.device

@@ -16,10 +16,6 @@ whether its result may touch the weights:
 - otherwise the gradients are clipped to ``max_grad_norm`` and the optimiser steps
   (``APPLIED``), which closes a half-open breaker.
 
-A data-parallel learner passes ``combine_gradients``: it runs after the backward and
-before the clip, so the clip, the reported norm and the step see the gradients every
-rank agreed on.
-
 With a ``GradScaler`` (float16 autocast) the loss is scaled for the backward and the
 gradients unscaled before the clip, so the clip and the reported norm see the true
 gradients; an overflow is a ``NON_FINITE`` step like any other, and also lowers the
@@ -116,7 +112,6 @@ class LearningGuard:
         optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[], torch.Tensor],
         scaler: torch.amp.GradScaler | None = None,
-        combine_gradients: Callable[[], None] | None = None,
     ) -> LearningStepResult:
         """Run one guarded update: ``loss_fn()`` computes the loss to minimise."""
         if self._paused():
@@ -125,7 +120,7 @@ class LearningGuard:
             return self._count(LearningStepResult(LearningOutcome.BREAKER_OPEN))
         optimizer.zero_grad(set_to_none=True)
         try:
-            result = self._update(optimizer, loss_fn, scaler, combine_gradients)
+            result = self._update(optimizer, loss_fn, scaler)
         except Exception as error:
             result = LearningStepResult(
                 LearningOutcome.FAILED, detail=f"{type(error).__name__}: {error}"[:500]
@@ -143,7 +138,6 @@ class LearningGuard:
         optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[], torch.Tensor],
         scaler: torch.amp.GradScaler | None,
-        combine_gradients: Callable[[], None] | None,
     ) -> LearningStepResult:
         loss = loss_fn()
         loss_value = float(loss.detach())
@@ -154,8 +148,6 @@ class LearningGuard:
         else:
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.unscale_(optimizer)
-        if combine_gradients is not None:
-            combine_gradients()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.settings.max_grad_norm))
         if not math.isfinite(grad_norm):

@@ -71,7 +71,7 @@ async def test_an_update_reports_every_figure_as_a_gauge(
 def test_only_the_lead_rank_reports(tmp_path: Path) -> None:
     gauges = Gauges()
     other = RankInfo(rank=1, world_size=2)
-    learner = ImpalaLearner(impala_settings(tmp_path), initial_policy(), rank=other)
+    learner = ImpalaLearner(impala_settings(tmp_path), initial_policy())  # its DDP needs no group
     bus = _bus(OonaSettings(redis_url="redis://127.0.0.1:1"), "simic")  # never connected
     service = ImpalaLearnerService(
         bus, impala_settings(tmp_path), KEYS.signer("simic"), keyring=KEYS.keyring,

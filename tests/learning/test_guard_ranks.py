@@ -1,7 +1,6 @@
 """What a data-parallel learner needs of the LearningGuard: ``refusal`` says what a step
-would meet without reserving the half-open breaker's trial, and ``combine_gradients``
-runs between the backward and the clip, so the clip and the reported norm see the
-combined gradients."""
+would meet without reserving the half-open breaker's trial, so the ranks can agree
+before any of them steps."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from oona.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from tamiyo_bus.learning.guard import LearningGuard, LearningGuardSettings, LearningOutcome
 from tamiyo_bus.risk import BreakerName
 
-from .test_guard import MAX_GRAD_NORM, Learner
+from .test_guard import MAX_GRAD_NORM
 
 
 def test_refusal_names_the_refusal_and_reserves_no_trial() -> None:
@@ -26,21 +25,3 @@ def test_refusal_names_the_refusal_and_reserves_no_trial() -> None:
     now[0] = 2.0  # past the cool-down: half-open, its one trial still free
     assert guard.refusal() is None and guard.refusal() is None
     assert breaker.state is BreakerState.HALF_OPEN and breaker.allow()
-
-
-def test_combined_gradients_are_the_ones_clipped_and_reported() -> None:
-    alone, combined = Learner(), Learner()
-    guard = LearningGuard(
-        CircuitBreaker(BreakerName.LEARNING, BreakerSettings()), lambda: False,
-        LearningGuardSettings(max_grad_norm=1e6),
-    )  # fmt: skip
-
-    def doubled() -> None:
-        for p in combined.model.parameters():
-            assert p.grad is not None  # after the backward
-            p.grad.mul_(2.0)
-
-    plain = guard.step(alone.optimizer, alone.loss)
-    twice = guard.step(combined.optimizer, combined.loss, combine_gradients=doubled)
-    assert plain.grad_norm is not None and twice.grad_norm is not None
-    assert abs(twice.grad_norm - 2.0 * plain.grad_norm) < 1e-5 * plain.grad_norm
