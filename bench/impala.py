@@ -8,9 +8,12 @@ learner learnt over the phase from its status lines. The lag (segment published 
 learnt) is the learner's own figure: in-process is not used here, so it comes from the
 one-learner phases' status when the learner prints it, else it is null.
 
-Against another server (a Redis Cluster): `--redis-url URL` (or TAMIYO_REDIS_URL), and
-`--cluster` to say so in the figures; each phase then uses the configured server and
-its default key prefix, so run it against an empty one.
+Each phase runs on a fresh embedded server, or with `--cluster` on a fresh local Redis
+Cluster (`oona.cluster.LocalCluster`: 3 masters and 3 replicas from the same binary, on
+this machine's cores too). Against another server: `--redis-url URL` (add `--cluster`
+if it is one); every phase then uses it with the default key prefix, so give it an
+empty server. The learner's gate runs no simulated runs here (`--gate-sim-runs 0`):
+the figure is the learning throughput, not the gate's.
 
 Prints a table; with --json, one final JSON line with the figures, sizes and machine.
 """
@@ -32,27 +35,38 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine
+from oona.cluster import LocalCluster
 from oona.keyfiles import ENV_SIGNING_KEY_FILE, ENV_TRUSTED_KEYS_DIR
 from oona.server import EmbeddedServer
 from weatherlight.role_keys import PRIVATE, TRUSTED, RoleKeys
-from weatherlight.settings import ENV_DATA_DIR, ENV_REDIS_URL
+from weatherlight.settings import ENV_DATA_DIR, ENV_REDIS_CLUSTER, ENV_REDIS_URL
 
 CLI = (sys.executable, "-m", "weatherlight.cli")
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node")
 SIM_FLAGS = ("--runs", "4", "--epochs", "3", "--steps-per-epoch", "40")
-LEARNER_FLAGS = ("--batch-segments", "8", "--updates-per-publish", "4", "--status-interval-s")
+LEARNER_FLAGS = (
+    "--batch-segments", "8", "--updates-per-publish", "10", "--gate-sim-runs", "0",
+    "--status-interval-s",
+)  # fmt: skip
 
 
 @contextmanager
-def server(url: str) -> Iterator[str]:
+def server(url: str, cluster: bool) -> Iterator[str]:
+    """The given server, else a fresh embedded server or local cluster for one phase."""
     if url:
         yield url
-        return
-    embedded = EmbeddedServer().start()
-    try:
-        yield embedded.url
-    finally:
-        embedded.cleanup()
+    elif cluster:
+        local = LocalCluster(base_dir=Path(tempfile.mkdtemp(prefix="impala-cluster-"))).start()
+        try:
+            yield local.url
+        finally:
+            local.stop()
+    else:
+        embedded = EmbeddedServer().start()
+        try:
+            yield embedded.url
+        finally:
+            embedded.cleanup()
 
 
 def status_lines(log: Path, prefix: str) -> list[tuple[float, dict[str, object]]]:
@@ -76,7 +90,7 @@ def stamped(command: list[str], env: dict[str, str], log: Path) -> subprocess.Po
 
 
 def phase(
-    url: str, actors: int, learners: int, seconds: float, warmup_s: float
+    url: str, cluster: bool, actors: int, learners: int, seconds: float, warmup_s: float
 ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="impala-bench-"))
     RoleKeys.create(work / "keys")
@@ -85,6 +99,8 @@ def phase(
         {ENV_DATA_DIR: str(work / "data"), ENV_TRUSTED_KEYS_DIR: str(work / "keys" / TRUSTED)}
     )
     base[ENV_REDIS_URL] = url
+    if cluster:
+        base[ENV_REDIS_CLUSTER] = "1"
     key = work / "keys" / PRIVATE
     learner_env = dict(base, **{ENV_SIGNING_KEY_FILE: str(key / "simic.key")})
     actor_env = dict(base, **{ENV_SIGNING_KEY_FILE: str(key / "tamiyo.key")})
@@ -118,7 +134,7 @@ def phase(
     return {
         "actors": actors,
         "learners": learners,
-        "transitions_per_s": round(learnt * learners / span, 2),
+        "transitions_per_s": round(learnt / span, 2),  # every rank's, as rank 0 counts
         "updates": last[1]["updates"],
         "policies_published": last[1]["candidates_published"],
         "lag_s": {k: last[1][k] for k in ("lag_p50_s", "lag_p99_s") if k in last[1]} or None,
@@ -137,9 +153,9 @@ def main() -> None:
     seconds = 15.0 if args.quick else args.phase_s
     cases = [(1, 1), (2, 1)] if args.quick else [(1, 1), (2, 1), (4, 1), (4, 2)]
     results = []
-    with server(args.redis_url) as url:
-        for actors, learners in cases:
-            results.append(phase(url, actors, learners, seconds, args.warmup_s))
+    for actors, learners in cases:
+        with server(args.redis_url, args.cluster) as url:
+            results.append(phase(url, args.cluster, actors, learners, seconds, args.warmup_s))
     print(f"{'actors':>6} {'learners':>8} {'transitions/s':>14} {'updates':>8}")
     for r in results:
         print(
@@ -166,7 +182,8 @@ def main() -> None:
             "sim": " ".join(SIM_FLAGS),
             "learner": " ".join(LEARNER_FLAGS),
         },
-        "server": "cluster" if args.cluster else ("external" if args.redis_url else "embedded"),
+        "server": ("external " if args.redis_url else "local ")
+        + ("cluster" if args.cluster else "server"),
         "machine": machine(),
     }
     if args.json:
