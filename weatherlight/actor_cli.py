@@ -18,30 +18,19 @@ import signal
 import sys
 from dataclasses import replace
 
-from leyline_vocab.roles import ROLES, TAMIYO
+from leyline_vocab.roles import TAMIYO
 from leyline_vocab.telemetry import SOURCE_TAMIYO
 from oona.bus import Bus
-from oona.keyfiles import ENV_SIGNING_KEY_FILE, KeyConfigError
+from oona.keyfiles import KeyConfigError
 from oona.keys import Keyring, Signer
 from tamiyo_bus.actors.loop import ActorLoop, ActorProgress
 from tamiyo_bus.actors.settings import ActorLoopSettings
 from tamiyo_bus.policy.profiles import Profile
 from tamiyo_bus.sim.actor import ActorSettings
+from weatherlight.role_keys import load_own_keys
 from weatherlight.settings import SystemSettings
 
 EXIT_CONFIG_ERROR = 2
-
-
-def load_keys(system: SystemSettings) -> tuple[Signer, Keyring]:
-    """The process's key, refused when the trust list says it is not Tamiyo's."""
-    signer = system.keys.load_signer()
-    keyring = system.keys.load_keyring(ROLES)
-    if signer.key_id in keyring.key_ids and keyring.role_of(signer.key_id) != TAMIYO:
-        role = keyring.role_of(signer.key_id).name
-        raise KeyConfigError(
-            ENV_SIGNING_KEY_FILE, f"an actor signs as tamiyo, this key is {role}'s"
-        )
-    return signer, keyring
 
 
 def settings_from(args: argparse.Namespace) -> ActorLoopSettings:
@@ -95,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     system = SystemSettings.from_env()
     try:
         settings = settings_from(args)
-        signer, keyring = load_keys(system)
+        signer, keyring = load_own_keys(system.keys, TAMIYO)
     except (KeyConfigError, ValueError) as exc:
         print(f"actor: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

@@ -23,6 +23,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from leyline_vocab.roles import SIMIC
 from oona.keyfiles import KeyConfigError
 from tamiyo_bus.impala.distributed import (
     RankInfo,
@@ -32,7 +33,8 @@ from tamiyo_bus.impala.distributed import (
 )
 from tamiyo_bus.impala.settings import ImpalaSettings
 from weatherlight.impala_learner import impala_on_bus
-from weatherlight.learner_cli import EXIT_CONFIG_ERROR, load_keys
+from weatherlight.learner_cli import EXIT_CONFIG_ERROR
+from weatherlight.role_keys import load_own_keys
 from weatherlight.settings import SystemSettings
 
 
@@ -47,7 +49,7 @@ async def serve(
     system: SystemSettings, settings: ImpalaSettings, updates: int, status_interval_s: float
 ) -> int:
     rank = RankInfo.from_env()
-    signer, keyring = load_keys(system)
+    signer, keyring = load_own_keys(system.keys, SIMIC)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

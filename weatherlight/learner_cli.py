@@ -20,14 +20,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from leyline_pb import leyline_pb2 as pb
-from leyline_vocab.roles import ROLES, SIMIC
+from leyline_vocab.roles import SIMIC
 from oona.events import LogEventSink
-from oona.keyfiles import ENV_SIGNING_KEY_FILE, KeyConfigError
+from oona.keyfiles import KeyConfigError
 from oona.keys import Keyring, Signer
 from producers.sinks import TelemetryEventSink
 from producers.telemetry import TelemetryProducer
 from tamiyo_bus.simic.settings import LearnerSettings
 from weatherlight.learner import learner_on_bus
+from weatherlight.role_keys import load_own_keys
 from weatherlight.settings import ENV_LEARNER, SystemSettings
 
 EXIT_CONFIG_ERROR = 2
@@ -47,18 +48,6 @@ class _Events:
         self.log.emit(event)
         if self.telemetry is not None:
             self.telemetry.emit(event)
-
-
-def load_keys(system: SystemSettings) -> tuple[Signer, Keyring]:
-    """The process's key, refused when the trust list says it is not Simic's."""
-    signer = system.keys.load_signer()
-    keyring = system.keys.load_keyring(ROLES)
-    if signer.key_id in keyring.key_ids and keyring.role_of(signer.key_id) != SIMIC:
-        role = keyring.role_of(signer.key_id).name
-        raise KeyConfigError(
-            ENV_SIGNING_KEY_FILE, f"the learner signs as simic, this key is {role}'s"
-        )
-    return signer, keyring
 
 
 async def serve(
@@ -99,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.start_checkpoint is not None:
         settings = replace(settings, start_checkpoint=args.start_checkpoint)
     try:
-        signer, keyring = load_keys(system)
+        signer, keyring = load_own_keys(system.keys, SIMIC)
     except KeyConfigError as exc:
         print(f"learner: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leyline_vocab.roles import ROLES
-from oona.keyfiles import KeySettings, generate_key_pair, load_private_key_file
+from oona.keyfiles import (
+    ENV_SIGNING_KEY_FILE,
+    KeyConfigError,
+    KeySettings,
+    generate_key_pair,
+    load_private_key_file,
+)
 from oona.keys import Keyring, Role, Signer
 
 PRIVATE = "private"
@@ -66,3 +72,16 @@ class RoleKeys:
 
     def signer(self, role: str) -> Signer:
         return self.signers[role]
+
+
+def load_own_keys(keys: KeySettings, role: Role) -> tuple[Signer, Keyring]:
+    """A command's signing key and the trust list, refused (naming the setting) when
+    the trust list gives the key another role than the one the command signs as."""
+    signer = keys.load_signer()
+    keyring = keys.load_keyring(ROLES)
+    if signer.key_id in keyring.key_ids and keyring.role_of(signer.key_id) != role:
+        other = keyring.role_of(signer.key_id).name
+        raise KeyConfigError(
+            ENV_SIGNING_KEY_FILE, f"this command signs as {role.name}, this key is {other}'s"
+        )
+    return signer, keyring

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from leyline_vocab.roles import SIMIC
 from oona.keyfiles import ENV_SIGNING_KEY_FILE, KeyConfigError, KeySettings, generate_key_pair
-from weatherlight.learner_cli import load_keys
+from weatherlight.role_keys import load_own_keys
 from weatherlight.settings import SystemSettings
 
 
@@ -21,9 +22,9 @@ def _system(tmp_path: Path, role: str) -> SystemSettings:
 
 def test_the_learner_refuses_a_key_of_another_role(tmp_path: Path) -> None:
     with pytest.raises(KeyConfigError, match=ENV_SIGNING_KEY_FILE):
-        load_keys(_system(tmp_path, "tolaria"))
+        load_own_keys(_system(tmp_path, "tolaria").keys, SIMIC)
 
 
 def test_the_learner_signs_with_simics_key(tmp_path: Path) -> None:
-    signer, keyring = load_keys(_system(tmp_path, "simic"))
+    signer, keyring = load_own_keys(_system(tmp_path, "simic").keys, SIMIC)
     assert keyring.role_of(signer.key_id).name == "simic"
