@@ -6,7 +6,6 @@ PPO learner (``WeatherlightSettings.impala``)."""
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -43,7 +42,7 @@ from tamiyo_bus.impala.learner import ImpalaUpdateStats
 from tamiyo_bus.impala.service import ImpalaLearnerService, start_learner
 from tamiyo_bus.impala.settings import ImpalaSettings
 from tamiyo_bus.impala.telemetry import ImpalaReport, ImpalaSink
-from weatherlight.learner import GaugeSink
+from weatherlight.learner import GaugeSink, finite_gauges
 from weatherlight.supervisor import ServiceContext, ServiceRun
 
 UPDATE_GAUGES: dict[str, Callable[[ImpalaUpdateStats], float]] = {
@@ -58,12 +57,8 @@ UPDATE_GAUGES: dict[str, Callable[[ImpalaUpdateStats], float]] = {
 
 
 def impala_gauges(metrics: GaugeSink) -> ImpalaSink:
-    """A sink setting one gauge per figure of a report (non-finite ones left out: the
-    losses of a step not applied, the lag before any segment was learnt)."""
-
-    def gauge(name: str, value: float, **labels: str) -> None:
-        if math.isfinite(value):
-            metrics.set_gauge(name, value, **labels)
+    """A sink setting one gauge per figure of a report (non-finite ones left out)."""
+    gauge = finite_gauges(metrics).set_gauge
 
     def emit(report: ImpalaReport) -> None:
         if report.update is not None:

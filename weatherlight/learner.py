@@ -66,13 +66,21 @@ class GaugeSink(Protocol):
     def set_gauge(self, name: str, value: float, **labels: str) -> None: ...
 
 
-def learner_gauges(metrics: GaugeSink) -> LearnerSink:
-    """A learner sink setting one gauge per figure (non-finite ones left out: the
-    losses of an update that applied no step)."""
+def finite_gauges(metrics: GaugeSink) -> GaugeSink:
+    """``metrics`` leaving out non-finite figures (the losses of an update that applied
+    no step, a lag before anything was learnt): a gauge keeps its last real value."""
 
-    def gauge(name: str, value: float, **labels: str) -> None:
-        if math.isfinite(value):
-            metrics.set_gauge(name, value, **labels)
+    class Finite:
+        def set_gauge(self, name: str, value: float, **labels: str) -> None:
+            if math.isfinite(value):
+                metrics.set_gauge(name, value, **labels)
+
+    return Finite()
+
+
+def learner_gauges(metrics: GaugeSink) -> LearnerSink:
+    """A learner sink setting one gauge per figure (non-finite ones left out)."""
+    gauge = finite_gauges(metrics).set_gauge
 
     def emit(stats: LearnerStats) -> None:
         if stats.ppo is not None:
