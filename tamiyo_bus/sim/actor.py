@@ -8,12 +8,14 @@ segments), with its interval reward and the episode's end filled in, so a learne
 trains on the segment as it arrives. A segment cut before the episode's end carries the
 value of the state after it (the next segment's first), so its last decision is learnt
 from too: a change of the run's structure cuts a segment, and without it every decision
-that changed the structure (a germination, a cull) went unlearnt. While ``publishing_allowed`` says no (the actor's
-conservative mode), episodes are played and nothing is published.
+that changed the structure (a germination, a cull) went unlearnt. While
+``publishing_allowed`` says no (the actor's conservative mode), episodes are played and
+nothing is published.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -142,7 +144,7 @@ class SimActor:
         closed.append(
             segments.end_run(episode.training_run_id, Progress.of_packet(episode.final_state))
         )
-        for segment, following in zip(closed, closed[1:], strict=False):
+        for segment, following in itertools.pairwise(closed):
             if segment.steps and not segment.steps[-1].done and following.steps:
                 segment.bootstrap_value = following.steps[0].behaviour_value
         for segment in closed:

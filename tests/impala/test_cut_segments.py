@@ -5,6 +5,8 @@ a segment, and were never learnt from when its last step served only as the boot
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from tamiyo_bus.impala.batch import TopologyCache, segment_batch, trained_steps
@@ -20,7 +22,7 @@ def test_a_cut_segment_carries_the_value_of_the_next_segments_first_state() -> N
     cut = 0
     for indices in by_run.values():
         run = [segments[i] for i in indices if segments[i].steps]
-        for segment, following in zip(run, run[1:], strict=False):
+        for segment, following in itertools.pairwise(run):
             assert segment.HasField("bootstrap_value")
             assert segment.bootstrap_value == following.steps[0].behaviour_value
             assert trained_steps(segment) == len(segment.steps)
