@@ -1343,6 +1343,7 @@ class Trajectory(google.protobuf.message.Message):
     RUN_ENDED_FIELD_NUMBER: builtins.int
     FINAL_PROGRESS_FIELD_NUMBER: builtins.int
     REWARDED_FIELD_NUMBER: builtins.int
+    BOOTSTRAP_VALUE_FIELD_NUMBER: builtins.int
     trajectory_id: builtins.str
     """the run and the first decision step: stable on a retry"""
     actor_id: builtins.str
@@ -1356,6 +1357,11 @@ class Trajectory(google.protobuf.message.Message):
     rewarded: builtins.bool
     """Every step's reward and done are filled (simulated actors know them at once): no
     field report to join, the learner trains on the segment as it is.
+    """
+    bootstrap_value: builtins.float
+    """The behaviour critic's value of the state after the last step, where the segment was
+    cut before its episode ended (a full unroll, or the run's structure changed): the
+    learner bootstraps the last step from it. Filled by simulated actors.
     """
     @property
     def steps(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___TrajectoryStep]: ...
@@ -1380,9 +1386,11 @@ class Trajectory(google.protobuf.message.Message):
         run_ended: builtins.bool = ...,
         final_progress: global___RunProgress | None = ...,
         rewarded: builtins.bool = ...,
+        bootstrap_value: builtins.float | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["final_progress", b"final_progress", "topology", b"topology"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["actor_id", b"actor_id", "architecture_id", b"architecture_id", "final_progress", b"final_progress", "policy_version", b"policy_version", "rewarded", b"rewarded", "run_ended", b"run_ended", "steps", b"steps", "topology", b"topology", "training_run_id", b"training_run_id", "trajectory_id", b"trajectory_id"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["_bootstrap_value", b"_bootstrap_value", "bootstrap_value", b"bootstrap_value", "final_progress", b"final_progress", "topology", b"topology"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_bootstrap_value", b"_bootstrap_value", "actor_id", b"actor_id", "architecture_id", b"architecture_id", "bootstrap_value", b"bootstrap_value", "final_progress", b"final_progress", "policy_version", b"policy_version", "rewarded", b"rewarded", "run_ended", b"run_ended", "steps", b"steps", "topology", b"topology", "training_run_id", b"training_run_id", "trajectory_id", b"trajectory_id"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["_bootstrap_value", b"_bootstrap_value"]) -> typing.Literal["bootstrap_value"] | None: ...
 
 global___Trajectory = Trajectory
 

@@ -6,10 +6,12 @@ segments' lengths and topologies. The steps are then laid out time-major ``[T, B
 one column per segment, left-padded to the longest (``loss`` says why padding on that
 side leaves the targets exact).
 
-A segment carries no state after its last step, so a segment that did not end its
-episode bootstraps from its own last step: that step is the bootstrap state and is
-learnt from as the first step of the run's next segment is not (an unroll of 20 steps
-trains on 19). A segment whose last step ended the episode trains on all its steps.
+A segment carries no state after its last step. A simulated actor's segment cut before
+its episode ended carries the behaviour critic's value of that state
+(``bootstrap_value``) and trains on all its steps, bootstrapping from it; one without
+(Tamiyo's) bootstraps from its own last step, the learner's value of it, and that step
+is not learnt from (an unroll of 20 steps trains on 19). A segment whose last step
+ended the episode trains on all its steps.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class TopologyCache:
 def trained_steps(segment: pb.Trajectory) -> int:
     """How many of the segment's steps are learnt from (the rest bootstraps)."""
     steps = len(segment.steps)
-    if steps == 0 or segment.steps[-1].done:
+    if steps == 0 or segment.steps[-1].done or segment.HasField("bootstrap_value"):
         return steps
     return steps - 1
 
@@ -66,7 +68,8 @@ class SegmentBatch:
     trained: Tensor  # [N] flat index (into inputs) of each trained step
     time_index: Tensor  # [N] its row in [T, B]
     column: Tensor  # [N] its column (segment) in [T, B]
-    bootstrap: Tensor  # [B] flat index of each segment's bootstrap state (-1: terminated)
+    bootstrap: Tensor  # [B] flat index of each segment's bootstrap state (-1: none)
+    given_bootstrap: Tensor  # [B] the segment's bootstrap value where it has no such state
     behaviour_log_probs: Tensor  # [T, B], padding 0
     rewards: Tensor  # [T, B]
     terminated: Tensor  # [T, B]
@@ -103,7 +106,9 @@ class SegmentBatch:
 
         ends = self.bootstrap.to(device)
         bootstrap = torch.where(
-            ends >= 0, evaluation.value.detach()[ends.clamp(min=0)], torch.zeros_like(ends.float())
+            ends >= 0,
+            evaluation.value.detach().float()[ends.clamp(min=0)],
+            self.given_bootstrap.to(device),
         )
         return VTraceInputs(
             laid_out(evaluation.log_prob),
@@ -146,6 +151,7 @@ def segment_batch(segments: Sequence[pb.Trajectory], topologies: TopologyCache) 
     time_index: list[int] = []
     column: list[int] = []
     bootstrap: list[int] = []
+    given_bootstrap = torch.zeros(len(learnt))
     for b, segment in enumerate(learnt):
         k, first_row = start_of[b]
         first_flat = len(group_of)
@@ -162,14 +168,17 @@ def segment_batch(segments: Sequence[pb.Trajectory], topologies: TopologyCache) 
                 rewards[t, b] = step.reward
                 terminated[t, b] = float(step.done)
                 mask[t, b] = 1.0
-        ends_episode = segment.steps[-1].done
-        bootstrap.append(-1 if ends_episode else first_flat + len(segment.steps) - 1)
+        if n < len(segment.steps):
+            bootstrap.append(first_flat + n)
+        else:
+            bootstrap.append(-1)
+            given_bootstrap[b] = segment.bootstrap_value  # 0.0 where the episode ended
 
     def index(values: list[int]) -> Tensor:
         return torch.tensor(values, dtype=torch.int64)
 
     return SegmentBatch(
         GraphTransitions(tuple(groups), index(group_of), index(row_of)),
-        index(trained), index(time_index), index(column), index(bootstrap),
+        index(trained), index(time_index), index(column), index(bootstrap), given_bootstrap,
         behaviour, rewards, terminated, mask,
     )  # fmt: skip

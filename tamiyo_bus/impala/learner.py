@@ -60,6 +60,11 @@ from tamiyo_bus.tolaria.lr import LRController
 POLICY_ID = "impala-learner"
 _REFUSALS = frozenset({LearningOutcome.PAUSED, LearningOutcome.BREAKER_OPEN})
 _DEFERRED, _PASSED, _REJECTED = 0, 1, 2
+# The simulated actors decide on features their statistics leave as they are (their graph
+# builder never loads any), so the segments hold those features and the gate's simulated
+# runs must show the candidates the same: statistics fitted to other episodes would
+# judge them on inputs they were never trained on.
+ACTORS_NORMALIZATION = NormalizerSnapshot.initial()
 
 
 @dataclass
@@ -153,7 +158,10 @@ class ImpalaLearner:
         self.events: EventSink = events or LogEventSink()
         self.progress = ImpalaProgress(running_version=start_version)
         self.topologies = TopologyCache()
-        self._gate = _Gate(HeldOutSegments(s.held_out_max_segments), normalizer=normalizer)
+        self._gate = _Gate(
+            HeldOutSegments(s.held_out_max_segments),
+            normalizer=normalizer if normalizer is not None else ACTORS_NORMALIZATION,
+        )
 
     def hold_out(self, segment: pb.Trajectory) -> None:
         """Keep ``segment`` for the gate (it is never trained on)."""

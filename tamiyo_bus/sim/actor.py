@@ -5,12 +5,17 @@ Each episode every simulated run plays under the policy the holder runs now (a
 PolicyUpdate from the learner replaces it between episodes); each decision becomes a
 TrajectoryStep exactly as Tamiyo's step path records one (the same encoder and
 segments), with its interval reward and the episode's end filled in, so a learner
-trains on the segment as it arrives. While ``publishing_allowed`` says no (the actor's
-conservative mode), episodes are played and nothing is published.
+trains on the segment as it arrives. A segment cut before the episode's end carries the
+value of the state after it (the next segment's first), so its last decision is learnt
+from too: a change of the run's structure cuts a segment, and without it every decision
+that changed the structure (a germination, a cull) went unlearnt. While
+``publishing_allowed`` says no (the actor's conservative mode), episodes are played and
+nothing is published.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -139,6 +144,9 @@ class SimActor:
         closed.append(
             segments.end_run(episode.training_run_id, Progress.of_packet(episode.final_state))
         )
+        for segment, following in itertools.pairwise(closed):
+            if segment.steps and not segment.steps[-1].done and following.steps:
+                segment.bootstrap_value = following.steps[0].behaviour_value
         for segment in closed:
             segment.rewarded = True
         return closed
