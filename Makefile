@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(PY) bench/control.py --json
 	$(PY) bench/soak.py --short --json
 	$(PY) bench/impala.py --json
+	$(PY) bench/impala_returns.py --json
 
 # One key pair per role for docker-compose (ops/keys/README.md): private keys under
 # $(KEYS_DIR)/private, public keys under $(KEYS_DIR)/trusted.
