@@ -42,7 +42,7 @@ from tamiyo_bus.learning.ppo import approx_kl
 from tamiyo_bus.policy.profiles import PROFILES, Profile
 from tamiyo_bus.policy.reference import ReferencePolicy
 from tamiyo_bus.policy.serving import ServingPolicy
-from tamiyo_bus.sim.actor import ActorSettings, SimActor
+from tamiyo_bus.sim.actor import ActorSettings, SimActor, actor_statistics
 from tamiyo_bus.sim.returns import episode_returns
 from tamiyo_bus.sim.settings import SimSettings
 from tamiyo_bus.simic.gate import ValidationGateSettings
@@ -123,7 +123,10 @@ def main() -> None:
     def returns(weights: dict[str, torch.Tensor], greedy: bool) -> np.ndarray:
         serving = ServingPolicy(config)
         serving.load_state_dict(weights)
-        return episode_returns([serving] * args.eval_runs, sim, seed=EVAL_SEED, greedy=greedy)
+        return episode_returns(
+            [serving] * args.eval_runs, sim, seed=EVAL_SEED, greedy=greedy,
+            normalizer=actor_statistics(),
+        )  # fmt: skip
 
     learnt = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     figures = {

@@ -52,6 +52,7 @@ from tamiyo_bus.learning.guard import LearningGuard, LearningOutcome, LearningSt
 from tamiyo_bus.learning.trainer import constant_lr, offline_guard
 from tamiyo_bus.policy.features import NormalizerSnapshot
 from tamiyo_bus.policy.reference import ReferencePolicy
+from tamiyo_bus.sim.actor import actor_statistics
 from tamiyo_bus.simic.evaluation import SimEvaluator
 from tamiyo_bus.simic.gate import GateVerdict, SimFigures, judge
 from tamiyo_bus.simic.publishing import Candidate, next_version
@@ -60,11 +61,6 @@ from tamiyo_bus.tolaria.lr import LRController
 POLICY_ID = "impala-learner"
 _REFUSALS = frozenset({LearningOutcome.PAUSED, LearningOutcome.BREAKER_OPEN})
 _DEFERRED, _PASSED, _REJECTED = 0, 1, 2
-# The simulated actors decide on features their statistics leave as they are (their graph
-# builder never loads any), so the segments hold those features and the gate's simulated
-# runs must show the candidates the same: statistics fitted to other episodes would
-# judge them on inputs they were never trained on.
-ACTORS_NORMALIZATION = NormalizerSnapshot.initial()
 
 
 @dataclass
@@ -160,7 +156,9 @@ class ImpalaLearner:
         self.topologies = TopologyCache()
         self._gate = _Gate(
             HeldOutSegments(s.held_out_max_segments),
-            normalizer=normalizer if normalizer is not None else ACTORS_NORMALIZATION,
+            # the actors' statistics: the gate's runs show candidates the features the
+            # segments were decided on, not statistics fitted to other episodes
+            normalizer=normalizer if normalizer is not None else actor_statistics(),
         )
 
     def hold_out(self, segment: pb.Trajectory) -> None:

@@ -30,6 +30,8 @@ from tamiyo_bus.experience.segments import ExperienceSettings, Segmenter
 from tamiyo_bus.experience.steps import StepOutcome, trajectory_step
 from tamiyo_bus.learning.replay.codec import Topology
 from tamiyo_bus.learning.reward import Progress
+from tamiyo_bus.policy.default import default_feature_statistics
+from tamiyo_bus.policy.features import NormalizerSnapshot, RunningNormalizer
 from tamiyo_bus.policy.serving import DecisionPolicy
 from tamiyo_bus.policy.structure import GraphStructure
 from tamiyo_bus.security.policy_update import PolicyHolder
@@ -62,6 +64,14 @@ class ActorStats:
     policy_version: int = 0  # of the last episode
 
 
+def actor_statistics() -> NormalizerSnapshot:
+    """The feature statistics every actor decides on, fixed, and the learner's gate
+    judges candidates on: the shipped default policy's, fitted to the simulator's
+    states. Without statistics the features reach the network unscaled, and one
+    learner step moves the policy by whole nats (measured: docs/learning.md)."""
+    return default_feature_statistics()
+
+
 class SimActor:
     def __init__(
         self,
@@ -71,6 +81,7 @@ class SimActor:
         *,
         actor_id: str,
         publishing_allowed: Callable[[], bool] = lambda: True,
+        statistics: NormalizerSnapshot | None = None,
     ) -> None:
         self.settings = settings
         self.holder = holder
@@ -79,7 +90,9 @@ class SimActor:
         self._sink = sink
         self._publishing_allowed = publishing_allowed
         self._sim = VectorSim(settings.sim, runs=settings.runs, seed=settings.seed)
-        self._builder = graph_builder(self._sim)
+        features = RunningNormalizer(update=False)
+        features.load(statistics if statistics is not None else actor_statistics())
+        self._builder = graph_builder(self._sim, features)
         self._generator = torch.Generator().manual_seed(settings.seed)
         self._topologies: dict[int, Topology] = {}
 

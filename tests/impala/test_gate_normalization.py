@@ -11,6 +11,7 @@ import numpy as np
 
 from tamiyo_bus.impala.learner import ImpalaLearner
 from tamiyo_bus.policy.serving import ServingPolicy
+from tamiyo_bus.sim.actor import actor_statistics
 from tamiyo_bus.sim.returns import episode_returns
 
 from .helpers import SHORT_SIM, impala_settings, initial_policy
@@ -23,7 +24,8 @@ def test_the_gates_simulated_runs_play_the_policy_as_the_actors_do(tmp_path: Pat
     serving = ServingPolicy(learner.policy.config)
     serving.load_state_dict(learner.policy.state_dict())
     as_actors_play = episode_returns(
-        [serving] * gate.sim_runs, gate.sim, seed=gate.sim_seed, greedy=True
-    )
+        [serving] * gate.sim_runs, gate.sim, seed=gate.sim_seed, greedy=True,
+        normalizer=actor_statistics(),
+    )  # fmt: skip
     figures = learner._sim_figures()
     assert figures.running_return == float(np.mean(as_actors_play))

@@ -18,6 +18,7 @@ retrains it).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,6 +72,12 @@ def load_default_policy(device: torch.device | str = "cpu") -> DefaultPolicy:
             f"ship it with: {card['command']}"
         ) from error
     return DefaultPolicy(served.holder, served.normalizer, card)
+
+
+@functools.cache
+def default_feature_statistics() -> NormalizerSnapshot:
+    """The feature statistics the shipped policy was trained with (read once)."""
+    return load_default_policy().normalizer
 
 
 def default_policy_path() -> Path:
