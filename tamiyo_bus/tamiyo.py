@@ -60,6 +60,7 @@ BASELINE_FAMILY = "tamiyo-baseline"
 CATALOG_PREFETCH_S = 10.0
 WARM_UP_ROUNDS = 20
 EXPERIENCE_FLUSH_S = 5.0  # close: longest wait for the last segments to be handed over
+TELEMETRY_FLUSH_S = 1.0  # close: longest wait for the last decision records to go out
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ class Tamiyo:
         if self.experience is not None:
             self.experience.close(EXPERIENCE_FLUSH_S)
         if self.telemetry is not None:
+            self.telemetry.wait_idle(TELEMETRY_FLUSH_S)  # records lingering for their thread
             self.telemetry.close()
         self.builder.normalizer.close()
         self.catalog.close()

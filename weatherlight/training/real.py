@@ -29,6 +29,7 @@ from oona.streams import Stream
 from tamiyo_bus import Baseline, baseline_policy
 from tamiyo_bus.learning.reward import RewardSettings
 from tamiyo_bus.policy.features import NormalizerSnapshot
+from tamiyo_bus.reports.book import ReportState
 from tamiyo_bus.security.policy_update import PolicyHolder
 from tamiyo_bus.simic.learner import Waiting
 from tamiyo_bus.simic.settings import LEARNER_GROUP, LearnerSettings, short_run_learner
@@ -208,9 +209,11 @@ def _run(
 
 
 def _wait_for_learner(session: Session, holder: PolicyHolder, timeout_s: float) -> float:
-    """Until the learner has read everything published, joined it in a cycle begun after
-    that, learnt what it could from it and its newest candidate runs in ``holder``, or
-    ``timeout_s``; the seconds waited."""
+    """Until every field report of the run is on the bus (one still in the reporter's
+    hands would leave the streams "caught up" too early), the learner has read
+    everything published, joined it in a cycle begun after that, learnt what it could
+    from it and its newest candidate runs in ``holder``, or ``timeout_s``; the seconds
+    waited."""
     started = time.monotonic()
     deadline = started + timeout_s
     streams = (Stream.TRAJECTORIES, Stream.FIELD_REPORTS)
@@ -221,8 +224,11 @@ def _wait_for_learner(session: Session, holder: PolicyHolder, timeout_s: float) 
             cycles = _count(health, "cycles")
             if read_at_cycle is None:
                 side = session.side
-                if not session.experience.pending and all(
-                    side.caught_up(stream, LEARNER_GROUP) for stream in streams
+                delivered = not session.reporter.book.counts()[ReportState.PENDING]
+                if (
+                    delivered
+                    and not session.experience.pending
+                    and all(side.caught_up(stream, LEARNER_GROUP) for stream in streams)
                 ):
                     read_at_cycle = cycles
             elif cycles >= read_at_cycle + 2 and _settled(health, holder):
