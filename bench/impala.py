@@ -4,9 +4,9 @@ and with 1 and 2 learner processes (torchrun), and the actor-to-learner lag.
 Each phase starts its actors (`tamiyo-bus actor`, short simulated runs) and its
 learner(s) (`tamiyo-bus impala-learner`, every candidate passed by the gate's bounds
 left loose) on a fresh server, lets them warm up, then counts the transitions the
-learner learnt over the phase from its status lines. The lag (segment published to
-learnt) is the learner's own figure: in-process is not used here, so it comes from the
-one-learner phases' status when the learner prints it, else it is null.
+learner learnt over the phase from its status lines (rank 0's, which counts every
+rank's). The lag (segment published to learnt, p50 and p99) is the learner's own figure
+from its last status line.
 
 Each phase runs on a fresh embedded server, or with `--cluster` on a fresh local Redis
 Cluster (`oona.cluster.LocalCluster`: 3 masters and 3 replicas from the same binary, on
