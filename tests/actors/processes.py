@@ -108,7 +108,8 @@ async def learn_until(
                 task.result()
     finally:
         stop.set()
-        # a learner whose buffer is full waits in its intake past stop: cancel it then
+        # a learner that has not stopped within STOP_WAIT_S fails the test's teardown no
+        # further: it is cancelled
         await asyncio.wait({task}, timeout=STOP_WAIT_S)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
