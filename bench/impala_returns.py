@@ -68,7 +68,7 @@ def main() -> None:
     add = parser.add_argument
     add("--updates", type=int, default=20)
     add("--batch", type=int, default=8, help="segments per update")
-    add("--lr", type=float, default=3e-4)
+    add("--lr", type=float, default=ImpalaSettings().base_lr)
     add("--entropy-coef", type=float, default=0.01)
     add("--value-loss-coef", type=float, default=0.5)
     add("--actors", type=int, default=4)

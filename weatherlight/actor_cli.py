@@ -41,7 +41,11 @@ def settings_from(args: argparse.Namespace) -> ActorLoopSettings:
         epochs=args.epochs or play.sim.epochs,
         steps_per_epoch=args.steps_per_epoch or play.sim.steps_per_epoch,
     )
-    experience = replace(play.experience, segment_max_steps=args.unroll_steps)
+    experience = replace(
+        play.experience,
+        segment_max_steps=args.unroll_steps,
+        publish_queue_max_segments=args.queue_segments,
+    )
     return replace(
         base,
         actor_id=args.actor_id,
@@ -105,6 +109,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add("--episodes", type=int, default=0, help="stop after this many episodes (0: until stopped)")
     add("--runs", type=int, default=4, help="simulated runs played side by side")
     add("--unroll-steps", type=int, default=20, help="decisions per segment at most")
+    queue_default = ActorSettings().experience.publish_queue_max_segments
+    add("--queue-segments", type=int, default=queue_default,
+        help="segments held while the stream is full (past it, the oldest shed)")  # fmt: skip
     add("--epochs", type=int, default=0, help="a simulated run's epochs (0: the default)")
     add("--steps-per-epoch", type=int, default=0, help="optimiser steps an epoch (0: the default)")
     add("--backpressure-wait-s", type=float, default=30.0,

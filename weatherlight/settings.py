@@ -16,6 +16,7 @@ from pathlib import Path
 from consumers.simic import SimicSettings
 from oona.keyfiles import KeySettings
 from oona.settings import DEFAULT_DATA_DIR, OonaSettings
+from oona.streams import Stream
 from tamiyo_bus import TamiyoSettings
 from tamiyo_bus.impala.settings import ImpalaSettings
 from tamiyo_bus.kasmina.settings import KasminaSettings
@@ -37,6 +38,7 @@ LEARNER_VTRACE = "vtrace"  # TAMIYO_LEARNER's value for the V-trace learner
 ENV_LEARNER_START_CHECKPOINT = "TAMIYO_LEARNER_START_CHECKPOINT"
 ENV_LEARNER_SHORT_RUNS = "TAMIYO_LEARNER_SHORT_RUNS"
 ENV_CLAIM_IDLE_MS = "TAMIYO_CLAIM_IDLE_MS"
+ENV_TRAJECTORIES_MAX_ENTRIES = "TAMIYO_TRAJECTORIES_MAX_ENTRIES"
 POLICY_VERSION_RECORD = Path("tamiyo") / "policy_version.json"
 _FALSE = frozenset({"0", "false", "no", "off"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -87,10 +89,12 @@ class SystemSettings:
         """``under(TAMIYO_DATA_DIR)``, with TAMIYO_REDIS_URL, TAMIYO_REDIS_APPENDONLY
         (``0``/``false``/``no``/``off`` turn the embedded server's persistence off),
         TAMIYO_REDIS_APPENDFSYNC, TAMIYO_REDIS_CLUSTER (``1``/``true``/``yes``/``on``: the
-        URL names a node of a Redis Cluster), TAMIYO_CLAIM_IDLE_MS, TAMIYO_URZA_DB, the key
-        variables (oona.keyfiles.KeySettings.from_env), TAMIYO_LEARNER (the same words
-        turn Simic's learner off; ``vtrace`` runs the V-trace learner, ``impala``, as
-        the learner service instead), TAMIYO_SIMIC_SIGNING_KEY_FILE,
+        URL names a node of a Redis Cluster), TAMIYO_CLAIM_IDLE_MS,
+        TAMIYO_TRAJECTORIES_MAX_ENTRIES (the trajectories stream's cap: how many segments
+        a learner may lag behind its actors), TAMIYO_URZA_DB, the key variables
+        (oona.keyfiles.KeySettings.from_env), TAMIYO_LEARNER (the same words turn Simic's
+        learner off; ``vtrace`` runs the V-trace learner, ``impala``, as the learner
+        service instead), TAMIYO_SIMIC_SIGNING_KEY_FILE,
         TAMIYO_LEARNER_START_CHECKPOINT and TAMIYO_LEARNER_SHORT_RUNS (``1``/``true``/
         ``yes``/``on``: the learner sized for short runs) applied; empty values count as
         unset."""
@@ -110,6 +114,10 @@ class SystemSettings:
             oona = replace(oona, redis_cluster=value(ENV_REDIS_CLUSTER).lower() in _TRUE)
         if value(ENV_CLAIM_IDLE_MS):
             oona = replace(oona, claim_idle_ms=int(value(ENV_CLAIM_IDLE_MS)))
+        if value(ENV_TRAJECTORIES_MAX_ENTRIES):
+            cap = int(value(ENV_TRAJECTORIES_MAX_ENTRIES))
+            caps = {**oona.stream_caps, Stream.TRAJECTORIES.value: cap}
+            oona = replace(oona, stream_caps=caps)
         return replace(
             base,
             oona=oona,

@@ -38,7 +38,9 @@ class ImpalaSettings:
     profile: Profile = Profile.SMALL
     seed: int = 0
     loss: ImpalaLossSettings = field(default_factory=ImpalaLossSettings)
-    base_lr: float = 3e-4  # constant (no warm-up, no decay)
+    # constant (no warm-up, no decay); at 3e-4 one update moved the fresh policy by a
+    # whole nat and one paced run of five on the bus collapsed (docs/learning.md)
+    base_lr: float = 1e-4
     max_grad_norm: float = 0.5
     batch_segments: int = 32  # segments per update (per rank)
     buffer_max_segments: int = 128  # acked, not yet learnt: what a crash loses at most

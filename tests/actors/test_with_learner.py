@@ -8,9 +8,6 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import pytest
-
-from oona.server import EmbeddedServer
 from tamiyo_bus.impala.service import ImpalaLearnerService
 from tests.actors.processes import actors, learn_until, learner_settings, progress_lines
 from weatherlight.role_keys import RoleKeys
@@ -19,16 +16,6 @@ ACTORS = 4
 UPDATES_BEFORE_KILL = 4
 UPDATES_AFTER_KILL = 4
 TIMEOUT_S = 120.0
-
-
-@pytest.fixture
-def server_url_alone() -> object:
-    """A server of the test's own: the command's processes use the default key prefix."""
-    server = EmbeddedServer().start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 async def test_actors_play_the_learners_policies_and_a_killed_one_does_not_stall_it(
