@@ -96,6 +96,7 @@ def learner_settings(base: ImpalaSettings, args: argparse.Namespace) -> ImpalaSe
     """``base`` with the command's flags applied."""
     overrides: dict[str, object] = {
         "batch_segments": args.batch_segments,
+        "buffer_max_segments": args.buffer_max_segments,
         "base_lr": args.base_lr,
         "updates_per_publish": args.updates_per_publish,
         "checkpoint_every_updates": args.checkpoint_every_updates,
@@ -108,6 +109,10 @@ def learner_settings(base: ImpalaSettings, args: argparse.Namespace) -> ImpalaSe
     gate = settings.gate
     if args.min_held_out_decisions is not None:
         gate = replace(gate, min_held_out_decisions=args.min_held_out_decisions)
+    if args.max_kl is not None:
+        gate = replace(gate, max_kl=args.max_kl)
+    if args.value_error_tolerance is not None:
+        gate = replace(gate, value_error_tolerance=args.value_error_tolerance)
     if args.gate_sim_runs is not None:
         gate = (
             replace(gate, sim_evaluation=False)
@@ -129,12 +134,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--checkpoint-dir", type=Path, help="default: <data dir>/checkpoints")
     parser.add_argument("--updates", type=int, default=0, help="updates to run (0: forever)")
     parser.add_argument("--batch-segments", type=int, help="segments per update, per rank")
+    parser.add_argument("--buffer-max-segments", type=int,
+                        help="acked segments waiting per rank (adds to the lag)")  # fmt: skip
     parser.add_argument("--updates-per-publish", type=int, help="K: updates between candidates")
     parser.add_argument("--base-lr", type=float, help="Adam's (constant) learning rate")
     parser.add_argument("--checkpoint-every-updates", type=int, help="0: never")
     parser.add_argument("--held-out-fraction", type=float, help="of segments, the gate's data")
     parser.add_argument("--min-held-out-decisions", type=int,
                         help="the gate judges from at least these")  # fmt: skip
+    parser.add_argument("--max-kl", type=float,
+                        help="the gate's bound on KL(running || candidate), nats")  # fmt: skip
+    parser.add_argument("--value-error-tolerance", type=float,
+                        help="the gate's allowed relative rise in value error")  # fmt: skip
     parser.add_argument("--gate-sim-runs", type=int,
                         help="the gate's simulated runs per policy (0: none)")  # fmt: skip
     parser.add_argument("--starved-wait-s", type=float,
