@@ -56,7 +56,7 @@ class ImpalaSettings:
     # others to fill theirs before each steps on what it holds (docs/learning.md).
     starved_wait_s: float = 5.0
     # Simic's gate, with a KL bound for K V-trace updates rather than one PPO candidate:
-    # 10 updates at the default rate moved the policy by 0.3-0.9 nats, and the default
+    # 10 updates at the default rate moved the policy by 0.1-0.9 nats, and the default
     # 0.1 refused every candidate (docs/learning.md, "Does it learn?").
     gate: ValidationGateSettings = field(default_factory=lambda: ValidationGateSettings(max_kl=1.0))
     checkpoint_directory: Path | None = None  # None: <data_dir>/checkpoints
