@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -43,15 +43,10 @@ def learner_settings(data_dir: Path) -> ImpalaSettings:
 
 @contextmanager
 def actors(
-    url: str,
-    keys_dir: Path,
-    work: Path,
-    count: int,
-    *flags: str,
-    environ: Mapping[str, str] | None = None,
+    url: str, keys_dir: Path, work: Path, count: int, *flags: str
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """``count`` actor processes (actor-i, seed i), stdout to ``work/actor-i.log``,
-    ``environ`` added to their environment; every one still running is killed on exit."""
+    """``count`` actor processes (actor-i, seed i), stdout to ``work/actor-i.log``;
+    every one still running is killed on exit."""
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
@@ -61,7 +56,6 @@ def actors(
             ENV_TRUSTED_KEYS_DIR: str(keys_dir / TRUSTED),
             ENV_SIGNING_KEY_FILE: str(keys_dir / PRIVATE / "tamiyo.key"),
         },
-        **(environ or {}),
     )
     started = []
     try:
