@@ -2,8 +2,10 @@
 
 In one process, without the bus: ``--actors`` SimActors (``--runs`` simulated runs each,
 seeds 0, 1, ...) play one episode each per round and hand their segments to an
-ImpalaLearner, which takes them ``--batch`` at a time; after each round every actor
-plays the learner's current weights. The start policy and the learnt one then play the
+ImpalaLearner, which takes them ``--batch`` at a time (each actor's in turn, or with
+``--shuffle S`` in an order drawn from seed S, as segments of several actors may reach
+a learner on the bus); after each round every actor plays the learner's current
+weights. The start policy and the learnt one then play the
 same ``--eval-runs`` simulated runs (seed 1000, never played in training), greedily and
 sampling; each row is the mean episode return and the paired difference with a 95 %
 interval (normal approximation over the runs). ``kl`` is the mean approx KL of the
@@ -22,6 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse
 import json
 import math
+import random
 import sys
 import time
 from dataclasses import replace
@@ -77,6 +80,9 @@ def main() -> None:
     add("--steps-per-epoch", type=int, default=40)
     add("--eval-runs", type=int, default=32)
     add("--seed", type=int, default=0, help="the start policy's (learner's and actors')")
+    add("--shuffle", type=int, default=0, help="seed of each round's segment order (0: none)")
+    add("--raw-advantages", action="store_true", help="the advantages not normalised")
+    add("--behaviour-bootstrap", action="store_true", help="cut segments' last step learnt")
     add("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -85,7 +91,9 @@ def main() -> None:
         ImpalaSettings(), seed=args.seed, batch_segments=args.batch, base_lr=args.lr,
         updates_per_publish=NEVER,
         loss=ImpalaLossSettings(
-            value_loss_coef=args.value_loss_coef, entropy_coef=args.entropy_coef
+            value_loss_coef=args.value_loss_coef, entropy_coef=args.entropy_coef,
+            normalize_advantages=not args.raw_advantages,
+            behaviour_bootstrap=args.behaviour_bootstrap,
         ),
         gate=ValidationGateSettings(min_held_out_decisions=NEVER, sim_evaluation=False),
     )  # fmt: skip
@@ -106,13 +114,17 @@ def main() -> None:
     while len(kls) < args.updates:
         for actor in actors:
             actor.play()
+        if args.shuffle:
+            random.Random(args.shuffle * 1000 + len(kls)).shuffle(pending)
         while len(pending) >= args.batch and len(kls) < args.updates:
             batch, pending[:] = pending[: args.batch], pending[args.batch :]
             previous = ReferencePolicy(config)
             previous.load_state_dict(policy.state_dict())
             learner.update(batch)
             with torch.no_grad():
-                laid_out = segment_batch(batch, learner.topologies)
+                laid_out = segment_batch(
+                    batch, learner.topologies, behaviour_bootstrap=args.behaviour_bootstrap
+                )
                 real = laid_out.mask.bool()
                 moved = laid_out.evaluate(policy).log_probs - laid_out.evaluate(previous).log_probs
                 kls.append(float(approx_kl(moved[real])))

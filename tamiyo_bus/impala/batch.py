@@ -6,12 +6,13 @@ segments' lengths and topologies. The steps are then laid out time-major ``[T, B
 one column per segment, left-padded to the longest (``loss`` says why padding on that
 side leaves the targets exact).
 
-A segment carries no state after its last step. A simulated actor's segment cut before
-its episode ended carries the behaviour critic's value of that state
-(``bootstrap_value``) and trains on all its steps, bootstrapping from it; one without
-(Tamiyo's) bootstraps from its own last step, the learner's value of it, and that step
-is not learnt from (an unroll of 20 steps trains on 19). A segment whose last step
-ended the episode trains on all its steps.
+A segment carries no state after its last step. One cut before its episode ended
+bootstraps from its own last step, the learner's value of it, and that step is not
+learnt from (an unroll of 20 steps trains on 19). A simulated actor's cut segment also
+carries the behaviour critic's value of the next state (``bootstrap_value``); with
+``behaviour_bootstrap`` it trains on all its steps, bootstrapping from that value (not
+the default: ``ImpalaLossSettings`` says why). A segment whose last step ended the
+episode trains on all its steps.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ class TopologyCache:
         return known
 
 
-def trained_steps(segment: pb.Trajectory) -> int:
+def trained_steps(segment: pb.Trajectory, *, behaviour_bootstrap: bool) -> int:
     """How many of the segment's steps are learnt from (the rest bootstraps)."""
     steps = len(segment.steps)
-    if steps == 0 or segment.steps[-1].done or segment.HasField("bootstrap_value"):
+    if steps == 0 or segment.steps[-1].done:
+        return steps
+    if behaviour_bootstrap and segment.HasField("bootstrap_value"):
         return steps
     return steps - 1
 
@@ -122,13 +125,19 @@ class SegmentBatch:
         )
 
 
-def segment_batch(segments: Sequence[pb.Trajectory], topologies: TopologyCache) -> SegmentBatch:
+def segment_batch(
+    segments: Sequence[pb.Trajectory], topologies: TopologyCache, *, behaviour_bootstrap: bool
+) -> SegmentBatch:
     """The batch of ``segments`` that have a step to learn from (ValueError: none has);
     each segment was checked at intake (``simic.intake.check_segment``)."""
-    learnt = [s for s in segments if trained_steps(s) > 0]
+
+    def learnt_steps(segment: pb.Trajectory) -> int:
+        return trained_steps(segment, behaviour_bootstrap=behaviour_bootstrap)
+
+    learnt = [s for s in segments if learnt_steps(s) > 0]
     if not learnt:
         raise ValueError("no segment with a step to learn from")
-    length = max(trained_steps(s) for s in learnt)
+    length = max(learnt_steps(s) for s in learnt)
     shape = (length, len(learnt))
     behaviour, rewards = torch.zeros(shape), torch.zeros(shape)
     terminated, mask = torch.zeros(shape), torch.zeros(shape)
@@ -155,7 +164,7 @@ def segment_batch(segments: Sequence[pb.Trajectory], topologies: TopologyCache) 
     for b, segment in enumerate(learnt):
         k, first_row = start_of[b]
         first_flat = len(group_of)
-        n = trained_steps(segment)
+        n = learnt_steps(segment)
         for i, step in enumerate(segment.steps):
             group_of.append(k)
             row_of.append(first_row + i)

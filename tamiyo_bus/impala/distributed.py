@@ -94,6 +94,15 @@ def sum_across(values: Sequence[int], info: RankInfo, device: torch.device) -> l
     return [int(v) for v in tensor.tolist()]
 
 
+def sum_floats_across(values: Sequence[float], info: RankInfo, device: torch.device) -> list[float]:
+    """Each of ``values`` summed over the ranks, in float64 (every rank calls it, in step)."""
+    if not info.distributed:
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return [float(v) for v in tensor.tolist()]
+
+
 def max_across(value: int, info: RankInfo, device: torch.device) -> int:
     """The highest ``value`` of any rank (every rank calls it, in step)."""
     if not info.distributed:

@@ -44,8 +44,15 @@ from tamiyo_bus.impala.distributed import (
     from_lead,
     max_across,
     sum_across,
+    sum_floats_across,
 )
-from tamiyo_bus.impala.loss import VTraceInputs, VTraceLoss, vtrace_loss
+from tamiyo_bus.impala.loss import (
+    AdvantageMoments,
+    VTraceInputs,
+    VTraceLoss,
+    vtrace_loss,
+    vtrace_targets,
+)
 from tamiyo_bus.impala.settings import ImpalaSettings
 from tamiyo_bus.impala.validation import HeldOutSegments, figures_on
 from tamiyo_bus.learning.guard import LearningGuard, LearningOutcome, LearningStepResult
@@ -155,7 +162,9 @@ class ImpalaLearner:
         self.progress = ImpalaProgress(running_version=start_version)
         self.topologies = TopologyCache()
         self._gate = _Gate(
-            HeldOutSegments(s.held_out_max_segments),
+            HeldOutSegments(
+                s.held_out_max_segments, behaviour_bootstrap=s.loss.behaviour_bootstrap
+            ),
             # the actors' statistics: the gate's runs show candidates the features the
             # segments were decided on, not statistics fitted to other episodes
             normalizer=normalizer if normalizer is not None else actor_statistics(),
@@ -164,10 +173,6 @@ class ImpalaLearner:
     def hold_out(self, segment: pb.Trajectory) -> None:
         """Keep ``segment`` for the gate (it is never trained on)."""
         self._gate.held_out.add(segment)
-
-    def loss(self, batch: SegmentBatch) -> VTraceLoss:
-        inputs: VTraceInputs = self.network(batch)
-        return vtrace_loss(inputs, self.settings.loss)
 
     def align_ranks(self) -> None:
         """Every rank starts from the lead's weights; ranks that resumed from different
@@ -185,8 +190,9 @@ class ImpalaLearner:
         """One optimiser step on ``segments`` (on several ranks, every rank's share;
         segments without a step to learn from are consumed as they are)."""
         started = time.perf_counter()
-        learnt = [s for s in segments if trained_steps(s) > 0]
-        batch = segment_batch(learnt, self.topologies) if learnt else None
+        own = self.settings.loss.behaviour_bootstrap
+        learnt = [s for s in segments if trained_steps(s, behaviour_bootstrap=own) > 0]
+        batch = segment_batch(learnt, self.topologies, behaviour_bootstrap=own) if learnt else None
         here = batch.transitions if batch is not None else 0
         refusal = self.guard.refusal()
         unready = batch is None and self._previous is None
@@ -242,18 +248,28 @@ class ImpalaLearner:
         every rank when any rank's is not finite, raising on every rank when any rank's
         raised, so that no rank runs a backward the others skip. A rank without segments
         passes its previous batch at weight zero: its gradients are zero, and DDP's
-        backward runs on every rank."""
+        backward runs on every rank. Every rank takes part in two collectives, in this
+        order: the advantages' moments, then the agreement on the loss."""
         failure: Exception | None = None
         loss: Tensor = torch.zeros((), device=self.device)
+        own = None
         try:
             if batch is not None:
-                losses.append(self.loss(batch))
-                loss = losses[-1].total * weight
+                inputs: VTraceInputs = self.network(batch)
+                own = (inputs, vtrace_targets(inputs, self.settings.loss.vtrace))
             else:
                 assert self._previous is not None  # the ranks wait until every rank has one
                 loss = _zero_weight(self.network(self._previous))
         except Exception as error:  # every rank must hear of it before it is raised
             failure = error
+        mine = AdvantageMoments() if own is None else AdvantageMoments.of(own[1], own[0].mask)
+        moments = self._moments_across(mine)
+        if own is not None and failure is None:
+            try:
+                losses.append(vtrace_loss(own[0], self.settings.loss, own[1], moments))
+                loss = losses[-1].total * weight
+            except Exception as error:
+                failure = error
         finite = failure is not None or math.isfinite(float(loss.detach()))
         refused, failed, not_finite = sum_across(
             [0, int(failure is not None), int(not finite)], self.rank, self.device
@@ -268,9 +284,16 @@ class ImpalaLearner:
 
     def _refused_after_agreeing(self) -> None:
         """A guard that refused after the ranks agreed to step (conservative mode or the
-        breaker changed in between) still answers the loss's agreement, so the others
+        breaker changed in between) still answers the loss's collectives, so the others
         fail the step rather than wait for this rank."""
+        self._moments_across(AdvantageMoments())
         sum_across([1, 0, 0], self.rank, self.device)
+
+    def _moments_across(self, mine: AdvantageMoments) -> AdvantageMoments:
+        count, total, squares = sum_floats_across(
+            [mine.count, mine.total, mine.squares], self.rank, self.device
+        )
+        return AdvantageMoments(count, total, squares)
 
     # ------------------------------------------------------------------ gate
 
@@ -314,8 +337,7 @@ class ImpalaLearner:
         self.policy.eval()
         try:
             held = figures_on(
-                gate.held_out.segments(), self.running, self.policy, self.topologies,
-                s.loss.vtrace,
+                gate.held_out.segments(), self.running, self.policy, self.topologies, s.loss,
             )  # fmt: skip
             sim = self._sim_figures() if s.gate.sim_evaluation else None
         finally:

@@ -16,12 +16,26 @@ IMPALA_UNROLL_STEPS = 20  # the actors' segment length (ExperienceSettings.segme
 
 @dataclass(frozen=True)
 class ImpalaLossSettings:
-    """The V-trace loss: its targets' discount and truncations, and the weights of the
-    value loss and the entropy bonus beside the policy gradient."""
+    """The V-trace loss: its targets' discount and truncations, the weights of the
+    value loss and the entropy bonus beside the policy gradient, and where a cut
+    segment's bootstrap comes from.
+
+    Both switches are set to what made the learner take off on every data ordering
+    measured (docs/learning.md, "Does it learn?"): without either, some orderings of the
+    same segments never left the start policy."""
 
     vtrace: VTraceSettings = field(default_factory=VTraceSettings)
     value_loss_coef: float = 0.5
     entropy_coef: float = 0.01
+    # Zero mean, unit spread over each batch's real steps, as PPO does: the policy
+    # gradient keeps its scale while the rewards (0.01 a decision) and the fresh
+    # critic's errors (0.1-0.3) differ by ten times.
+    normalize_advantages: bool = True
+    # True: a segment cut before its episode ended learns its last step too, bootstrapping
+    # from the actor's critic value of the next state (``Trajectory.bootstrap_value``).
+    # False: its last step serves as the bootstrap under the learner's own critic and
+    # is not learnt from, as for segments that carry no such value.
+    behaviour_bootstrap: bool = False
 
     def __post_init__(self) -> None:
         if self.value_loss_coef < 0 or self.entropy_coef < 0:

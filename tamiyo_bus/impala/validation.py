@@ -17,7 +17,8 @@ import torch
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.impala.batch import TopologyCache, segment_batch, trained_steps
-from tamiyo_bus.learning.vtrace import VTraceSettings, vtrace
+from tamiyo_bus.impala.settings import ImpalaLossSettings
+from tamiyo_bus.learning.vtrace import vtrace
 from tamiyo_bus.policy.reference import ReferencePolicy
 from tamiyo_bus.simic.evaluation import held_out_figures
 from tamiyo_bus.simic.gate import HeldOutFigures
@@ -26,16 +27,20 @@ from tamiyo_bus.simic.gate import HeldOutFigures
 class HeldOutSegments:
     """The latest held-out segments, bounded."""
 
-    def __init__(self, max_segments: int) -> None:
+    def __init__(self, max_segments: int, *, behaviour_bootstrap: bool) -> None:
         self._segments: deque[pb.Trajectory] = deque(maxlen=max_segments)
+        self._behaviour_bootstrap = behaviour_bootstrap
+
+    def _decisions(self, segment: pb.Trajectory) -> int:
+        return trained_steps(segment, behaviour_bootstrap=self._behaviour_bootstrap)
 
     def add(self, segment: pb.Trajectory) -> None:
-        if trained_steps(segment) > 0:
+        if self._decisions(segment) > 0:
             self._segments.append(segment)
 
     @property
     def decisions(self) -> int:
-        return sum(trained_steps(s) for s in self._segments)
+        return sum(self._decisions(s) for s in self._segments)
 
     def segments(self) -> Sequence[pb.Trajectory]:
         return tuple(self._segments)
@@ -47,9 +52,10 @@ def figures_on(
     running: ReferencePolicy,
     candidate: ReferencePolicy,
     topologies: TopologyCache,
-    settings: VTraceSettings,
+    settings: ImpalaLossSettings,
 ) -> HeldOutFigures:
-    batch = segment_batch(segments, topologies)
+    """Laid out and targeted as the learner trains (``settings``)."""
+    batch = segment_batch(segments, topologies, behaviour_bootstrap=settings.behaviour_bootstrap)
     inputs = batch.evaluate(running)
     targets = vtrace(
         inputs.rewards.cpu().numpy(),
@@ -58,7 +64,7 @@ def figures_on(
         inputs.log_probs.cpu().numpy(),
         inputs.behaviour_log_probs.cpu().numpy(),
         inputs.terminated.cpu().numpy(),
-        settings,
+        settings.vtrace,
     )
     returns = torch.from_numpy(targets.values)[batch.time_index, batch.column]
     return held_out_figures(running, candidate, batch.trained_inputs(), returns)

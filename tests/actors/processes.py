@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -43,13 +43,20 @@ def learner_settings(data_dir: Path) -> ImpalaSettings:
 
 @contextmanager
 def actors(
-    url: str, keys_dir: Path, work: Path, count: int, *flags: str
+    url: str,
+    keys_dir: Path,
+    work: Path,
+    count: int,
+    *flags: str,
+    environ: Mapping[str, str] | None = None,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """``count`` actor processes (actor-i, seed i), stdout to ``work/actor-i.log``;
-    every one still running is killed on exit."""
+    """``count`` actor processes (actor-i, seed i), stdout to ``work/actor-i.log``,
+    with ``environ`` added to their environment; every one still running is killed on
+    exit."""
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
+        **(environ or {}),
         **{
             ENV_REDIS_URL: url,
             ENV_DATA_DIR: str(work / "data"),

@@ -1,10 +1,13 @@
 """The V-trace loss against values worked out by hand: on-policy its targets are the
 n-step returns; importance weights are truncated at rho-bar; a left-padded segment gets
-the targets it gets alone; no gradient flows through the targets."""
+the targets it gets alone; no gradient flows through the targets; normalised, the
+policy gradient weighs each real step by its advantage's standard score, padding by
+nothing."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +17,9 @@ from tamiyo_bus.impala.settings import ImpalaLossSettings
 from tamiyo_bus.learning.vtrace import VTraceSettings
 
 GAMMA = 0.9
-SETTINGS = ImpalaLossSettings(VTraceSettings(gamma=GAMMA), value_loss_coef=0.5, entropy_coef=0.1)
+SETTINGS = ImpalaLossSettings(
+    VTraceSettings(gamma=GAMMA), value_loss_coef=0.5, entropy_coef=0.1, normalize_advantages=False
+)
 
 
 def _inputs(
@@ -87,3 +92,24 @@ def test_no_gradient_flows_through_the_targets() -> None:
     expected = -(loss.value_targets - batch.values.detach()) / 2  # d/dV of 0.5 mean (v - V)^2
     assert batch.values.grad is not None
     torch.testing.assert_close(batch.values.grad, expected)
+
+
+def test_normalised_the_policy_gradient_weighs_real_steps_by_their_standard_score() -> None:
+    lp, mu = math.log(0.4), math.log(0.5)
+    inputs = _inputs(
+        [[9.0, 1.0], [2.0, 1.0], [3.0, -1.0]], [[7.0, 0.3], [0.1, 0.3], [0.2, 0.3]],
+        [1.0, 0.5], [[0.0, lp], [lp, lp], [lp, lp]], [[0.0, mu], [mu, mu], [mu, mu]],
+        mask=[[0.0, 1.0], [1.0, 1.0], [1.0, 1.0]],
+    )  # fmt: skip
+    normalised = vtrace_loss(inputs, replace(SETTINGS, normalize_advantages=True))
+    raw = vtrace_loss(inputs, SETTINGS)
+    torch.testing.assert_close(normalised.advantages, raw.advantages)  # reported as V-trace's
+    real = inputs.mask.bool()
+    scores = (raw.advantages[real] - raw.advantages[real].mean()) / raw.advantages[real].std()
+    normalised.policy.backward()  # type: ignore[no-untyped-call]
+    assert inputs.log_probs.grad is not None
+    torch.testing.assert_close(
+        inputs.log_probs.grad[real], -scores / real.sum(), rtol=1e-4, atol=1e-6
+    )
+    assert float(inputs.log_probs.grad[0, 0]) == 0.0  # padding
+    assert normalised.value.item() == pytest.approx(raw.value.item())
