@@ -1,0 +1,147 @@
+"""Four `tamiyo-bus actor` processes and a V-trace learner on one embedded server improve
+the return: the policy the learner last published earns more than the start policy on
+simulated runs that neither the actors nor the learner ever played.
+
+The runs are the actors' (``processes.EPOCHS`` x ``STEPS_PER_EPOCH``: 30 decisions), on
+the actors' feature statistics, and both policies sample their actions as the actors
+do (V-trace improves the policy the actors play; its greedy choice can stay NO_OP for
+longer), from one seeded generator, so the two returns are paired run by run.
+
+How long to learn is decided as a validation gate would: every ``CHECK_EVERY_UPDATES``
+the published policy plays validation runs (their own seed), and learning stops once it
+beats the start there, or after ``MAX_UPDATES``; the verdict is then taken on the test
+runs, which nothing chose by. Whether and when the learner takes off depends on the
+order in which the actors' segments arrive, which varies from run to run on the bus. In
+one process, with the advantages standardised and cut segments bootstrapped from the
+learner's own critic (the defaults), every ordering measured took off; on the bus, of 3
+runs, 1 passed in 46 s, 1 only after 7 minutes (it took off after about 150 updates)
+and 1 failed
+(docs/learning.md, "Does it learn?"). So the test runs only when asked for
+(``TAMIYO_BUS_LEARNING_TESTS=1``): in the suite it would fail CI too often.
+
+The actors are paced: the learner lags them at most by the trajectories stream's cap,
+its own buffer and every actor's publish queue (docs/scale-out.md). With the defaults
+(1,024 + 128 + 256 an actor), 40 updates learnt from segments of versions 0 and 1 only,
+and gained a quarter of what paced runs gain."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from tamiyo_bus.actors.loop import start_policy
+from tamiyo_bus.impala.service import ImpalaLearnerService
+from tamiyo_bus.policy.profiles import Profile
+from tamiyo_bus.policy.serving import ServingPolicy
+from tamiyo_bus.sim.actor import actor_statistics
+from tamiyo_bus.sim.returns import episode_returns
+from tamiyo_bus.sim.settings import SimSettings
+from tests.actors.processes import (
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    actors,
+    learn_until,
+    learner_settings,
+    progress_lines,
+)
+from weatherlight.role_keys import RoleKeys
+from weatherlight.settings import ENV_TRAJECTORIES_MAX_ENTRIES
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TAMIYO_BUS_LEARNING_TESTS") != "1",
+    reason="learning on the bus does not yet take off in every run (docs/learning.md, "
+    '"Does it learn?"); TAMIYO_BUS_LEARNING_TESTS=1 runs it',
+)
+
+ACTORS = 4
+CHECK_EVERY_UPDATES = 20
+MAX_UPDATES = 240
+TIMEOUT_S = 900.0
+RUNS = 16  # validation and test runs alike
+VALIDATION_SEED = 2_000
+TEST_SEED = 1_000  # the actors play seeds 0..3
+MIN_GAIN = 0.3  # in mean return over the test runs; paced runs gained 0.9-1.3
+ACTOR_SIM = SimSettings(epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH)
+# Two of the learner's batches in the stream, one in its buffer, and an episode (about
+# 22 segments) in each actor's queue.
+STREAM_CAP_SEGMENTS = 16
+BUFFER_SEGMENTS = 8
+QUEUE_SEGMENTS = 24
+
+
+def sampled_returns(policy: ServingPolicy, seed: int) -> npt.NDArray[np.float64]:
+    return episode_returns(
+        [policy] * RUNS, ACTOR_SIM, seed=seed, greedy=False, normalizer=actor_statistics()
+    )
+
+
+def published_policy(service: ImpalaLearnerService, start: ServingPolicy) -> ServingPolicy:
+    published = ServingPolicy(start.config)
+    published.load_state_dict(service.learner.running.state_dict())
+    return published
+
+
+class UntilItBeatsTheStart:
+    """The learner's stopping rule: the published policy's gain on the validation runs.
+    It is checked in the event loop between the learner's updates (which run in a
+    worker thread), so a check may read weights an update is replacing: that costs a
+    check, never the verdict, which is taken once the learner stopped."""
+
+    def __init__(self, start: ServingPolicy) -> None:
+        self.start = start
+        self.start_returns = sampled_returns(start, VALIDATION_SEED)
+        self.checked_at = 0
+        self.gains: list[tuple[int, float]] = []  # (updates, validation gain)
+
+    def __call__(self, service: ImpalaLearnerService) -> bool:
+        updates = service.learner.progress.updates
+        if updates >= MAX_UPDATES:
+            return True
+        if updates < self.checked_at + CHECK_EVERY_UPDATES:
+            return False
+        self.checked_at = updates
+        returns = sampled_returns(published_policy(service, self.start), VALIDATION_SEED)
+        self.gains.append((updates, round(float((returns - self.start_returns).mean()), 3)))
+        return self.gains[-1][1] > MIN_GAIN
+
+
+async def test_the_published_policy_beats_the_start_policy_on_unseen_runs(
+    server_url_alone: str, tmp_path: Path
+) -> None:
+    url = server_url_alone
+    keys = RoleKeys.create(tmp_path / "keys")
+    settings = replace(learner_settings(tmp_path / "impala"), buffer_max_segments=BUFFER_SEGMENTS)
+    start = start_policy(Profile.SMALL, settings.seed).current().module
+    assert isinstance(start, ServingPolicy)
+    until = UntilItBeatsTheStart(start)
+    paced = {ENV_TRAJECTORIES_MAX_ENTRIES: str(STREAM_CAP_SEGMENTS)}
+    queue = ("--queue-segments", str(QUEUE_SEGMENTS))
+    with actors(url, tmp_path / "keys", tmp_path, ACTORS, *queue, environ=paced) as started:
+        service = await learn_until(url, keys, settings, until, timeout_s=TIMEOUT_S)
+        for process in started:
+            process.terminate()
+        assert [process.wait(timeout=60) for process in started] == [0] * ACTORS
+
+    learner = service.learner
+    assert until.gains, f"the learner ran out of time: {learner.progress}"
+    assert learner.progress.candidates_published >= 1
+    logs = [progress_lines(tmp_path / f"actor-{i}.log") for i in range(ACTORS)]
+    played = [max(int(str(row["policy_version"])) for row in log) for log in logs]
+    assert min(played) >= 1, f"every actor plays a published policy: {played}"
+    assert learner.progress.seen_version >= 1, (
+        f"the learner learnt from published policies' play: {learner.progress}"
+    )
+
+    before = sampled_returns(start, TEST_SEED)
+    after = sampled_returns(published_policy(service, start), TEST_SEED)
+    gain = after - before
+    assert gain.mean() > MIN_GAIN, (
+        f"start {before.mean():.3f}, published v{learner.progress.running_version} "
+        f"{after.mean():.3f}: gain {gain.mean():.3f}; validation gains {until.gains}; "
+        f"{learner.progress}"
+    )
