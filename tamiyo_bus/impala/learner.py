@@ -57,6 +57,7 @@ from tamiyo_bus.impala.settings import ImpalaSettings
 from tamiyo_bus.impala.validation import HeldOutSegments, figures_on
 from tamiyo_bus.learning.guard import LearningGuard, LearningOutcome, LearningStepResult
 from tamiyo_bus.learning.trainer import constant_lr, offline_guard
+from tamiyo_bus.learning.vtrace import VTraceTargets
 from tamiyo_bus.policy.features import NormalizerSnapshot
 from tamiyo_bus.policy.reference import ReferencePolicy
 from tamiyo_bus.sim.actor import actor_statistics
@@ -190,9 +191,11 @@ class ImpalaLearner:
         """One optimiser step on ``segments`` (on several ranks, every rank's share;
         segments without a step to learn from are consumed as they are)."""
         started = time.perf_counter()
-        own = self.settings.loss.behaviour_bootstrap
-        learnt = [s for s in segments if trained_steps(s, behaviour_bootstrap=own) > 0]
-        batch = segment_batch(learnt, self.topologies, behaviour_bootstrap=own) if learnt else None
+        carried = self.settings.loss.behaviour_bootstrap
+        learnt = [s for s in segments if trained_steps(s, behaviour_bootstrap=carried) > 0]
+        batch = (
+            segment_batch(learnt, self.topologies, behaviour_bootstrap=carried) if learnt else None
+        )
         here = batch.transitions if batch is not None else 0
         refusal = self.guard.refusal()
         unready = batch is None and self._previous is None
@@ -252,21 +255,22 @@ class ImpalaLearner:
         order: the advantages' moments, then the agreement on the loss."""
         failure: Exception | None = None
         loss: Tensor = torch.zeros((), device=self.device)
-        own = None
+        evaluated: tuple[VTraceInputs, VTraceTargets] | None = None
         try:
             if batch is not None:
                 inputs: VTraceInputs = self.network(batch)
-                own = (inputs, vtrace_targets(inputs, self.settings.loss.vtrace))
+                evaluated = (inputs, vtrace_targets(inputs, self.settings.loss.vtrace))
             else:
                 assert self._previous is not None  # the ranks wait until every rank has one
                 loss = _zero_weight(self.network(self._previous))
         except Exception as error:  # every rank must hear of it before it is raised
             failure = error
-        mine = AdvantageMoments() if own is None else AdvantageMoments.of(own[1], own[0].mask)
+        mine = AdvantageMoments() if evaluated is None else AdvantageMoments.of(*evaluated)
         moments = self._moments_across(mine)
-        if own is not None and failure is None:
+        if evaluated is not None:
+            inputs, targets = evaluated
             try:
-                losses.append(vtrace_loss(own[0], self.settings.loss, own[1], moments))
+                losses.append(vtrace_loss(inputs, self.settings.loss, targets, moments))
                 loss = losses[-1].total * weight
             except Exception as error:
                 failure = error

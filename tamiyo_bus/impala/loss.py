@@ -67,8 +67,8 @@ class AdvantageMoments:
     squares: float = 0.0
 
     @classmethod
-    def of(cls, targets: VTraceTargets, mask: Tensor) -> AdvantageMoments:
-        real = targets.advantages[mask.detach().cpu().numpy() > 0].astype("float64")
+    def of(cls, batch: VTraceInputs, targets: VTraceTargets) -> AdvantageMoments:
+        real = targets.advantages[batch.mask.detach().cpu().numpy() > 0].astype("float64")
         return cls(float(real.size), float(real.sum()), float((real**2).sum()))
 
     def standardise(self, advantages: Tensor) -> Tensor:
@@ -115,7 +115,7 @@ def vtrace_loss(
     mask = batch.mask.to(device)
     weights = advantages
     if settings.normalize_advantages:
-        scale = moments if moments is not None else AdvantageMoments.of(targets, mask)
+        scale = moments if moments is not None else AdvantageMoments.of(batch, targets)
         weights = scale.standardise(advantages) * mask
     policy = -_masked_mean(weights * batch.log_probs, mask)
     value = 0.5 * _masked_mean((value_targets - batch.values) ** 2, mask)

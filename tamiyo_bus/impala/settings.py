@@ -27,7 +27,7 @@ class ImpalaLossSettings:
     vtrace: VTraceSettings = field(default_factory=VTraceSettings)
     value_loss_coef: float = 0.5
     entropy_coef: float = 0.01
-    # Zero mean, unit spread over each batch's real steps, as PPO does: the policy
+    # Zero mean, unit spread over each update's real steps, as PPO does: the policy
     # gradient keeps its scale while the rewards (0.01 a decision) and the fresh
     # critic's errors (0.1-0.3) differ by ten times.
     normalize_advantages: bool = True

@@ -17,8 +17,8 @@ import torch
 
 from leyline_pb import leyline_pb2 as pb
 from tamiyo_bus.impala.batch import TopologyCache, segment_batch, trained_steps
+from tamiyo_bus.impala.loss import vtrace_targets
 from tamiyo_bus.impala.settings import ImpalaLossSettings
-from tamiyo_bus.learning.vtrace import vtrace
 from tamiyo_bus.policy.reference import ReferencePolicy
 from tamiyo_bus.simic.evaluation import held_out_figures
 from tamiyo_bus.simic.gate import HeldOutFigures
@@ -57,14 +57,6 @@ def figures_on(
     """Laid out and targeted as the learner trains (``settings``)."""
     batch = segment_batch(segments, topologies, behaviour_bootstrap=settings.behaviour_bootstrap)
     inputs = batch.evaluate(running)
-    targets = vtrace(
-        inputs.rewards.cpu().numpy(),
-        inputs.values.cpu().numpy(),
-        inputs.bootstrap_value.cpu().numpy(),
-        inputs.log_probs.cpu().numpy(),
-        inputs.behaviour_log_probs.cpu().numpy(),
-        inputs.terminated.cpu().numpy(),
-        settings.vtrace,
-    )
+    targets = vtrace_targets(inputs, settings.vtrace)
     returns = torch.from_numpy(targets.values)[batch.time_index, batch.column]
     return held_out_figures(running, candidate, batch.trained_inputs(), returns)
