@@ -119,6 +119,10 @@ async def test_unacked_reports_are_retried_then_parked_kept_and_retried_on_comma
     assert [e.report_id for e in reporter.book.entries(ReportState.PARKED)] == ids
     background.start("tamiyo", ReportDelivery(reporter, bus, keyring, FAST_DELIVERY).run)
     request_retry(settings.wal_dir, ALL)
+    # Simic stays down until the retried reports went out again: once it is up, the ack
+    # of a copy published before parking may retire a report before its next publish.
+    await async_wait_until(lambda: bus.metrics.count("reports_published") >= 4 * 4)
+    assert bus.metrics.count("reports_retry_requested") == 4
     background.start("simic", SimicIntake(simic_bus, keyring, store).run)
 
     await async_wait_until(lambda: _all(reporter, ReportState.ACKED, ids))
