@@ -52,6 +52,7 @@ def settings_from(args: argparse.Namespace) -> ActorLoopSettings:
         play=ActorSettings(runs=args.runs, seed=args.seed, sim=sim, experience=experience),
         profile=Profile(args.profile),
         policy_seed=args.policy_seed,
+        backpressure_resume_segments=args.backpressure_resume_segments,
         backpressure_wait_s=args.backpressure_wait_s,
     )
 
@@ -111,9 +112,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add("--unroll-steps", type=int, default=20, help="decisions per segment at most")
     queue_default = ActorSettings().experience.publish_queue_max_segments
     add("--queue-segments", type=int, default=queue_default,
-        help="segments held while the stream is full (past it, the oldest shed)")  # fmt: skip
+        help="segments held while the stream is full (past it, the oldest are shed)")  # fmt: skip
     add("--epochs", type=int, default=0, help="a simulated run's epochs (0: the default)")
     add("--steps-per-epoch", type=int, default=0, help="optimiser steps an epoch (0: the default)")
-    add("--backpressure-wait-s", type=float, default=30.0,
-        help="on a full stream, how long to wait for room before shedding the oldest")  # fmt: skip
+    loop_defaults = ActorLoopSettings()
+    add(
+        "--backpressure-resume-segments",
+        type=int,
+        default=loop_defaults.backpressure_resume_segments,
+        help="play the next episode once at most this many segments are queued",
+    )
+    add("--backpressure-wait-s", type=float, default=loop_defaults.backpressure_wait_s,
+        help="how long to wait for the queue to drain before playing on")  # fmt: skip
     parser.set_defaults(run=run)

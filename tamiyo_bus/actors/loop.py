@@ -29,7 +29,7 @@ from oona.events import EventSink, LogEventSink
 from oona.keys import Keyring
 from oona.metrics import BusMetrics
 from oona.streams import Stream
-from tamiyo_bus.actors.backpressure import episode_fits
+from tamiyo_bus.actors.backpressure import may_play
 from tamiyo_bus.actors.settings import ActorLoopSettings
 from tamiyo_bus.experience.publisher import TrajectoryPublisher
 from tamiyo_bus.policy.profiles import PROFILES, Profile
@@ -72,8 +72,8 @@ class ActorProgress:
     segments_shed: int  # evicted from the full publish queue, oldest first
     segments_queued: int
     withheld_episodes: int  # played in conservative mode, nothing published
-    backpressure_waits: int  # episodes that waited for room in the queue
-    backpressure_timeouts: int  # waits that ran out (then the oldest are shed)
+    backpressure_waits: int  # episodes that waited for the queue to drain
+    backpressure_timeouts: int  # waits that ran out (the episode played anyway)
     backpressure_wait_s: float  # seconds waited in all
     policy_updates_applied: int
     policy_updates_refused: Mapping[str, int]  # by reason
@@ -137,7 +137,6 @@ class ActorLoop:
             publishing_allowed=lambda: self.gate.conservative.impala_publishing_enabled,
         )
         self._waiting = _Waiting()
-        self._episode_segments = 0
 
     def progress(self) -> ActorProgress:
         played, sent, w = self.actor.stats, self.publisher.stats, self._waiting
@@ -176,7 +175,7 @@ class ActorLoop:
         ]
         try:
             while not stop.is_set() and (until is None or self.actor.stats.episodes < until):
-                await self._wait_for_room(stop)
+                await self._wait_until_drained(stop)
                 if stop.is_set():
                     break
                 await asyncio.to_thread(self._play_episode)
@@ -188,9 +187,7 @@ class ActorLoop:
         return self.progress()
 
     def _play_episode(self) -> None:
-        segments_before = self.actor.stats.segments
         episodes = self.actor.play()
-        self._episode_segments = self.actor.stats.segments - segments_before
         if self.gate.conservative.active:
             self._observe_healthy(sum(len(e.records) for e in episodes))
 
@@ -201,22 +198,22 @@ class ActorLoop:
             if mode.observe(Category.GREEN, _HEALTHY, breakers.none_open()) is not None:
                 break
 
-    async def _wait_for_room(self, stop: asyncio.Event) -> None:
-        """The backpressure rule (``backpressure.episode_fits``): wait for room in the
-        publish queue, up to ``backpressure_wait_s``."""
-        queue_max = self.settings.play.experience.publish_queue_max_segments
+    async def _wait_until_drained(self, stop: asyncio.Event) -> None:
+        """The backpressure rule (``backpressure.may_play``): wait for the queued
+        segments to go out, up to ``backpressure_wait_s``."""
+        resume = self.settings.backpressure_resume_segments
 
-        def fits() -> bool:
-            return episode_fits(self.publisher.pending, self._episode_segments, queue_max)
+        def drained() -> bool:
+            return may_play(self.publisher.pending, resume)
 
-        if fits():
+        if drained():
             return
         clock = asyncio.get_running_loop().time
         started = clock()
         deadline = started + self.settings.backpressure_wait_s
         poll_s = self.settings.backpressure_poll_ms / 1000.0
         self._waiting.waits += 1
-        while not fits() and not stop.is_set():
+        while not drained() and not stop.is_set():
             if clock() >= deadline:
                 self._waiting.timeouts += 1
                 break

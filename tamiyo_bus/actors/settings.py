@@ -17,7 +17,7 @@ actor must apply every update, as every Tamiyo must."""
 @dataclass(frozen=True)
 class ActorLoopSettings:
     """One actor process: who it is, what it plays, the policy it starts from, and how
-    long it waits on a full trajectories stream before it sheds."""
+    long it waits for its queued segments to go out before it plays on."""
 
     actor_id: str = "actor-1"
     # the simulated runs (their seed) and the segments (``experience.segment_max_steps``
@@ -27,9 +27,10 @@ class ActorLoopSettings:
     # the start policy's weights: the profile's initial policy drawn from this seed (the
     # learner's start when it uses the same profile and seed)
     policy_seed: int = 0
-    # Before an episode, while its segments would not fit in the publish queue, wait
-    # this long for the learner to catch up; past it, play, and the oldest queued
-    # segments are shed (counted).
+    # Before an episode, while more than ``backpressure_resume_segments`` segments wait
+    # in the publish queue, wait up to ``backpressure_wait_s`` for the learner to catch
+    # up; past it, play (a queue past its bound then sheds its oldest, counted).
+    backpressure_resume_segments: int = 0
     backpressure_wait_s: float = 30.0
     backpressure_poll_ms: float = 50.0  # how often the wait looks at the queue
     policy_update: PolicyUpdateSettings = field(default_factory=PolicyUpdateSettings)
@@ -41,6 +42,8 @@ class ActorLoopSettings:
             raise ValueError("actor_id must be set")
         if self.backpressure_wait_s < 0 or self.backpressure_poll_ms <= 0:
             raise ValueError("need backpressure_wait_s >= 0 and backpressure_poll_ms > 0")
+        if self.backpressure_resume_segments < 0:
+            raise ValueError("need backpressure_resume_segments >= 0")
 
     @property
     def policy_group(self) -> str:

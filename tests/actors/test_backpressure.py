@@ -1,16 +1,20 @@
-"""With no learner consuming, the trajectories stream fills to its cap; the actor then
-waits for room in its publish queue, past its wait plays on and sheds the oldest
-queued segments: every segment is published, queued or shed (counted), the queue never
-grows past its bound, and nothing crashes."""
+"""The actors' backpressure. With a learner behind, an actor plays its next episode only
+once its last one is on the stream, so no episode loses segments to pacing. With no
+learner consuming, the trajectories stream fills to its cap; the actor then waits for
+its queue to drain, past its wait plays on, and the queue sheds its oldest segments:
+every segment is published, queued or shed (counted), the queue never grows past its
+bound, and nothing crashes."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
 
+from oona.bus import Bus
 from oona.settings import OonaSettings
 from oona.streams import Stream
-from tamiyo_bus.actors.backpressure import episode_fits
+from tamiyo_bus.actors.backpressure import may_play
+from tamiyo_bus.actors.loop import ActorProgress
 from tests.actors.helpers import SHORT, actor_loop, with_queue
 
 STREAM_CAP = 8
@@ -18,14 +22,61 @@ QUEUE_MAX = 12
 EPISODES = 6
 
 
-def test_an_episode_is_played_when_its_segments_fit_beside_what_waits() -> None:
-    assert episode_fits(0, 50, 12)  # an empty queue takes any episode
-    assert episode_fits(4, 8, 12)
-    assert not episode_fits(5, 8, 12)
-    assert episode_fits(5, 0, 12)  # nothing expected (the first episode, or withheld)
+def test_the_next_episode_is_played_once_no_more_than_the_resume_bound_waits() -> None:
+    assert may_play(0, 0)
+    assert not may_play(1, 0)
+    assert may_play(3, 3)
+    assert not may_play(4, 3)
 
 
-async def test_a_full_stream_makes_the_actor_wait_then_shed_the_oldest(
+async def _learner_reading(bus: Bus, group: str, stop: asyncio.Event) -> None:
+    """Read and ack every trajectory segment, as a learner that keeps up would."""
+    key = bus.key(Stream.TRAJECTORIES)
+    while not stop.is_set():
+        read = await bus.redis.xreadgroup(group, "learner", {key: ">"}, count=8, block=20)
+        for _, entries in read:
+            if entries:
+                await bus.redis.xack(key, group, *[entry_id for entry_id, _ in entries])
+
+
+async def test_a_lagging_learner_makes_the_actor_wait_and_sheds_nothing(
+    settings: OonaSettings,
+) -> None:
+    # a stream that holds less than an episode, a queue far above one: the queue bounds
+    # memory, the wait paces the actor
+    capped = settings.with_overrides(stream_caps={Stream.TRAJECTORIES.value: 4})
+    actor, bus = actor_loop(capped, replace(SHORT, backpressure_wait_s=60.0))
+    group = "impala-learner"
+    await bus.redis.xgroup_create(bus.key(Stream.TRAJECTORIES), group, id="0", mkstream=True)
+    rows: list[ActorProgress] = []
+    first_played = asyncio.Event()
+
+    def on_episode(progress: ActorProgress) -> None:
+        rows.append(progress)
+        first_played.set()
+
+    playing = asyncio.create_task(
+        actor.run(asyncio.Event(), episodes=EPISODES, on_episode=on_episode)
+    )
+    await first_played.wait()  # the learner starts behind: the first episode waits in the queue
+    stop = asyncio.Event()
+    learner = asyncio.create_task(_learner_reading(bus, group, stop))
+    progress = await playing
+    stop.set()
+    await learner
+
+    assert progress.episodes == EPISODES
+    assert progress.segments_shed == 0
+    assert progress.backpressure_waits >= 1
+    assert progress.backpressure_timeouts == 0
+    submitted = [p.segments_published + p.segments_shed + p.segments_queued for p in rows]
+    own = [after - before for before, after in zip([0, *submitted[:-1]], submitted, strict=True)]
+    queued = [p.segments_queued for p in rows]
+    assert all(q <= n for q, n in zip(queued, own, strict=True)), (queued, own)
+    await bus.close()
+
+
+async def test_with_no_learner_the_actor_waits_plays_on_and_the_queue_sheds_the_oldest(
     settings: OonaSettings,
 ) -> None:
     capped = settings.with_overrides(stream_caps={Stream.TRAJECTORIES.value: STREAM_CAP})

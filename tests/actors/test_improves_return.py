@@ -67,11 +67,10 @@ VALIDATION_SEED = 2_000
 TEST_SEED = 1_000  # the actors play seeds 0..3
 MIN_GAIN = 0.3  # in mean return over the test runs; passing bus runs gained +0.38 to +1.05
 ACTOR_SIM = SimSettings(epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH)
-# Two of the learner's batches in the stream, one in its buffer, and an episode (about
-# 22 segments) in each actor's queue.
+# Two of the learner's batches in the stream and one in its buffer; each actor holds at
+# most its last episode (about 22 segments) in its queue (the backpressure rule).
 STREAM_CAP_SEGMENTS = 16
 BUFFER_SEGMENTS = 8
-QUEUE_SEGMENTS = 24
 
 
 def sampled_returns(policy: ServingPolicy, seed: int) -> npt.NDArray[np.float64]:
@@ -120,8 +119,7 @@ async def test_the_published_policy_beats_the_start_policy_on_unseen_runs(
     assert isinstance(start, ServingPolicy)
     until = UntilItBeatsTheStart(start)
     paced = {ENV_TRAJECTORIES_MAX_ENTRIES: str(STREAM_CAP_SEGMENTS)}
-    queue = ("--queue-segments", str(QUEUE_SEGMENTS))
-    with actors(url, tmp_path / "keys", tmp_path, ACTORS, *queue, environ=paced) as started:
+    with actors(url, tmp_path / "keys", tmp_path, ACTORS, environ=paced) as started:
         service = await learn_until(url, keys, settings, until, timeout_s=TIMEOUT_S)
         for process in started:
             process.terminate()
@@ -143,7 +141,8 @@ async def test_the_published_policy_beats_the_start_policy_on_unseen_runs(
     outcome = (
         f"start {before.mean():.3f}, published v{learner.progress.running_version} "
         f"{after.mean():.3f}: gain {gain.mean():.3f}; validation gains {until.gains}; "
-        f"actors shed {[log[-1]['segments_shed'] for log in logs]}; {learner.progress}"
+        f"actors shed {[log[-1]['segments_shed'] for log in logs]}, waits ran out "
+        f"{[log[-1]['backpressure_timeouts'] for log in logs]}; {learner.progress}"
     )
     print(outcome)  # shown with -rP: when a passing run took off is worth a record too
     assert gain.mean() > MIN_GAIN, outcome

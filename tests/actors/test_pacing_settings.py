@@ -1,5 +1,6 @@
-"""The two bounds that pace actors to their learner reach the actor process: the
-trajectories stream's cap from the environment, the publish queue from its flag."""
+"""The bounds that pace actors to their learner reach the actor process: the
+trajectories stream's cap from the environment, the publish queue and the backpressure
+rule from their flags."""
 
 from __future__ import annotations
 
@@ -23,3 +24,15 @@ def test_the_actor_queue_comes_from_its_flag() -> None:
     paced = settings_from(parser.parse_args(["actor", "--queue-segments", "24"]))
     assert default.play.experience.publish_queue_max_segments == 256
     assert paced.play.experience.publish_queue_max_segments == 24
+
+
+def test_the_backpressure_rule_comes_from_its_flags() -> None:
+    parser = build_parser()
+    default = settings_from(parser.parse_args(["actor"]))
+    ahead = settings_from(
+        parser.parse_args(
+            ["actor", "--backpressure-resume-segments", "8", "--backpressure-wait-s", "2.5"]
+        )
+    )
+    assert (default.backpressure_resume_segments, default.backpressure_wait_s) == (0, 30.0)
+    assert (ahead.backpressure_resume_segments, ahead.backpressure_wait_s) == (8, 2.5)
