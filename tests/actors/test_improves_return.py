@@ -15,7 +15,7 @@ must lie above 0.
 
 Learning from a fresh policy is a stochastic process: the actors' play and the order in
 which their segments reach the learner vary from run to run. Most runs beat the start
-at the first check, and about one in six had not by ``MAX_UPDATES`` (docs/learning.md,
+at the first check, and about one in five had not by ``MAX_UPDATES`` (docs/learning.md,
 "Does it learn?"). So the scenario gets up to ``ATTEMPTS`` independent runs (a fresh
 server, actors and learner each), and one must improve the return; what every run did
 is printed (``-rP``). A learner that does not learn on the bus fails them all.
