@@ -27,9 +27,8 @@ import torch
 from torch import Tensor
 
 from tamiyo_bus.impala.settings import ImpalaLossSettings
+from tamiyo_bus.learning.ppo import standardise
 from tamiyo_bus.learning.vtrace import VTraceSettings, VTraceTargets, vtrace
-
-_ADVANTAGE_EPS = 1e-8
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +71,12 @@ class AdvantageMoments:
         return cls(float(real.size), float(real.sum()), float((real**2).sum()))
 
     def standardise(self, advantages: Tensor) -> Tensor:
-        """Zero mean, unit (sample) spread; a single step is only centred."""
+        """Zero mean, unit (sample) spread over the steps counted, as PPO's minibatches."""
         mean = self.total / max(self.count, 1.0)
-        centred = advantages - mean
         if self.count < 2:
-            return centred
+            return standardise(advantages, mean, None)
         variance = max(self.squares - self.count * mean * mean, 0.0) / (self.count - 1.0)
-        return centred / (math.sqrt(variance) + _ADVANTAGE_EPS)
+        return standardise(advantages, mean, math.sqrt(variance))
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:

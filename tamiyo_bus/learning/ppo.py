@@ -65,13 +65,18 @@ class PPOLoss:
     clip_fraction: Tensor
 
 
+def standardise(advantages: Tensor, mean: Tensor | float, spread: Tensor | float | None) -> Tensor:
+    """Centred on ``mean`` and divided by ``spread``, plus a small epsilon so equal
+    advantages stay finite; with no spread (a single sample has none) only centred.
+    The moments are arguments because a learner on several ranks must share them."""
+    centred = advantages - mean
+    return centred if spread is None else centred / (spread + _ADVANTAGE_EPS)
+
+
 def normalize_advantages(advantages: Tensor) -> Tensor:
-    """Zero mean, unit variance within the minibatch (a single sample is only centred:
-    its spread is undefined)."""
-    centred = advantages - advantages.mean()
-    if advantages.numel() < 2:
-        return centred
-    return centred / (advantages.std() + _ADVANTAGE_EPS)
+    """Zero mean, unit (sample) spread within the minibatch."""
+    spread = advantages.std() if advantages.numel() >= 2 else None
+    return standardise(advantages, advantages.mean(), spread)
 
 
 def approx_kl(log_ratio: Tensor) -> Tensor:
