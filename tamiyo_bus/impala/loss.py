@@ -73,10 +73,11 @@ class AdvantageMoments:
     def standardise(self, advantages: Tensor) -> Tensor:
         """Zero mean, unit (sample) spread over the steps counted, as PPO's minibatches."""
         mean = self.total / max(self.count, 1.0)
-        if self.count < 2:
-            return standardise(advantages, mean, None)
-        variance = max(self.squares - self.count * mean * mean, 0.0) / (self.count - 1.0)
-        return standardise(advantages, mean, math.sqrt(variance))
+        spread = None
+        if self.count >= 2:
+            variance = max(self.squares - self.count * mean * mean, 0.0) / (self.count - 1.0)
+            spread = math.sqrt(variance)
+        return standardise(advantages, mean, spread)
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:

@@ -6,14 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from oona.server import EmbeddedServer
+from tests.actors.processes import own_server
 
 
 @pytest.fixture
 def server_url_alone() -> Iterator[str]:
-    """A server of the test's own: the command's processes use the default key prefix."""
-    server = EmbeddedServer().start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
+    """A server of the test's own (``processes.own_server``)."""
+    with own_server() as url:
+        yield url

@@ -16,6 +16,7 @@ from pathlib import Path
 from oona.bus import Bus
 from oona.connection import open_redis
 from oona.keyfiles import ENV_SIGNING_KEY_FILE, ENV_TRUSTED_KEYS_DIR
+from oona.server import EmbeddedServer
 from oona.settings import OonaSettings
 from tamiyo_bus.impala.service import ImpalaLearnerService
 from tamiyo_bus.impala.settings import ImpalaSettings
@@ -26,6 +27,17 @@ from weatherlight.settings import ENV_DATA_DIR, ENV_REDIS_URL
 EPOCHS, STEPS_PER_EPOCH = 3, 40  # 30 decisions a run, about a second an episode
 STOP_WAIT_S = 5.0
 ACTOR_FLAGS = ("--runs", "4", "--epochs", str(EPOCHS), "--steps-per-epoch", str(STEPS_PER_EPOCH))
+
+
+@contextmanager
+def own_server() -> Iterator[str]:
+    """A server of its own, stopped and removed on exit: the command's processes use the
+    default key prefix, so they cannot share one with other tests or runs."""
+    server = EmbeddedServer().start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
 
 
 def learner_settings(data_dir: Path) -> ImpalaSettings:

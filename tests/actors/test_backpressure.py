@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 from oona.bus import Bus
 from oona.settings import OonaSettings
@@ -33,7 +34,7 @@ async def _learner_reading(bus: Bus, group: str, stop: asyncio.Event) -> None:
     """Read and ack every trajectory segment, as a learner that keeps up would."""
     key = bus.key(Stream.TRAJECTORIES)
     while not stop.is_set():
-        read = await bus.redis.xreadgroup(group, "learner", {key: ">"}, count=8, block=20)
+        read: Any = await bus.redis.xreadgroup(group, "learner", {key: ">"}, count=8, block=20)
         for _, entries in read:
             if entries:
                 await bus.redis.xack(key, group, *[entry_id for entry_id, _ in entries])

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from oona.server import EmbeddedServer
 from tamiyo_bus.actors.loop import start_policy
 from tamiyo_bus.impala.service import ImpalaLearnerService
 from tamiyo_bus.policy.profiles import Profile
@@ -48,6 +47,7 @@ from tests.actors.processes import (
     actors,
     learn_until,
     learner_settings,
+    own_server,
     progress_lines,
 )
 from weatherlight.role_keys import RoleKeys
@@ -110,17 +110,9 @@ def interval_low(gain: npt.NDArray[np.float64]) -> float:
     return float(gain.mean() - 1.96 * gain.std(ddof=1) / math.sqrt(len(gain)))
 
 
-async def attempt(work: Path) -> tuple[bool, str]:
-    """One run of the scenario on a server of its own: whether the published policy
+async def attempt(url: str, work: Path) -> tuple[bool, str]:
+    """One run of the scenario on the server at ``url``: whether the published policy
     improved the return on the test runs, and what the run did."""
-    server = EmbeddedServer().start()
-    try:
-        return await _attempt(server.url, work)
-    finally:
-        server.cleanup()
-
-
-async def _attempt(url: str, work: Path) -> tuple[bool, str]:
     keys = RoleKeys.create(work / "keys")
     settings = replace(learner_settings(work / "impala"), buffer_max_segments=BUFFER_SEGMENTS)
     start = start_policy(Profile.SMALL, settings.seed).current().module
@@ -161,7 +153,8 @@ async def test_the_published_policy_beats_the_start_policy_on_unseen_runs(
 ) -> None:
     outcomes = []
     for number in range(ATTEMPTS):
-        improved, outcome = await attempt(tmp_path / f"attempt-{number}")
+        with own_server() as url:
+            improved, outcome = await attempt(url, tmp_path / f"attempt-{number}")
         outcomes.append(outcome)
         print(f"run {number + 1}: {outcome}")  # shown with -rP: every run is worth a record
         if improved:
